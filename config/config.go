@@ -1,0 +1,274 @@
+// Package config loads and validates vagent's TOML configuration: one main
+// file (vagent.toml) and one file per agent in an agents directory beside it.
+// It is the only package that knows the file format; everything else works on
+// the typed values it returns.
+package config
+
+import (
+	"time"
+)
+
+// DefaultPath is the main configuration file used when neither --config nor
+// VAGENT_CONFIG names another.
+const DefaultPath = "/etc/vagent/vagent.toml"
+
+// EnvPath is the environment variable that selects another main file.
+const EnvPath = "VAGENT_CONFIG"
+
+// Engine kinds.
+const (
+	EngineVLLM = "vllm"
+	EngineSim  = "sim"
+)
+
+// GPU backends.
+const (
+	GPUBackendNVML = "nvml"
+	GPUBackendSim  = "sim"
+)
+
+// Config is the whole validated configuration: the main file plus every agent.
+type Config struct {
+	// Path is the main file this was loaded from.
+	Path string
+
+	Engine     Engine
+	Paths      Paths
+	GPU        GPU
+	Gateway    Gateway
+	Units      Units
+	Supervisor Supervisor
+
+	// Agents are sorted by name.
+	Agents []*Agent
+}
+
+// Engine says which program serves an agent and where it lives.
+type Engine struct {
+	// Kind is "vllm" (a real vllm serve from the managed venv) or "sim"
+	// (vllm-sim, the simulator used without a GPU and by every test).
+	Kind string `toml:"kind"`
+	// VLLMVersion is the vLLM version whose flag set units are rendered for.
+	VLLMVersion string `toml:"vllm_version"`
+	// Venv is the virtual environment holding vLLM; the engine binary is
+	// Venv/bin/vllm.
+	Venv string `toml:"venv"`
+	// SimBinary is the vllm-sim executable used when Kind is "sim".
+	SimBinary string `toml:"sim_binary"`
+	// Env is extra environment for every agent (agent env wins).
+	Env map[string]string `toml:"env"`
+}
+
+// Paths are the directories vagent reads and writes.
+type Paths struct {
+	// UnitDir receives the template unit and the per-agent drop-ins.
+	UnitDir string `toml:"unit_dir"`
+	// StateDir holds engines, keys and locks.
+	StateDir string `toml:"state_dir"`
+	// RunDir holds runtime files (locks, sockets).
+	RunDir string `toml:"run_dir"`
+	// HFHome is the Hugging Face home for model weights (HF_HOME).
+	HFHome string `toml:"hf_home"`
+	// CacheDir receives compiler and kernel caches (Triton, torch, vLLM).
+	CacheDir string `toml:"cache_dir"`
+	// AgentsDir holds one TOML file per agent; relative to the main file.
+	AgentsDir string `toml:"agents_dir"`
+}
+
+// GPU selects the source of GPU facts and how much memory to keep free.
+type GPU struct {
+	// Backend is "nvml" (the NVIDIA driver) or "sim" (the simulator's ledger).
+	Backend string `toml:"backend"`
+	// ReserveMiB is memory per GPU that vagent never plans to use.
+	ReserveMiB uint64 `toml:"reserve_mib"`
+	// SimLedger is the ledger file shared by every simulator process.
+	SimLedger string `toml:"sim_ledger"`
+	// SimCount is how many GPUs the simulator pretends to have.
+	SimCount int `toml:"sim_count"`
+	// SimTotalMiB is the memory of each simulated GPU.
+	SimTotalMiB uint64 `toml:"sim_total_mib"`
+	// SimLoadSeconds, when set, overrides the simulator's model-size-based
+	// load time for every agent.
+	SimLoadSeconds float64 `toml:"sim_load_seconds"`
+}
+
+// Gateway configures the OpenAI-compatible front end.
+type Gateway struct {
+	Listen string `toml:"listen"`
+}
+
+// Units holds settings rendered into every agent's unit.
+type Units struct {
+	// User runs the engines; empty means the unit's default (root).
+	User string `toml:"user"`
+	// Group runs the engines; empty means User's primary group.
+	Group              string   `toml:"group"`
+	RestartSec         Duration `toml:"restart_sec"`
+	StartTimeout       Duration `toml:"start_timeout"`
+	StopTimeout        Duration `toml:"stop_timeout"`
+	StartLimitBurst    int      `toml:"start_limit_burst"`
+	StartLimitInterval Duration `toml:"start_limit_interval"`
+}
+
+// Supervisor bounds the waits of a switch.
+type Supervisor struct {
+	// HealthTimeout bounds the wait for an engine's /health after its unit starts.
+	HealthTimeout Duration `toml:"health_timeout"`
+	// HealthInterval is the /health poll period.
+	HealthInterval Duration `toml:"health_interval"`
+	// ReleaseTimeout bounds the wait for the GPU to show a stopped engine's memory back.
+	ReleaseTimeout Duration `toml:"release_timeout"`
+	// DBusTimeout bounds each D-Bus call.
+	DBusTimeout Duration `toml:"dbus_timeout"`
+}
+
+// Agent is one vLLM server: a model with tuned flags, rendered as the unit
+// vagent@NAME.service.
+type Agent struct {
+	// Name comes from the file name (dev.toml → dev) and is the unit instance.
+	Name string `toml:"-"`
+	// File is the agent file this came from.
+	File string `toml:"-"`
+
+	Model       string   `toml:"model"`
+	Revision    string   `toml:"revision"`
+	ServedNames []string `toml:"served_names"`
+	Aliases     []string `toml:"aliases"`
+	Port        int      `toml:"port"`
+	// GPUs are the device indexes the engine sees (CUDA_VISIBLE_DEVICES);
+	// more than one only with tensor parallelism.
+	GPUs []int `toml:"gpus"`
+
+	GPUMemoryUtilization float64 `toml:"gpu_memory_utilization"`
+	KVCacheMemoryBytes   uint64  `toml:"kv_cache_memory_bytes"`
+	MaxModelLen          int     `toml:"max_model_len"`
+	Dtype                string  `toml:"dtype"`
+	Quantization         string  `toml:"quantization"`
+	KVCacheDtype         string  `toml:"kv_cache_dtype"`
+	EnablePrefixCaching  *bool   `toml:"enable_prefix_caching"`
+	MaxNumSeqs           int     `toml:"max_num_seqs"`
+	TensorParallelSize   int     `toml:"tensor_parallel_size"`
+	EnforceEager         bool    `toml:"enforce_eager"`
+	ChatTemplate         string  `toml:"chat_template"`
+	TrustRemoteCode      bool    `toml:"trust_remote_code"`
+	ToolCallParser       string  `toml:"tool_call_parser"`
+	ReasoningParser      string  `toml:"reasoning_parser"`
+
+	// Sampling are the agent's default sampling parameters, rendered as
+	// --override-generation-config.
+	Sampling Sampling `toml:"sampling"`
+	// SystemPrompt is prepended by the gateway when a request has none.
+	SystemPrompt string `toml:"system_prompt"`
+	// Env is extra environment for the engine.
+	Env map[string]string `toml:"env"`
+	// ExtraArgs are passed verbatim after the flags vagent sets.
+	ExtraArgs []string `toml:"extra_args"`
+
+	// Priority orders evictions: lower priority agents are evicted first.
+	Priority int `toml:"priority"`
+	// IdleTimeout stops the agent after this long without requests (0: never).
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// Pinned agents are never stopped for idleness or evicted by a switch.
+	Pinned bool `toml:"pinned"`
+}
+
+// Sampling are default sampling parameters. Unset fields are left to the model.
+type Sampling struct {
+	Temperature       *float64 `toml:"temperature"`
+	TopP              *float64 `toml:"top_p"`
+	TopK              *int     `toml:"top_k"`
+	MinP              *float64 `toml:"min_p"`
+	RepetitionPenalty *float64 `toml:"repetition_penalty"`
+	MaxTokens         *int     `toml:"max_tokens"`
+}
+
+// Duration is a time.Duration written in TOML as a string such as "90s".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Unit is the systemd unit name of the agent.
+func (a *Agent) Unit() string { return UnitName(a.Name) }
+
+// UnitName is the systemd unit of the agent called name.
+func UnitName(name string) string { return "vagent@" + name + ".service" }
+
+// Names are every name a client may use for the agent: its own name, its
+// served names and its aliases, without duplicates.
+func (a *Agent) Names() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range append(append([]string{a.Name}, a.ServedNames...), a.Aliases...) {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// ServedName is the model name the engine answers to.
+func (a *Agent) ServedName() string {
+	if len(a.ServedNames) > 0 {
+		return a.ServedNames[0]
+	}
+	return a.Model
+}
+
+// Budget is the GPU memory, in bytes per GPU, the agent may take on a GPU of
+// total bytes. It is vLLM's own per-instance rule: gpu_memory_utilization ×
+// total, unless the agent pins kv_cache_memory_bytes, in which case vLLM
+// ignores the utilization and the budget is the KV size plus weightsBytes (the
+// per-GPU weights and overhead estimate; 0 when unknown falls back to the
+// utilization rule, which over- rather than under-estimates).
+func (a *Agent) Budget(total, weightsBytes uint64) uint64 {
+	if a.KVCacheMemoryBytes > 0 && weightsBytes > 0 {
+		return a.KVCacheMemoryBytes + weightsBytes
+	}
+	return uint64(a.GPUMemoryUtilization * float64(total))
+}
+
+// Agent returns the agent called name, or nil.
+func (c *Config) Agent(name string) *Agent {
+	for _, a := range c.Agents {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
+}
+
+// EngineBinary is the executable every unit's ExecStart runs.
+func (c *Config) EngineBinary() string {
+	if c.Engine.Kind == EngineSim {
+		return c.Engine.SimBinary
+	}
+	return c.Engine.Venv + "/bin/vllm"
+}
+
+// EngineKeyFile is the environment file holding the engines' API key
+// (VLLM_API_KEY), readable only by root and the engine user.
+func (c *Config) EngineKeyFile() string { return c.Paths.StateDir + "/engine-key.env" }
+
+// SharesGPU reports whether two agents use at least one GPU in common.
+func SharesGPU(a, b *Agent) bool {
+	for _, x := range a.GPUs {
+		for _, y := range b.GPUs {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,247 @@
+// Package ledger is the simulated GPU memory shared by every vllm-sim process
+// on a host: one JSON file, guarded by an flock, in which each engine records
+// the memory it holds. It stands in for the driver's own accounting, so that
+// over-commit fails with vLLM's errors and the gpu package's "sim" backend
+// can report free memory and per-process use as NVML would.
+package ledger
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Entry states.
+const (
+	StateLoading  = "loading"
+	StateLoaded   = "loaded"
+	StateSleeping = "sleeping"
+)
+
+// Entry is one engine's hold on one GPU.
+type Entry struct {
+	PID int `json:"pid"`
+	// PIDNS identifies the PID namespace PID belongs to (the target of
+	// /proc/self/ns/pid), so that only a process in the same namespace
+	// judges whether PID is still alive.
+	PIDNS string `json:"pidns"`
+	GPU   int    `json:"gpu"`
+	// Bytes is GPU memory held.
+	Bytes uint64 `json:"bytes"`
+	// HostBytes is host memory held for this engine (weights offloaded by a
+	// level-1 sleep).
+	HostBytes uint64    `json:"host_bytes,omitempty"`
+	Unit      string    `json:"unit,omitempty"`
+	Model     string    `json:"model,omitempty"`
+	Port      int       `json:"port,omitempty"`
+	State     string    `json:"state"`
+	Since     time.Time `json:"since"`
+}
+
+// State is the whole ledger.
+type State struct {
+	GPUs int `json:"gpus"`
+	// TotalBytes is the memory of each GPU.
+	TotalBytes uint64  `json:"total_bytes"`
+	Entries    []Entry `json:"entries"`
+}
+
+// Used is the memory held on gpu.
+func (s *State) Used(gpu int) uint64 {
+	var n uint64
+	for _, e := range s.Entries {
+		if e.GPU == gpu {
+			n += e.Bytes
+		}
+	}
+	return n
+}
+
+// Free is the memory not held on gpu.
+func (s *State) Free(gpu int) uint64 {
+	used := s.Used(gpu)
+	if used >= s.TotalBytes {
+		return 0
+	}
+	return s.TotalBytes - used
+}
+
+// Remove drops every entry of pid in this process's namespace.
+func (s *State) Remove(pid int) {
+	ns := selfNS()
+	kept := s.Entries[:0]
+	for _, e := range s.Entries {
+		if !(e.PID == pid && e.PIDNS == ns) {
+			kept = append(kept, e)
+		}
+	}
+	s.Entries = kept
+}
+
+// Ledger is a handle on the ledger file.
+type Ledger struct {
+	path       string
+	gpus       int
+	totalBytes uint64
+}
+
+// Open returns a handle on the ledger at path describing gpus GPUs of
+// totalBytes each. Nothing is read or created until first use.
+func Open(path string, gpus int, totalBytes uint64) *Ledger {
+	return &Ledger{path: path, gpus: gpus, totalBytes: totalBytes}
+}
+
+// Path is the ledger file.
+func (l *Ledger) Path() string { return l.path }
+
+// Read returns the ledger as it is, without pruning dead processes (a reader
+// in another PID namespace could not tell which are dead).
+func (l *Ledger) Read() (*State, error) {
+	unlock, err := l.lock(syscall.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return l.load()
+}
+
+// Update runs fn on the ledger under an exclusive lock, after pruning entries
+// of dead processes in this PID namespace, and writes the result back
+// atomically if fn succeeds.
+func (l *Ledger) Update(fn func(*State) error) error {
+	unlock, err := l.lock(syscall.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s, err := l.load()
+	if err != nil {
+		return err
+	}
+	pruneDead(s)
+	if err := fn(s); err != nil {
+		return err
+	}
+	return l.store(s)
+}
+
+// Prune removes entries of dead processes in this PID namespace, as the
+// driver frees a dead process's memory.
+func (l *Ledger) Prune() error { return l.Update(func(*State) error { return nil }) }
+
+func (l *Ledger) lock(how int) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
+		return nil, fmt.Errorf("ledger dir: %w", err)
+	}
+	f, err := os.OpenFile(l.path+".lock", os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("ledger lock: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("ledger lock: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func (l *Ledger) load() (*State, error) {
+	s := &State{GPUs: l.gpus, TotalBytes: l.totalBytes}
+	data, err := os.ReadFile(l.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ledger: %w", err)
+	}
+	if len(data) > 0 {
+		if err := json.Unmarshal(data, s); err != nil {
+			return nil, fmt.Errorf("parse ledger %s: %w", l.path, err)
+		}
+	}
+	// The caller's view of the hardware wins: it comes from the current
+	// configuration, the file may predate it.
+	if l.gpus > 0 {
+		s.GPUs = l.gpus
+	}
+	if l.totalBytes > 0 {
+		s.TotalBytes = l.totalBytes
+	}
+	return s, nil
+}
+
+func (l *Ledger) store(s *State) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(l.path), ".ledger-*")
+	if err != nil {
+		return fmt.Errorf("write ledger: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write ledger: %w", err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write ledger: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write ledger: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), l.path); err != nil {
+		return fmt.Errorf("write ledger: %w", err)
+	}
+	return nil
+}
+
+func selfNS() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}
+
+// SelfNS is the PID namespace of this process, for new entries.
+func SelfNS() string { return selfNS() }
+
+func pruneDead(s *State) {
+	ns := selfNS()
+	kept := s.Entries[:0]
+	for _, e := range s.Entries {
+		if e.PIDNS == ns && !alive(e.PID) {
+			continue
+		}
+		kept = append(kept, e)
+	}
+	s.Entries = kept
+}
+
+// alive reports whether pid runs and is not a zombie: a zombie has freed its
+// memory already, as the driver frees a dead process's allocations.
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may
+	// itself contain spaces or parentheses.
+	for i := len(data) - 1; i >= 0; i-- {
+		if data[i] == ')' {
+			if i+2 < len(data) {
+				return data[i+2] != 'Z' && data[i+2] != 'X'
+			}
+			break
+		}
+	}
+	return true
+}
