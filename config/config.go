@@ -272,3 +272,23 @@ func SharesGPU(a, b *Agent) bool {
 	}
 	return false
 }
+
+// CannotShare reports whether two agents cannot run at once on a GPU of
+// total bytes (0 if unknown) with reserve bytes kept free: they share a GPU and their
+// budgets together exceed what vagent may use of it. Units render these pairs
+// as Conflicts=, and the supervisor evicts them before a start.
+func CannotShare(a, b *Agent, total, reserve uint64) bool {
+	if a == b || !SharesGPU(a, b) {
+		return false
+	}
+	if total == 0 {
+		// The GPU's size is unknown (rendering without a driver): judge by
+		// the utilization fractions, which do not depend on it.
+		return a.GPUMemoryUtilization+b.GPUMemoryUtilization > 1
+	}
+	usable := uint64(0)
+	if total > reserve {
+		usable = total - reserve
+	}
+	return a.Budget(total, 0)+b.Budget(total, 0) > usable
+}

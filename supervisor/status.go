@@ -1,0 +1,60 @@
+package supervisor
+
+import (
+	"context"
+	"time"
+)
+
+// AgentStatus is one agent as systemd and the GPU see it now.
+type AgentStatus struct {
+	Agent       string    `json:"agent"`
+	Unit        string    `json:"unit"`
+	LoadState   string    `json:"load_state"`
+	ActiveState string    `json:"active_state"`
+	SubState    string    `json:"sub_state"`
+	MainPID     int       `json:"main_pid"`
+	Since       time.Time `json:"since,omitzero"`
+	Restarts    int       `json:"restarts"`
+	Result      string    `json:"result"`
+	Port        int       `json:"port"`
+	GPUs        []int     `json:"gpus"`
+	Healthy     bool      `json:"healthy"`
+	VRAMBytes   uint64    `json:"vram_bytes"`
+	// BudgetBytes is what the agent may take of its first GPU.
+	BudgetBytes uint64 `json:"budget_bytes"`
+}
+
+// Status reports every configured agent, rebuilt from systemd and the GPU
+// on each call.
+func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
+	mem, err := s.o.GPU.Memory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	usage, err := s.o.GPU.AgentBytes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]AgentStatus, 0, len(s.cfg.Agents))
+	for _, a := range s.cfg.Agents {
+		st, err := s.o.Systemd.State(ctx, a.Unit())
+		if err != nil {
+			return nil, err
+		}
+		as := AgentStatus{
+			Agent: a.Name, Unit: a.Unit(),
+			LoadState: st.LoadState, ActiveState: st.ActiveState, SubState: st.SubState,
+			MainPID: st.MainPID, Restarts: st.NRestarts, Result: st.Result,
+			Port: a.Port, GPUs: a.GPUs, VRAMBytes: usage[a.Name],
+			BudgetBytes: a.Budget(mem[a.GPUs[0]].Total, 0),
+		}
+		if st.ActiveState == "active" {
+			as.Since = st.Since
+		}
+		if st.Running() {
+			as.Healthy = s.healthy(ctx, a)
+		}
+		out = append(out, as)
+	}
+	return out, nil
+}

@@ -1,0 +1,516 @@
+// Package supervisor starts, stops and switches agents through systemd so
+// that only what fits in VRAM runs. systemd is the source of truth: the
+// supervisor keeps no state of its own, and every decision starts from what
+// systemd and the GPU say now.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vagent-dev/vagent/config"
+)
+
+// GPUMemory is one GPU's memory as the driver reports it.
+type GPUMemory struct {
+	Total, Free uint64
+}
+
+// GPU is what the supervisor needs to know of the GPUs.
+type GPU interface {
+	// Memory returns each GPU's memory by index.
+	Memory(ctx context.Context) (map[int]GPUMemory, error)
+	// AgentBytes returns the GPU memory each agent's processes hold, by
+	// agent name, summed over GPUs.
+	AgentBytes(ctx context.Context) (map[string]uint64, error)
+}
+
+// Options are the supervisor's collaborators.
+type Options struct {
+	Systemd Systemd
+	GPU     GPU
+	// RootCause returns the line explaining why unit failed since t, from
+	// its journal ("" when nothing useful was logged).
+	RootCause func(ctx context.Context, unit string, since time.Time) string
+	// LastUsed returns when an agent last served a request; zero when
+	// unknown (then the unit's start time stands in).
+	LastUsed func(agent string) time.Time
+	Log      *slog.Logger
+	// HTTP probes engines' /health; a client with a short timeout is used
+	// when nil.
+	HTTP *http.Client
+}
+
+// Supervisor drives agents' units.
+type Supervisor struct {
+	cfg *config.Config
+	o   Options
+}
+
+// New returns a supervisor for cfg.
+func New(cfg *config.Config, o Options) *Supervisor {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.HTTP == nil {
+		o.HTTP = &http.Client{Timeout: 2 * time.Second}
+	}
+	if o.RootCause == nil {
+		o.RootCause = func(context.Context, string, time.Time) string { return "" }
+	}
+	return &Supervisor{cfg: cfg, o: o}
+}
+
+// Config is the configuration the supervisor works on.
+func (s *Supervisor) Config() *config.Config { return s.cfg }
+
+// Result says what a transition did.
+type Result struct {
+	Agent string `json:"agent"`
+	// AlreadyRunning is true when the agent was healthy and nothing was done.
+	AlreadyRunning bool `json:"already_running"`
+	// Evicted are the agents stopped to make room, in order.
+	Evicted  []string      `json:"evicted,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// StartError is a failed start, with the root cause from the engine's log.
+type StartError struct {
+	Agent     string
+	Reason    string // what the supervisor saw: "exited", "timed out", ...
+	RootCause string
+}
+
+func (e *StartError) Error() string {
+	if e.RootCause != "" {
+		return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.RootCause)
+	}
+	return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.Reason)
+}
+
+// FitError is an agent that cannot fit its GPU even after every allowed eviction.
+type FitError struct {
+	Agent string
+	GPU   int
+	Need  uint64
+	// Free is what the GPU would have free after the allowed evictions.
+	Free uint64
+	// Blockers are running agents that were not allowed to be evicted.
+	Blockers []string
+	Why      string
+}
+
+func (e *FitError) Error() string {
+	msg := fmt.Sprintf("agent %s does not fit GPU %d: it needs %s, and at most %s can be freed",
+		e.Agent, e.GPU, GiB(e.Need), GiB(e.Free))
+	if e.Why != "" {
+		msg += ": " + e.Why
+	}
+	return msg
+}
+
+// GiB formats bytes as GiB with two decimals, vLLM's unit in its messages.
+func GiB(b uint64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
+
+func (s *Supervisor) agent(name string) (*config.Agent, error) {
+	if a := s.cfg.Agent(name); a != nil {
+		return a, nil
+	}
+	names := make([]string, len(s.cfg.Agents))
+	for i, a := range s.cfg.Agents {
+		names[i] = a.Name
+	}
+	return nil, fmt.Errorf("unknown agent %q (configured: %s)", name, strings.Join(names, ", "))
+}
+
+// Switch makes agent name run: it stops whatever cannot share its GPUs or
+// leaves too little memory (lowest priority first, then least recently
+// used; never a pinned agent or one that is starting), waits for the GPU to
+// show that memory back, starts the agent and waits until it is healthy.
+func (s *Supervisor) Switch(ctx context.Context, name string) (*Result, error) {
+	return s.transition(ctx, name, true)
+}
+
+// Start starts agent name if it fits beside what runs, without evicting.
+func (s *Supervisor) Start(ctx context.Context, name string) (*Result, error) {
+	return s.transition(ctx, name, false)
+}
+
+// Stop stops agent name and waits until the GPU shows its memory back.
+func (s *Supervisor) Stop(ctx context.Context, name string) error {
+	a, err := s.agent(name)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.lock(ctx, a.GPUs)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.stopAndRelease(ctx, a)
+}
+
+// Restart stops agent name, waits for its memory, and starts it again.
+func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) {
+	a, err := s.agent(name)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	unlock, err := s.lock(ctx, a.GPUs)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := s.stopAndRelease(ctx, a); err != nil {
+		return nil, err
+	}
+	res, err := s.transitionLocked(ctx, a, false)
+	if res != nil {
+		res.Duration = time.Since(t0)
+	}
+	return res, err
+}
+
+func (s *Supervisor) transition(ctx context.Context, name string, evict bool) (*Result, error) {
+	a, err := s.agent(name)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	unlock, err := s.lock(ctx, a.GPUs)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	res, err := s.transitionLocked(ctx, a, evict)
+	if res != nil {
+		res.Duration = time.Since(t0)
+	}
+	return res, err
+}
+
+type running struct {
+	agent *config.Agent
+	state UnitState
+	bytes uint64 // measured GPU use; budget when unmeasured
+}
+
+func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evict bool) (*Result, error) {
+	res := &Result{Agent: a.Name}
+	st, err := s.o.Systemd.State(ctx, a.Unit())
+	if err != nil {
+		return nil, err
+	}
+	if st.LoadState != "loaded" {
+		return nil, fmt.Errorf("agent %s: unit %s is %s: run `vagentctl apply` first", a.Name, a.Unit(), st.LoadState)
+	}
+	if st.Running() {
+		if s.healthy(ctx, a) {
+			res.AlreadyRunning = true
+			return res, nil
+		}
+		// Started by someone else (by hand, or systemd's own restart):
+		// wait for it rather than starting it twice.
+		return res, s.waitReady(ctx, a, time.Now())
+	}
+
+	victims, err := s.plan(ctx, a, evict)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range victims {
+		s.o.Log.Info("evicting agent", "agent", v.Name, "for", a.Name)
+		if err := s.stopAndRelease(ctx, v); err != nil {
+			return res, fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
+		}
+		res.Evicted = append(res.Evicted, v.Name)
+	}
+	if err := s.checkFits(ctx, a); err != nil {
+		return res, err
+	}
+
+	if st.ActiveState == "failed" {
+		// A failed unit may have hit its start limit on an earlier try;
+		// this start is deliberate, so give it a fresh count.
+		if err := s.o.Systemd.ResetFailed(ctx, a.Unit()); err != nil {
+			return res, err
+		}
+	}
+	started := time.Now()
+	s.o.Log.Info("starting agent", "agent", a.Name, "unit", a.Unit())
+	if err := s.o.Systemd.Start(ctx, a.Unit()); err != nil {
+		var je *JobError
+		if errors.As(err, &je) {
+			return res, s.failStart(ctx, a, started, "start job "+je.Result)
+		}
+		return res, err
+	}
+	return res, s.waitReady(ctx, a, started)
+}
+
+// plan decides which running agents to stop so that a fits, in order.
+func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*config.Agent, error) {
+	mem, err := s.o.GPU.Memory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	usage, err := s.o.GPU.AgentBytes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	reserve := s.cfg.GPU.ReserveMiB << 20
+
+	var others []running
+	for _, o := range s.cfg.Agents {
+		if o == a || !config.SharesGPU(a, o) {
+			continue
+		}
+		st, err := s.o.Systemd.State(ctx, o.Unit())
+		if err != nil {
+			return nil, err
+		}
+		if !st.Running() {
+			continue
+		}
+		b := usage[o.Name]
+		if b == 0 {
+			b = o.Budget(mem[o.GPUs[0]].Total, 0)
+		}
+		others = append(others, running{agent: o, state: st, bytes: b})
+	}
+
+	// Least valuable first: lowest priority, then least recently used.
+	sort.SliceStable(others, func(i, j int) bool {
+		if others[i].agent.Priority != others[j].agent.Priority {
+			return others[i].agent.Priority < others[j].agent.Priority
+		}
+		return s.lastUsed(others[i]).Before(s.lastUsed(others[j]))
+	})
+
+	chosen := map[string]bool{}
+	var victims []*config.Agent
+	take := func(r running) error {
+		if chosen[r.agent.Name] {
+			return nil
+		}
+		switch {
+		case !evict:
+			return fmt.Errorf("agent %s cannot run beside %s on GPU %v: use `vagentctl switch %s` to stop it first",
+				a.Name, r.agent.Name, r.agent.GPUs, a.Name)
+		case r.agent.Pinned:
+			return fmt.Errorf("agent %s cannot run beside %s, which is pinned (pinned = true in %s)",
+				a.Name, r.agent.Name, r.agent.File)
+		case !s.healthy(ctx, r.agent):
+			return fmt.Errorf("agent %s cannot run beside %s, which is starting: try again when it is up",
+				a.Name, r.agent.Name)
+		}
+		chosen[r.agent.Name] = true
+		victims = append(victims, r.agent)
+		return nil
+	}
+
+	// Agents that cannot share a GPU with a go first, whatever their rank:
+	// their units conflict, so systemd would stop them anyway.
+	for _, r := range others {
+		if config.CannotShare(a, r.agent, mem[firstShared(a, r.agent)].Total, reserve) {
+			if err := take(r); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Then more, in rank order, until a's budget fits every one of its GPUs.
+	for _, g := range a.GPUs {
+		m := mem[g]
+		need := a.Budget(m.Total, 0) + reserve
+		free := m.Free
+		for _, r := range others {
+			if chosen[r.agent.Name] && onGPU(r.agent, g) {
+				free += perGPU(r)
+			}
+		}
+		for _, r := range others {
+			if free >= need {
+				break
+			}
+			if chosen[r.agent.Name] || !onGPU(r.agent, g) {
+				continue
+			}
+			if !evict || r.agent.Pinned || !s.healthy(ctx, r.agent) {
+				continue
+			}
+			if err := take(r); err != nil {
+				return nil, err
+			}
+			free += perGPU(r)
+		}
+		if free < need {
+			fe := &FitError{Agent: a.Name, GPU: g, Need: need, Free: free}
+			for _, r := range others {
+				if !chosen[r.agent.Name] && onGPU(r.agent, g) {
+					fe.Blockers = append(fe.Blockers, r.agent.Name)
+				}
+			}
+			switch {
+			case need > m.Total:
+				fe.Why = fmt.Sprintf("the GPU has only %s in all", GiB(m.Total))
+			case len(fe.Blockers) > 0 && !evict:
+				fe.Why = fmt.Sprintf("%s must stop first: use `vagentctl switch %s`", strings.Join(fe.Blockers, ", "), a.Name)
+			case len(fe.Blockers) > 0:
+				fe.Why = fmt.Sprintf("%s cannot be evicted (pinned or starting)", strings.Join(fe.Blockers, ", "))
+			default:
+				fe.Why = "memory is held by processes vagent does not manage"
+			}
+			return nil, fe
+		}
+	}
+	return victims, nil
+}
+
+func (s *Supervisor) lastUsed(r running) time.Time {
+	if s.o.LastUsed != nil {
+		if t := s.o.LastUsed(r.agent.Name); !t.IsZero() {
+			return t
+		}
+	}
+	return r.state.Since
+}
+
+func firstShared(a, b *config.Agent) int {
+	for _, g := range a.GPUs {
+		if onGPU(b, g) {
+			return g
+		}
+	}
+	return a.GPUs[0]
+}
+
+func onGPU(a *config.Agent, g int) bool {
+	for _, x := range a.GPUs {
+		if x == g {
+			return true
+		}
+	}
+	return false
+}
+
+// perGPU spreads an agent's measured use evenly over its GPUs, as tensor
+// parallelism does.
+func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
+
+// checkFits re-reads the GPU after evictions: memory can be taken by
+// processes vagent does not manage while it works.
+func (s *Supervisor) checkFits(ctx context.Context, a *config.Agent) error {
+	mem, err := s.o.GPU.Memory(ctx)
+	if err != nil {
+		return err
+	}
+	reserve := s.cfg.GPU.ReserveMiB << 20
+	for _, g := range a.GPUs {
+		m, ok := mem[g]
+		if !ok {
+			return fmt.Errorf("agent %s: GPU %d not found", a.Name, g)
+		}
+		need := a.Budget(m.Total, 0) + reserve
+		if m.Free < need {
+			return &FitError{Agent: a.Name, GPU: g, Need: need, Free: m.Free,
+				Why: "memory is held by processes vagent does not manage"}
+		}
+	}
+	return nil
+}
+
+// stopAndRelease stops a's unit and waits until the GPU no longer shows
+// memory held by it: starting the next engine before that would fail vLLM's
+// free-memory check.
+func (s *Supervisor) stopAndRelease(ctx context.Context, a *config.Agent) error {
+	if err := s.o.Systemd.Stop(ctx, a.Unit()); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(s.cfg.Supervisor.ReleaseTimeout.Duration)
+	for {
+		usage, err := s.o.GPU.AgentBytes(ctx)
+		if err != nil {
+			return err
+		}
+		if usage[a.Name] == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent %s stopped, but the GPU still shows %s held by it after %s",
+				a.Name, GiB(usage[a.Name]), s.cfg.Supervisor.ReleaseTimeout.Duration)
+		}
+		if err := sleep(ctx, s.cfg.Supervisor.HealthInterval.Duration); err != nil {
+			return err
+		}
+	}
+}
+
+// waitReady polls a's /health until it answers 200, the unit stops
+// running, or the health timeout passes.
+func (s *Supervisor) waitReady(ctx context.Context, a *config.Agent, started time.Time) error {
+	timeout := s.cfg.Supervisor.HealthTimeout.Duration
+	deadline := time.Now().Add(timeout)
+	for {
+		if s.healthy(ctx, a) {
+			s.o.Log.Info("agent healthy", "agent", a.Name, "after", time.Since(started).Round(time.Millisecond))
+			return nil
+		}
+		st, err := s.o.Systemd.State(ctx, a.Unit())
+		if err != nil {
+			return err
+		}
+		if !st.Running() {
+			return s.failStart(ctx, a, started, fmt.Sprintf("unit is %s (%s), result %s", st.ActiveState, st.SubState, st.Result))
+		}
+		if time.Now().After(deadline) {
+			return s.failStart(ctx, a, started, fmt.Sprintf("not healthy after %s", timeout))
+		}
+		if err := sleep(ctx, s.cfg.Supervisor.HealthInterval.Duration); err != nil {
+			return err
+		}
+	}
+}
+
+// failStart stops a unit whose start failed, so that systemd's restarts do
+// not keep retrying a start that cannot succeed, and reports why from its log.
+func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started time.Time, reason string) error {
+	// Read the log first: stopping adds lines of its own.
+	cause := s.o.RootCause(ctx, a.Unit(), started)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Units.StopTimeout.Duration+5*time.Second)
+	defer cancel()
+	if err := s.o.Systemd.Stop(stopCtx, a.Unit()); err != nil {
+		s.o.Log.Warn("stopping failed agent", "agent", a.Name, "err", err)
+	}
+	return &StartError{Agent: a.Name, Reason: reason, RootCause: cause}
+}
+
+func (s *Supervisor) healthy(ctx context.Context, a *config.Agent) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", a.Port), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := s.o.HTTP.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

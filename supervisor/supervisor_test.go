@@ -1,0 +1,352 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vagent-dev/vagent/config"
+)
+
+const gib = uint64(1) << 30
+
+// fakeHost is a systemd and a GPU in one: starting a unit brings up its
+// engine's /health and takes its budget from the GPU; stopping gives it back.
+type fakeHost struct {
+	mu      sync.Mutex
+	t       *testing.T
+	cfg     *config.Config
+	total   uint64
+	foreign uint64 // memory held by processes vagent does not manage
+	states  map[string]UnitState
+	servers map[string]*http.Server
+	// failing units exit at once after their start job.
+	failing map[string]bool
+	log     []string
+	// peak is the most memory ever in use.
+	peak uint64
+}
+
+func newFakeHost(t *testing.T, cfg *config.Config, total uint64) *fakeHost {
+	h := &fakeHost{t: t, cfg: cfg, total: total, states: map[string]UnitState{},
+		servers: map[string]*http.Server{}, failing: map[string]bool{}}
+	for _, a := range cfg.Agents {
+		h.states[a.Unit()] = UnitState{LoadState: "loaded", ActiveState: "inactive", SubState: "dead"}
+	}
+	t.Cleanup(func() {
+		for _, s := range h.servers {
+			s.Close()
+		}
+	})
+	return h
+}
+
+func (h *fakeHost) agentOf(unit string) *config.Agent {
+	for _, a := range h.cfg.Agents {
+		if a.Unit() == unit {
+			return a
+		}
+	}
+	h.t.Fatalf("unknown unit %s", unit)
+	return nil
+}
+
+func (h *fakeHost) used() uint64 {
+	n := h.foreign
+	for unit, st := range h.states {
+		if st.Running() {
+			n += h.agentOf(unit).Budget(h.total, 0)
+		}
+	}
+	return n
+}
+
+func (h *fakeHost) Start(ctx context.Context, unit string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log = append(h.log, "start "+unit)
+	a := h.agentOf(unit)
+	// Conflicts= as systemd applies it: the other side is stopped.
+	for _, o := range h.cfg.Agents {
+		if config.CannotShare(a, o, h.total, h.cfg.GPU.ReserveMiB<<20) && h.states[o.Unit()].Running() {
+			h.t.Errorf("started %s while conflicting %s runs", a.Name, o.Name)
+		}
+	}
+	if h.failing[unit] {
+		h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code"}
+		return nil
+	}
+	h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "active", SubState: "running", MainPID: 100, Since: time.Now()}
+	if u := h.used(); u > h.peak {
+		h.peak = u
+	}
+	if h.used() > h.total {
+		h.t.Errorf("over-commit: %d > %d after starting %s", h.used(), h.total, a.Name)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(a.Port))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	go srv.Serve(ln)
+	h.servers[unit] = srv
+	return nil
+}
+
+func (h *fakeHost) Stop(ctx context.Context, unit string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log = append(h.log, "stop "+unit)
+	if s := h.servers[unit]; s != nil {
+		s.Close()
+		delete(h.servers, unit)
+	}
+	st := h.states[unit]
+	st.ActiveState, st.SubState, st.MainPID = "inactive", "dead", 0
+	h.states[unit] = st
+	return nil
+}
+
+func (h *fakeHost) Reload(context.Context) error { return nil }
+func (h *fakeHost) ResetFailed(_ context.Context, unit string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.log = append(h.log, "reset-failed "+unit)
+	return nil
+}
+func (h *fakeHost) State(_ context.Context, unit string) (UnitState, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.states[unit], nil
+}
+func (h *fakeHost) Close() {}
+
+func (h *fakeHost) Memory(context.Context) (map[int]GPUMemory, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return map[int]GPUMemory{0: {Total: h.total, Free: h.total - h.used()}}, nil
+}
+
+func (h *fakeHost) AgentBytes(context.Context) (map[string]uint64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]uint64{}
+	for unit, st := range h.states {
+		if st.Running() {
+			a := h.agentOf(unit)
+			out[a.Name] = a.Budget(h.total, 0)
+		}
+	}
+	return out, nil
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func testConfig(t *testing.T, agents ...*config.Agent) *config.Config {
+	c := config.Defaults()
+	c.Paths.RunDir = t.TempDir()
+	c.Supervisor.HealthInterval.Duration = 5 * time.Millisecond
+	c.Supervisor.HealthTimeout.Duration = 5 * time.Second
+	c.Supervisor.ReleaseTimeout.Duration = 5 * time.Second
+	for _, a := range agents {
+		a.Port = freePort(t)
+		if a.GPUs == nil {
+			a.GPUs = []int{0}
+		}
+	}
+	c.Agents = agents
+	return &c
+}
+
+func agent(name string, util float64, prio int) *config.Agent {
+	return &config.Agent{Name: name, GPUMemoryUtilization: util, Priority: prio}
+}
+
+func newSup(cfg *config.Config, h *fakeHost, cause string) *Supervisor {
+	return New(cfg, Options{Systemd: h, GPU: h,
+		RootCause: func(context.Context, string, time.Time) string { return cause }})
+}
+
+func TestSwitchEvictsConflictingAgentBeforeStarting(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	ctx := context.Background()
+
+	if _, err := s.Switch(ctx, "po"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Switch(ctx, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(res.Evicted, ",") != "po" {
+		t.Errorf("evicted %v, want [po]", res.Evicted)
+	}
+	want := "start vagent@po.service,stop vagent@po.service,start vagent@dev.service"
+	if got := strings.Join(h.log, ","); got != want {
+		t.Errorf("systemd calls:\n got %s\nwant %s", got, want)
+	}
+	if h.peak > h.total {
+		t.Errorf("peak use %d above total %d", h.peak, h.total)
+	}
+	again, err := s.Switch(ctx, "dev")
+	if err != nil || !again.AlreadyRunning {
+		t.Errorf("second switch to a healthy agent: %+v, %v; want already running", again, err)
+	}
+}
+
+func TestSwitchEvictsLowestPriorityThenLeastRecentlyUsed(t *testing.T) {
+	// Three agents at 0.4 of the card: any two share it, three do not.
+	cfg := testConfig(t, agent("a", 0.4, 20), agent("b", 0.4, 10), agent("c", 0.4, 10), agent("d", 0.4, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	used := map[string]time.Time{"b": time.Now(), "c": time.Now().Add(-time.Hour)}
+	s := New(cfg, Options{Systemd: h, GPU: h, LastUsed: func(n string) time.Time { return used[n] }})
+	ctx := context.Background()
+	for _, n := range []string{"b", "c"} {
+		if _, err := s.Switch(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := s.Switch(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b and c have the same priority; c was used longest ago.
+	if strings.Join(res.Evicted, ",") != "c" {
+		t.Errorf("evicted %v, want [c]", res.Evicted)
+	}
+	res, err = s.Switch(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a (20) outranks b (10): b goes.
+	if strings.Join(res.Evicted, ",") != "b" {
+		t.Errorf("evicted %v, want [b]", res.Evicted)
+	}
+}
+
+func TestStartRefusesToEvict(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	ctx := context.Background()
+	if _, err := s.Start(ctx, "po"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Start(ctx, "dev")
+	if err == nil || !strings.Contains(err.Error(), "vagentctl switch dev") {
+		t.Fatalf("start beside a conflicting agent: %v; want a hint to switch", err)
+	}
+	if !h.states["vagent@po.service"].Running() {
+		t.Error("po was stopped by a plain start")
+	}
+}
+
+func TestSwitchNeverEvictsPinnedAgent(t *testing.T) {
+	po := agent("po", 0.92, 10)
+	po.Pinned = true
+	po.File = "po.toml"
+	cfg := testConfig(t, po, agent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	ctx := context.Background()
+	if _, err := s.Switch(ctx, "po"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Switch(ctx, "dev")
+	if err == nil || !strings.Contains(err.Error(), "pinned") {
+		t.Fatalf("switch over a pinned agent: %v; want refusal naming pinned", err)
+	}
+}
+
+func TestSwitchReportsWhyAnAgentCanNeverFit(t *testing.T) {
+	cfg := testConfig(t, agent("big", 1.0, 10))
+	cfg.GPU.ReserveMiB = 512
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	_, err := s.Switch(context.Background(), "big")
+	var fe *FitError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "only 16.00 GiB in all") {
+		t.Fatalf("got %v, want a FitError saying the GPU is too small", err)
+	}
+	if len(h.log) != 0 {
+		t.Errorf("systemd was called: %v", h.log)
+	}
+}
+
+func TestSwitchAccountsForForeignMemory(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.5, 10))
+	h := newFakeHost(t, cfg, 16*gib)
+	h.foreign = 10 * gib
+	_, err := newSup(cfg, h, "").Switch(context.Background(), "po")
+	if err == nil || !strings.Contains(err.Error(), "does not manage") {
+		t.Fatalf("got %v, want a refusal naming unmanaged memory", err)
+	}
+}
+
+func TestFailedStartReportsRootCauseAndStopsUnit(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.5, 10))
+	h := newFakeHost(t, cfg, 16*gib)
+	h.failing["vagent@po.service"] = true
+	cause := "ValueError: No available memory for the cache blocks. Try increasing gpu_memory_utilization when initializing the engine."
+	_, err := newSup(cfg, h, cause).Switch(context.Background(), "po")
+	var se *StartError
+	if !errors.As(err, &se) || se.RootCause != cause {
+		t.Fatalf("got %v, want StartError with the root cause", err)
+	}
+	if !strings.Contains(err.Error(), "No available memory for the cache blocks") {
+		t.Errorf("message %q lacks the root cause", err)
+	}
+	if last := h.log[len(h.log)-1]; last != "stop vagent@po.service" {
+		t.Errorf("last call %q, want the failed unit stopped", last)
+	}
+}
+
+func TestUnknownAgentListsConfigured(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.5, 10), agent("dev", 0.5, 10))
+	h := newFakeHost(t, cfg, 16*gib)
+	_, err := newSup(cfg, h, "").Switch(context.Background(), "qa")
+	if err == nil || !strings.Contains(err.Error(), `unknown agent "qa" (configured: po, dev)`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestTransitionsOnOneGPUAreSerialised(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.3, 10))
+	s := New(cfg, Options{})
+	ctx := context.Background()
+	unlock, err := s.lock(ctx, []int{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.lock(short, []int{0}); err == nil {
+		t.Fatal("second lock on GPU 0 succeeded while the first is held")
+	}
+	if u2, err := s.lock(ctx, []int{1}); err != nil {
+		t.Fatalf("lock on another GPU: %v", err)
+	} else {
+		u2()
+	}
+	unlock()
+	u3, err := s.lock(short, []int{0})
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	u3()
+}
