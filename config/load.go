@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -178,6 +180,10 @@ func decodeStrict(file string, data []byte, v any) Errors {
 		if errors.As(err, &pe) {
 			return Errors{{File: file, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}}
 		}
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return Errors{{File: file, Line: line, Field: m[2], Msg: m[3]}}
+		}
 		return Errors{{File: file, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}
 	}
 	var errs Errors
@@ -186,6 +192,9 @@ func decodeStrict(file string, data []byte, v any) Errors {
 	}
 	return errs
 }
+
+// typeErrRE parses the decoder's type errors, whose position is only in the text.
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
 
 // lineOf finds the line defining key in a TOML document: its table header
 // line for a table, else the line assigning its last part inside the table

@@ -280,6 +280,10 @@ func (c *Config) validateAcrossAgents() Errors {
 	if _, p, err := net.SplitHostPort(c.Gateway.Listen); err == nil {
 		gwPort, _ = strconv.Atoi(p)
 	}
+	// Agents' own names come first: an alias may not take another agent's name.
+	for _, a := range c.Agents {
+		names[a.Name] = a
+	}
 	for _, a := range c.Agents {
 		data, _ := os.ReadFile(a.File)
 		at := func(field, format string, args ...any) {
@@ -294,9 +298,13 @@ func (c *Config) validateAcrossAgents() Errors {
 		if a.Port == gwPort {
 			at("port", "%d is the gateway's port (gateway.listen in %s)", a.Port, c.Path)
 		}
-		for _, n := range a.Names() {
+		for _, n := range a.Names()[1:] {
+			field := "aliases"
+			if oneOf(n, a.ServedNames) {
+				field = "served_names"
+			}
 			if o, ok := names[n]; ok && o != a {
-				at("aliases", "name %q already belongs to agent %q (%s)", n, o.Name, o.File)
+				at(field, "name %q already belongs to agent %q (%s)", n, o.Name, o.File)
 			} else {
 				names[n] = a
 			}

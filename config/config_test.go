@@ -1,0 +1,249 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// shipped loads the configuration the project ships.
+func shipped(t *testing.T, dir string) *Config {
+	t.Helper()
+	c, err := Load(filepath.Join("..", dir, "vagent.toml"))
+	if err != nil {
+		t.Fatalf("shipped config %s: %v", dir, err)
+	}
+	return c
+}
+
+func TestShippedConfigsLoad(t *testing.T) {
+	c := shipped(t, "configs")
+	want := map[string]struct {
+		model string
+		temp  float64
+		port  int
+	}{
+		"architect": {"Qwen/Qwen2.5-14B-Instruct-AWQ", 0.1, 8000},
+		"dev":       {"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ", 0.3, 8001},
+		"po":        {"Qwen/Qwen2.5-7B-Instruct-AWQ", 0.5, 8002},
+	}
+	if len(c.Agents) != len(want) {
+		t.Fatalf("got %d agents, want %d", len(c.Agents), len(want))
+	}
+	for _, a := range c.Agents {
+		w, ok := want[a.Name]
+		if !ok {
+			t.Errorf("unexpected agent %s", a.Name)
+			continue
+		}
+		if a.Model != w.model || a.Port != w.port || a.Sampling.Temperature == nil || *a.Sampling.Temperature != w.temp {
+			t.Errorf("agent %s: model %s port %d temperature %v; want %+v", a.Name, a.Model, a.Port, a.Sampling.Temperature, w)
+		}
+		if a.Unit() != "vagent@"+a.Name+".service" {
+			t.Errorf("unit %s", a.Unit())
+		}
+	}
+	if c.Engine.Kind != EngineSim || c.GPU.Backend != GPUBackendSim {
+		t.Errorf("shipped default engine %s/%s, want the simulator", c.Engine.Kind, c.GPU.Backend)
+	}
+	shipped(t, "configs/examples/24gb")
+}
+
+func TestShippedDefaultsMatchCodeDefaults(t *testing.T) {
+	c := shipped(t, "configs")
+	d := Defaults()
+	if !reflect.DeepEqual(c.Engine, d.Engine) ||
+		c.Paths != d.Paths || c.GPU != d.GPU || c.Gateway != d.Gateway || c.Units != d.Units || c.Supervisor != d.Supervisor {
+		t.Errorf("configs/vagent.toml says it shows the defaults but differs:\n file %+v\n code %+v", c, d)
+	}
+}
+
+// writeConfig lays out a main file and agent files in a temp dir.
+func writeConfig(t *testing.T, main string, agents map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "agents"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "vagent.toml")
+	if err := os.WriteFile(path, []byte(main), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range agents {
+		if err := os.WriteFile(filepath.Join(dir, "agents", name+".toml"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+const goodAgent = "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\nport = 8002\n"
+
+func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
+	cases := []struct {
+		name   string
+		main   string
+		agents map[string]string
+		want   []string // substrings of the error
+	}{
+		{
+			name:   "unknown key in agent",
+			agents: map[string]string{"po": goodAgent + "\n[sampling]\ntemprature = 0.5\n"},
+			want:   []string{"agents/po.toml:5:", `agent "po"`, "sampling.temprature: unknown key"},
+		},
+		{
+			name: "unknown key in main",
+			main: "[gateway]\nlisten = \"127.0.0.1:8080\"\nport = 9\n",
+			want: []string{"vagent.toml:3:", "gateway.port: unknown key"},
+		},
+		{
+			name: "duplicate port",
+			agents: map[string]string{
+				"po":  goodAgent,
+				"dev": "model = \"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ\"\n\nport = 8002\n",
+			},
+			want: []string{"agents/po.toml:2:", `agent "po"`, "port: 8002 is already used by agent \"dev\""},
+		},
+		{
+			name:   "newline in a value",
+			agents: map[string]string{"po": goodAgent + "chat_template = \"a\\nExecStartPre=/bin/evil\"\n"},
+			want:   []string{"agents/po.toml:3:", "chat_template: must not contain a newline"},
+		},
+		{
+			name:   "bad agent name",
+			agents: map[string]string{"Bad.Name": goodAgent},
+			want:   []string{"Bad.Name.toml", `agent "Bad.Name"`, "name: agent names"},
+		},
+		{
+			name:   "utilization out of range",
+			agents: map[string]string{"po": goodAgent + "gpu_memory_utilization = 1.5\n"},
+			want:   []string{"agents/po.toml:3:", "gpu_memory_utilization: must be in (0, 1]"},
+		},
+		{
+			name:   "model neither hub id nor directory",
+			agents: map[string]string{"po": "model = \"/no/such/dir\"\nport = 8002\n"},
+			want:   []string{"agents/po.toml:1:", `model: "/no/such/dir" is a path but not an existing directory`},
+		},
+		{
+			name:   "extra args repeat a managed flag",
+			agents: map[string]string{"po": goodAgent + "extra_args = [\"--port=9\"]\n"},
+			want:   []string{"extra_args: entry 1 \"--port=9\" repeats a flag vagent sets"},
+		},
+		{
+			name:   "wrong type",
+			agents: map[string]string{"po": "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\nport = \"8002\"\n"},
+			want:   []string{"agents/po.toml:2:", "port"},
+		},
+		{
+			name:   "syntax error",
+			agents: map[string]string{"po": "model = \"Qwen/x\nport = 1\n"},
+			want:   []string{"agents/po.toml:1:"},
+		},
+		{
+			name:   "alias taken by another agent",
+			agents: map[string]string{"po": goodAgent, "dev": "model = \"Qwen/x\"\nport = 8001\naliases = [\"po\"]\n"},
+			want:   []string{"agents/dev.toml:3:", `name "po" already belongs to agent "po"`},
+		},
+		{
+			name:   "managed env",
+			agents: map[string]string{"po": goodAgent + "[env]\nCUDA_VISIBLE_DEVICES = \"1\"\n"},
+			want:   []string{"env: CUDA_VISIBLE_DEVICES is set by vagent itself"},
+		},
+		{
+			name: "engine kind",
+			main: "[engine]\nkind = \"docker\"\n",
+			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.main, tc.agents)
+			_, err := Load(path)
+			if err == nil {
+				t.Fatal("bad config accepted")
+			}
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error %T is not config.Errors: %v", err, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestMultiLineSystemPromptIsAllowed(t *testing.T) {
+	path := writeConfig(t, "", map[string]string{"po": goodAgent + "system_prompt = \"\"\"\nBe brief.\nBe kind.\n\"\"\"\n"})
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Agents[0].SystemPrompt; got != "Be brief.\nBe kind.\n" {
+		t.Errorf("system prompt %q", got)
+	}
+}
+
+func TestAgentDefaultsAndNames(t *testing.T) {
+	path := writeConfig(t, "", map[string]string{"po": goodAgent + "served_names = [\"po-7b\"]\naliases = [\"po\", \"owner\"]\n"})
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Agent("po")
+	if a.GPUMemoryUtilization != 0.9 || a.Revision != "main" || len(a.GPUs) != 1 || a.GPUs[0] != 0 || a.TensorParallelSize != 1 {
+		t.Errorf("defaults not applied: %+v", a)
+	}
+	if got := strings.Join(a.Names(), ","); got != "po,po-7b,owner" {
+		t.Errorf("names %s", got)
+	}
+	if a.ServedName() != "po-7b" {
+		t.Errorf("served name %s", a.ServedName())
+	}
+}
+
+func TestPathPrecedence(t *testing.T) {
+	t.Setenv(EnvPath, "/from/env.toml")
+	if p := Path("/from/flag.toml"); p != "/from/flag.toml" {
+		t.Errorf("flag: %s", p)
+	}
+	if p := Path(""); p != "/from/env.toml" {
+		t.Errorf("env: %s", p)
+	}
+	t.Setenv(EnvPath, "")
+	if p := Path(""); p != DefaultPath {
+		t.Errorf("default: %s", p)
+	}
+}
+
+func TestBudgetAndCannotShare(t *testing.T) {
+	total := uint64(16376) << 20
+	a := &Agent{Name: "a", GPUs: []int{0}, GPUMemoryUtilization: 0.92}
+	b := &Agent{Name: "b", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
+	c := &Agent{Name: "c", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
+	d := &Agent{Name: "d", GPUs: []int{1}, GPUMemoryUtilization: 0.92}
+	if got := a.Budget(total, 0); got != uint64(0.92*float64(total)) {
+		t.Errorf("budget %d", got)
+	}
+	pinned := &Agent{GPUMemoryUtilization: 0.9, KVCacheMemoryBytes: 2 << 30}
+	if got := pinned.Budget(total, 5<<30); got != 7<<30 {
+		t.Errorf("kv-pinned budget %d, want KV plus weights", got)
+	}
+	if !CannotShare(a, b, total, 256<<20) {
+		t.Error("0.92 + 0.4 share one GPU")
+	}
+	if CannotShare(b, c, total, 256<<20) {
+		t.Error("0.4 + 0.4 cannot share")
+	}
+	if CannotShare(a, d, total, 256<<20) {
+		t.Error("agents on different GPUs conflict")
+	}
+	if !CannotShare(a, b, 0, 0) || CannotShare(b, c, 0, 0) {
+		t.Error("unknown total: judge by fractions")
+	}
+}
