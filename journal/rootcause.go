@@ -1,0 +1,188 @@
+package journal
+
+import (
+	"regexp"
+	"strings"
+)
+
+var (
+	// ansiRE matches terminal colour and cursor sequences.
+	ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+	// procPrefixRE is the tag vLLM puts before every line of a child
+	// process: "(EngineCore_DP0 pid=123) ", "(APIServer pid=1) ",
+	// "(VllmWorker rank=0 pid=9) ".
+	procPrefixRE = regexp.MustCompile(`^\([^()]*\bpid=\d+\) ?`)
+	// levelPrefixRE is vLLM's logging prefix:
+	// "ERROR 11-29 15:51:30 [core.py:700] ", with optional milliseconds and
+	// a path in the brackets in later versions.
+	levelPrefixRE = regexp.MustCompile(`^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? \[[^\]]*\] ?`)
+	// exceptionRE is the last line of a Python traceback: a possibly
+	// dotted exception class at the start of the line, then ": message" or
+	// nothing (a bare AssertionError).
+	exceptionRE = regexp.MustCompile(`^(?:[A-Za-z_]\w*\.)*([A-Z]\w*)(?::\s|:?$)`)
+	// argparseRE is argparse's complaint before exit status 2:
+	// "vllm: error: unrecognized arguments: --foo".
+	argparseRE = regexp.MustCompile(`^[\w.\- ]+: error: \S`)
+)
+
+// genericMarkers are the words of the exceptions vLLM raises only to say
+// that the cause was logged above them.
+var genericMarkers = []string{
+	"See root cause above",
+	"Engine core initialization failed",
+	"See stack trace for the root cause",
+	"see stack trace for root cause",
+	"Engine process failed to start",
+	"initialization failed due to an exception in a background process",
+}
+
+// systemdNoise are systemd's lines about a unit that say that it failed,
+// never why; they close every failed start's log.
+var systemdNoise = []string{
+	"Main process exited, code=",
+	"Failed with result '",
+	"Scheduled restart job",
+	"Start request repeated too quickly",
+	"Failed to start ",
+	"Stopped ",
+	"Consumed ",
+	"Deactivated successfully",
+	"Started ",
+	"Starting ",
+	"Stopping ",
+}
+
+// RootCause returns the line that says why a vLLM start failed, for a user
+// who would otherwise scroll a page of tracebacks. vLLM ends a failed start
+// with "RuntimeError: Engine core initialization failed. See root cause
+// above."; the answer is the last exception line before it (ValueError: Free
+// memory on device ..., torch.OutOfMemoryError: ..., OSError: [Errno 98]
+// Address already in use), or argparse's "vllm: error: ..." for bad flags,
+// without vLLM's process and logging prefixes. Failing that, it is the last
+// ERROR line, then the last line that is not systemd's own report of the
+// failure, then the last line. "" for no entries.
+func RootCause(entries []Entry) string {
+	lines := logLines(entries)
+	if len(lines) == 0 {
+		return ""
+	}
+	// The cause comes before the last generic summary; lines after it are
+	// the unit's stop, not the cause.
+	end := len(lines)
+	for i := len(lines) - 1; i >= 0; i-- {
+		if isException(lines[i].text) && isGeneric(lines[i].text) {
+			end = i
+			break
+		}
+	}
+	for i := end - 1; i >= 0; i-- {
+		t := lines[i].text
+		if (isException(t) && !isGeneric(t) && !ignored(lines, i)) || argparseRE.MatchString(t) {
+			return strings.TrimSpace(t)
+		}
+	}
+	for i := end - 1; i >= 0; i-- {
+		l := lines[i]
+		if (l.error || l.priority <= 3) && !isSystemdNoise(l) && !isGeneric(l.text) {
+			return strings.TrimSpace(l.text)
+		}
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		if t := strings.TrimSpace(lines[i].text); t != "" && !isSystemdNoise(lines[i]) {
+			return t
+		}
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		if t := strings.TrimSpace(lines[i].text); t != "" {
+			return t
+		}
+	}
+	return ""
+}
+
+type logLine struct {
+	text     string // prefixes stripped, not trimmed: indentation tells code from exceptions
+	error    bool   // vLLM logged it at ERROR or CRITICAL
+	priority int
+	systemd  bool // systemd's own record about the unit
+}
+
+// logLines splits the entries into single lines, as a record may hold
+// several, and strips colour codes, progress-bar redraws and vLLM's prefixes.
+func logLines(entries []Entry) []logLine {
+	var out []logLine
+	for _, e := range entries {
+		systemd := e.Identifier == "systemd" || e.PID == 1
+		msg := ansiRE.ReplaceAllString(e.Message, "")
+		for _, l := range strings.Split(msg, "\n") {
+			// A carriage return redraws the line: the last frame shows.
+			l = strings.TrimRight(l, "\r")
+			if k := strings.LastIndexByte(l, '\r'); k >= 0 {
+				l = l[k+1:]
+			}
+			l = procPrefixRE.ReplaceAllString(l, "")
+			isErr := false
+			if m := levelPrefixRE.FindStringSubmatch(l); m != nil {
+				isErr = m[1] == "ERROR" || m[1] == "CRITICAL"
+				l = l[len(m[0]):]
+			}
+			if strings.TrimSpace(l) == "" {
+				continue
+			}
+			out = append(out, logLine{text: l, error: isErr, priority: e.Priority, systemd: systemd})
+		}
+	}
+	return out
+}
+
+// isException reports whether line is an exception line of a traceback. The
+// class must end like an exception class, so that "Note: ..." or "INFO: ..."
+// do not pass.
+func isException(line string) bool {
+	m := exceptionRE.FindStringSubmatch(line)
+	if m == nil {
+		return false
+	}
+	name := m[1]
+	for _, suffix := range []string{"Error", "Exception", "Exit", "Interrupt", "Failure"} {
+		if strings.HasSuffix(name, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// ignored reports whether the exception at lines[i] closes a traceback that
+// Python printed as "Exception ignored in: ..." (a destructor failing during
+// the shutdown that follows the real failure).
+func ignored(lines []logLine, i int) bool {
+	j := i - 1
+	for j >= 0 && (strings.HasPrefix(lines[j].text, " ") || strings.HasPrefix(lines[j].text, "\t")) {
+		j--
+	}
+	if j >= 0 && strings.HasPrefix(lines[j].text, "Traceback (most recent call last)") {
+		j--
+	}
+	return j >= 0 && strings.HasPrefix(lines[j].text, "Exception ignored in")
+}
+
+func isGeneric(line string) bool {
+	for _, m := range genericMarkers {
+		if strings.Contains(line, m) {
+			return true
+		}
+	}
+	return false
+}
+
+func isSystemdNoise(l logLine) bool {
+	if !l.systemd {
+		return false
+	}
+	for _, n := range systemdNoise {
+		if strings.Contains(l.text, n) {
+			return true
+		}
+	}
+	return false
+}
