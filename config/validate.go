@@ -46,7 +46,7 @@ var ManagedFlags = []string{
 }
 
 // ManagedEnv are environment variables vagent sets in every unit.
-var ManagedEnv = []string{"CUDA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_HOME", "HF_HUB_OFFLINE"}
+var ManagedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_API_KEY", "HF_HOME", "HF_HUB_OFFLINE"}
 
 type fieldChecker struct {
 	file  string

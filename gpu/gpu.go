@@ -23,24 +23,25 @@ type Device struct {
 	// Index is the driver's (NVML's) index, which is PCI bus order. CUDA
 	// numbers devices the same way only with CUDA_DEVICE_ORDER=PCI_BUS_ID,
 	// which units must set so that an agent's gpus mean these indexes.
-	Index int
-	UUID  string
-	Name  string
+	Index int    `json:"index"`
+	UUID  string `json:"uuid"`
+	Name  string `json:"name"`
 
-	TotalBytes uint64
-	UsedBytes  uint64
+	TotalBytes uint64 `json:"total_bytes"`
+	UsedBytes  uint64 `json:"used_bytes"`
 	// FreeBytes is what a new process can still allocate; with NVML's v2
 	// memory info it excludes the driver's reserved memory, so Total may be
 	// more than Used+Free.
-	FreeBytes uint64
+	FreeBytes uint64 `json:"free_bytes"`
 
-	ComputeMajor, ComputeMinor int
+	ComputeMajor int `json:"compute_major"`
+	ComputeMinor int `json:"compute_minor"`
 
 	// UtilizationPercent, TemperatureC and PowerWatts are informational and
 	// 0 where the device does not report them.
-	UtilizationPercent int
-	TemperatureC       int
-	PowerWatts         float64
+	UtilizationPercent int     `json:"utilization_percent"`
+	TemperatureC       int     `json:"temperature_c"`
+	PowerWatts         float64 `json:"power_watts"`
 }
 
 // ComputeCapability is the device's CUDA compute capability as "8.9".
@@ -51,28 +52,28 @@ func (d Device) ComputeCapability() string {
 // Process is one process holding GPU memory on one device. A process using
 // several GPUs appears once per GPU.
 type Process struct {
-	PID int
-	GPU int
+	PID int `json:"pid"`
+	GPU int `json:"gpu"`
 	// UsedBytes is the memory it holds on GPU; 0 where the driver does not
 	// say (NVML reports "not available" in some containers).
-	UsedBytes uint64
+	UsedBytes uint64 `json:"used_bytes"`
 	// Unit is the vagent unit the process runs in (vagent@NAME.service), ""
 	// for a process that is not an agent's.
-	Unit string
+	Unit string `json:"unit"`
 	// Agent is NAME of Unit, "" when Unit is "".
-	Agent string
+	Agent string `json:"agent"`
 }
 
 // Info is the driver and its devices at one moment.
 type Info struct {
 	// Backend is "nvml" or "sim".
-	Backend string
+	Backend string `json:"backend"`
 	// Driver is the driver version ("550.54.15"); "sim" for the simulator.
-	Driver string
+	Driver string `json:"driver"`
 	// CUDA is the newest CUDA version the driver supports ("12.4").
-	CUDA string
+	CUDA string `json:"cuda"`
 	// Devices are sorted by Index.
-	Devices []Device
+	Devices []Device `json:"devices"`
 }
 
 // Device returns the device with index i.

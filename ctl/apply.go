@@ -1,0 +1,235 @@
+package ctl
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/units"
+)
+
+func renderCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "render",
+		Usage: "write the units for the configuration into a directory, without touching systemd",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Required: true, Usage: "directory to write into (created if missing)"},
+		},
+		OnUsageError: subUsageError,
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := noArgs(cmd); err != nil {
+				return err
+			}
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			files, err := units.Render(cfg, gpuTotals(ctx, cfg, cmd.Root().ErrWriter))
+			if err != nil {
+				return err
+			}
+			out := cmd.String("out")
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return fmt.Errorf("render: %w", err)
+			}
+			if _, err := units.Write(out, files); err != nil {
+				return err
+			}
+			for _, name := range sortedNames(files) {
+				fmt.Fprintln(cmd.Root().Writer, filepath.Join(out, name))
+			}
+			return nil
+		},
+	}
+}
+
+func sortedNames(files units.Files) []string {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// gpuTotals reads each GPU's size for the Conflicts= decisions. Without a
+// driver the units are still rendered, judged by utilization alone.
+func gpuTotals(ctx context.Context, cfg *config.Config, warn io.Writer) map[int]uint64 {
+	b, err := gpu.Open(cfg)
+	if err == nil {
+		defer b.Close()
+		var info gpu.Info
+		if info, err = b.Info(ctx); err == nil {
+			totals := map[int]uint64{}
+			for _, d := range info.Devices {
+				totals[d.Index] = d.TotalBytes
+			}
+			return totals
+		}
+	}
+	fmt.Fprintf(warn, "vagentctl: warning: GPU sizes unknown, conflicts judged by gpu_memory_utilization alone: %v\n", err)
+	return nil
+}
+
+func applyCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "apply",
+		Usage: "write the units for the configuration into the unit directory and reload systemd",
+		Description: "Writes the template vagent@.service and one drop-in per agent atomically, rewriting only what " +
+			"changed; removes the drop-ins of agents no longer configured (stopping them first); reloads systemd; " +
+			"and names the running agents whose unit changed. A bad configuration changes nothing.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "restart", Usage: "restart running agents whose unit changed"},
+		},
+		OnUsageError: subUsageError,
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if err := noArgs(cmd); err != nil {
+				return err
+			}
+			return apply(ctx, cmd)
+		},
+	}
+}
+
+func apply(ctx context.Context, cmd *cli.Command) error {
+	out := cmd.Root().Writer
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return err
+	}
+	files, err := units.Render(cfg, gpuTotals(ctx, cfg, cmd.Root().ErrWriter))
+	if err != nil {
+		return err
+	}
+	h, err := connect(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+
+	// Agents whose files were deleted: stop them while their unit still
+	// says how, then their drop-ins go.
+	for _, name := range orphanedAgents(cfg) {
+		st, err := h.sd.State(ctx, config.UnitName(name))
+		if err != nil {
+			return err
+		}
+		if st.Running() {
+			if err := h.sd.Stop(ctx, config.UnitName(name)); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "stopped %s: it is no longer configured\n", name)
+		}
+	}
+	for _, dir := range []string{cfg.Paths.StateDir, cfg.Paths.RunDir, cfg.Paths.HFHome, cfg.Paths.CacheDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
+	if err := ensureEngineKey(cfg); err != nil {
+		return err
+	}
+	res, err := units.Write(cfg.Paths.UnitDir, files)
+	if err != nil {
+		return err
+	}
+	if err := h.sd.Reload(ctx); err != nil {
+		return &dbusError{err}
+	}
+	for _, n := range res.Added {
+		fmt.Fprintf(out, "added %s\n", config.UnitName(n))
+	}
+	for _, n := range res.Removed {
+		fmt.Fprintf(out, "removed %s\n", config.UnitName(n))
+	}
+	changed := res.Updated
+	if res.TemplateChanged {
+		fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
+		changed = nil
+		for _, a := range cfg.Agents {
+			changed = append(changed, a.Name)
+		}
+	}
+	var stale []string
+	for _, n := range changed {
+		if cfg.Agent(n) == nil {
+			continue
+		}
+		fmt.Fprintf(out, "updated %s\n", config.UnitName(n))
+		st, err := h.sd.State(ctx, config.UnitName(n))
+		if err != nil {
+			return err
+		}
+		if st.Running() {
+			stale = append(stale, n)
+		}
+	}
+	if !res.Changed() {
+		fmt.Fprintln(out, "units are up to date")
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	if !cmd.Bool("restart") {
+		fmt.Fprintf(out, "running with an old unit: %s (vagentctl apply --restart, or vagentctl restart AGENT)\n", strings.Join(stale, ", "))
+		return nil
+	}
+	var errs []error
+	for _, n := range stale {
+		r, err := h.sup.Restart(ctx, n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		printResult(cmd, "restart", r)
+	}
+	return errors.Join(errs...)
+}
+
+// orphanedAgents are agents with a vagent drop-in in the unit directory but
+// no file in the configuration.
+func orphanedAgents(cfg *config.Config) []string {
+	matches, _ := filepath.Glob(filepath.Join(cfg.Paths.UnitDir, "vagent@*.service.d", units.DropInName))
+	var out []string
+	for _, m := range matches {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(filepath.Dir(m)), "vagent@"), ".service.d")
+		if cfg.Agent(name) == nil {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// ensureEngineKey creates the engines' API key once. Engines read it through
+// EnvironmentFile=, so it never appears on a command line; only vagent (and
+// root) can read it, so clients cannot bypass the gateway.
+func ensureEngineKey(cfg *config.Config) error {
+	path := cfg.EngineKeyFile()
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte("VLLM_API_KEY="+hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("engine key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("engine key: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/journal"
+	"github.com/vagent-dev/vagent/supervisor"
+)
+
+func loadConfig(cmd *cli.Command) (*config.Config, error) {
+	return config.Load(config.Path(cmd.Root().String("config")))
+}
+
+// host is what a command that touches the running system needs.
+type host struct {
+	cfg *config.Config
+	sd  *supervisor.DBus
+	gpu gpu.Backend
+	sup *supervisor.Supervisor
+}
+
+func (h *host) Close() {
+	if h.sd != nil {
+		h.sd.Close()
+	}
+	if h.gpu != nil {
+		h.gpu.Close()
+	}
+}
+
+// connect loads the configuration and reaches systemd and the GPU.
+func connect(ctx context.Context, cmd *cli.Command) (*host, error) {
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return nil, err
+	}
+	h := &host{cfg: cfg}
+	h.sd, err = supervisor.NewDBus(ctx, cfg.Supervisor.DBusTimeout.Duration)
+	if err != nil {
+		return nil, &dbusError{err}
+	}
+	h.gpu, err = gpu.Open(cfg)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	h.sup = supervisor.New(cfg, supervisor.Options{
+		Systemd:   h.sd,
+		GPU:       supervisor.FromBackend(h.gpu),
+		RootCause: rootCause,
+		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	return h, nil
+}
+
+// rootCause reads the unit's log since t and lifts the line that explains a
+// failed start.
+func rootCause(ctx context.Context, unit string, since time.Time) string {
+	// journald stamps lines when it receives them; a second of slack covers
+	// the clock granularity of the start time we were given.
+	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+	if err != nil {
+		return ""
+	}
+	return journal.RootCause(entries)
+}
+
+// agentErr wraps an unknown-agent error so that it gets its hint.
+func agentErr(cfg *config.Config, name string) error {
+	if cfg.Agent(name) != nil {
+		return nil
+	}
+	names := ""
+	for i, a := range cfg.Agents {
+		if i > 0 {
+			names += ", "
+		}
+		names += a.Name
+	}
+	return &agentError{fmt.Errorf("unknown agent %q (configured: %s)", name, names)}
+}

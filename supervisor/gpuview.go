@@ -1,0 +1,38 @@
+package supervisor
+
+import (
+	"context"
+
+	"github.com/vagent-dev/vagent/gpu"
+)
+
+// FromBackend gives the supervisor's view of a gpu backend.
+func FromBackend(b gpu.Backend) GPU { return backendView{b} }
+
+type backendView struct{ b gpu.Backend }
+
+func (v backendView) Memory(ctx context.Context) (map[int]GPUMemory, error) {
+	info, err := v.b.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]GPUMemory, len(info.Devices))
+	for _, d := range info.Devices {
+		out[d.Index] = GPUMemory{Total: d.TotalBytes, Free: d.FreeBytes}
+	}
+	return out, nil
+}
+
+func (v backendView) AgentBytes(ctx context.Context) (map[string]uint64, error) {
+	procs, err := v.b.Processes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, p := range procs {
+		if p.Agent != "" {
+			out[p.Agent] += p.UsedBytes
+		}
+	}
+	return out, nil
+}
