@@ -69,13 +69,35 @@ type DBus struct {
 // NewDBus connects to the system bus ($DBUS_SYSTEM_BUS_ADDRESS or the
 // standard socket), falling back to systemd's private socket as root.
 func NewDBus(ctx context.Context, timeout time.Duration) (*DBus, error) {
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn, err := sd.NewWithContext(cctx)
-	if err != nil {
-		return nil, fmt.Errorf("connect to systemd over D-Bus: %w", explain(err))
+	// godbus closes a connection when the context it was dialled with ends,
+	// so dial with one that lives as long as the connection and bound only
+	// the handshake here.
+	type dialed struct {
+		conn *sd.Conn
+		err  error
 	}
-	return &DBus{conn: conn, timeout: timeout}, nil
+	ch := make(chan dialed, 1)
+	go func() {
+		conn, err := sd.NewWithContext(context.WithoutCancel(ctx))
+		ch <- dialed{conn, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case d := <-ch:
+		if d.err != nil {
+			return nil, fmt.Errorf("connect to systemd over D-Bus: %w", explain(d.err))
+		}
+		return &DBus{conn: d.conn, timeout: timeout}, nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	go func() {
+		if d := <-ch; d.conn != nil {
+			d.conn.Close()
+		}
+	}()
+	return nil, fmt.Errorf("connect to systemd over D-Bus: no answer within %s (is systemd running?)", timeout)
 }
 
 // Close closes the connection.
