@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -147,36 +148,35 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 	if err := h.sd.Reload(ctx); err != nil {
 		return &dbusError{err}
 	}
+	if res.TemplateChanged {
+		fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
+	}
 	for _, n := range res.Added {
 		fmt.Fprintf(out, "added %s\n", config.UnitName(n))
+	}
+	for _, n := range res.Updated {
+		fmt.Fprintf(out, "updated %s\n", config.UnitName(n))
 	}
 	for _, n := range res.Removed {
 		fmt.Fprintf(out, "removed %s\n", config.UnitName(n))
 	}
-	changed := res.Updated
-	if res.TemplateChanged {
-		fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
-		changed = nil
-		for _, a := range cfg.Agents {
-			changed = append(changed, a.Name)
-		}
+	if !res.Changed() {
+		fmt.Fprintln(out, "units are up to date")
 	}
+	// A running engine keeps the unit it started with: name the ones whose
+	// unit (or the template every unit shares) changed under them.
 	var stale []string
-	for _, n := range changed {
-		if cfg.Agent(n) == nil {
+	for _, a := range cfg.Agents {
+		if !res.TemplateChanged && !slices.Contains(res.Updated, a.Name) {
 			continue
 		}
-		fmt.Fprintf(out, "updated %s\n", config.UnitName(n))
-		st, err := h.sd.State(ctx, config.UnitName(n))
+		st, err := h.sd.State(ctx, a.Unit())
 		if err != nil {
 			return err
 		}
 		if st.Running() {
-			stale = append(stale, n)
+			stale = append(stale, a.Name)
 		}
-	}
-	if !res.Changed() {
-		fmt.Fprintln(out, "units are up to date")
 	}
 	if len(stale) == 0 {
 		return nil
