@@ -92,9 +92,30 @@ type GPU struct {
 	SimLoadSeconds float64 `toml:"sim_load_seconds"`
 }
 
-// Gateway configures the OpenAI-compatible front end.
+// Gateway configures vagentd's OpenAI-compatible front end and scheduler.
 type Gateway struct {
+	// Listen is the address of the OpenAI-compatible endpoint.
 	Listen string `toml:"listen"`
+	// KeysFile lists client API keys; empty means no keys, and then vagentd
+	// refuses any non-loopback listen address.
+	KeysFile string `toml:"keys_file"`
+	// ControlSocket is the unix socket vagentctl talks to.
+	ControlSocket string `toml:"control_socket"`
+	// ControlGroup owns the control socket (mode 0660); empty keeps root's.
+	ControlGroup string `toml:"control_group"`
+	// QueueLength bounds requests waiting for an agent; past it: 429.
+	QueueLength int `toml:"queue_length"`
+	// MaxWait bounds how long a request waits for its agent, cold start
+	// included; past it: 503 with Retry-After.
+	MaxWait Duration `toml:"max_wait"`
+	// DrainTimeout bounds how long a switch waits for an evicted agent's
+	// requests in flight; the rest are cut with an explicit error.
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// FairnessWindow is how long a running agent keeps taking new requests
+	// while requests for another agent wait; then the switch happens.
+	FairnessWindow Duration `toml:"fairness_window"`
+	// RequestTimeout bounds one request to an engine once it is running.
+	RequestTimeout Duration `toml:"request_timeout"`
 }
 
 // Units holds settings rendered into every agent's unit.

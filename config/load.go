@@ -87,7 +87,15 @@ func Defaults() Config {
 			SimCount:    1,
 			SimTotalMiB: 16376, // what a "16 GB" card reports: 15.99 GiB
 		},
-		Gateway: Gateway{Listen: "127.0.0.1:8080"},
+		Gateway: Gateway{
+			Listen:         "127.0.0.1:8080",
+			ControlSocket:  "/run/vagent/vagentd.sock",
+			QueueLength:    256,
+			MaxWait:        Duration{10 * time.Minute},
+			DrainTimeout:   Duration{60 * time.Second},
+			FairnessWindow: Duration{30 * time.Second},
+			RequestTimeout: Duration{30 * time.Minute},
+		},
 		Units: Units{
 			RestartSec:         Duration{5 * time.Second},
 			StartTimeout:       Duration{15 * time.Minute},

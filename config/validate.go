@@ -127,6 +127,29 @@ func (c *Config) validateMain(data []byte) Errors {
 	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		f.fail("gateway.listen", "port must be 1-65535, not %q", port)
 	}
+	if c.Gateway.KeysFile != "" && !filepath.IsAbs(c.Gateway.KeysFile) {
+		f.fail("gateway.keys_file", "must be an absolute path, not %q", c.Gateway.KeysFile)
+	}
+	if !filepath.IsAbs(c.Gateway.ControlSocket) {
+		f.fail("gateway.control_socket", "must be an absolute path, not %q", c.Gateway.ControlSocket)
+	}
+	if c.Gateway.ControlGroup != "" && !userNameRE.MatchString(c.Gateway.ControlGroup) {
+		f.fail("gateway.control_group", "%q is not a valid group name", c.Gateway.ControlGroup)
+	}
+	if c.Gateway.QueueLength < 1 {
+		f.fail("gateway.queue_length", "must be at least 1")
+	}
+	for key, d := range map[string]Duration{
+		"gateway.max_wait": c.Gateway.MaxWait, "gateway.drain_timeout": c.Gateway.DrainTimeout,
+		"gateway.request_timeout": c.Gateway.RequestTimeout,
+	} {
+		if d.Duration <= 0 {
+			f.fail(key, "must be positive")
+		}
+	}
+	if c.Gateway.FairnessWindow.Duration < 0 {
+		f.fail("gateway.fairness_window", "must not be negative")
+	}
 	if c.Units.User != "" && !userNameRE.MatchString(c.Units.User) {
 		f.fail("units.user", "%q is not a valid user name", c.Units.User)
 	}

@@ -41,7 +41,12 @@ type Options struct {
 	// LastUsed returns when an agent last served a request; zero when
 	// unknown (then the unit's start time stands in).
 	LastUsed func(agent string) time.Time
-	Log      *slog.Logger
+	// BeforeEvict, when set, is called for each agent a switch is about to
+	// stop, before stopping it: the gateway stops routing to it and waits
+	// for its requests in flight (up to its drain bound). An error aborts
+	// the switch before anything is stopped for it.
+	BeforeEvict func(ctx context.Context, agent string) error
+	Log         *slog.Logger
 	// HTTP probes engines' /health; a client with a short timeout is used
 	// when nil.
 	HTTP *http.Client
@@ -226,6 +231,11 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		return nil, err
 	}
 	for _, v := range victims {
+		if s.o.BeforeEvict != nil {
+			if err := s.o.BeforeEvict(ctx, v.Name); err != nil {
+				return res, fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
+			}
+		}
 		s.o.Log.Info("evicting agent", "agent", v.Name, "for", a.Name)
 		if err := s.stopAndRelease(ctx, v); err != nil {
 			return res, fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
