@@ -23,7 +23,7 @@ import (
 // host is one throwaway systemd with the shipped agents installed on the
 // simulator, each on its own free port.
 type host struct {
-	t     *testing.T
+	t     testing.TB
 	s     *sandbox.Sandbox
 	conf  string
 	ports map[string]int
@@ -31,7 +31,7 @@ type host struct {
 
 const simLoadSeconds = 0.5
 
-func newHost(t *testing.T) *host {
+func newHost(t testing.TB) *host {
 	t.Helper()
 	s := sandbox.New(t, sandbox.Options{})
 	ctx := t.Context()
@@ -165,7 +165,7 @@ func eventually(t *testing.T, bound time.Duration, what string, cond func() bool
 
 // dirDigest hashes every file under dir, so that a test can tell whether a
 // command changed anything there.
-func dirDigest(t *testing.T, dir string) string {
+func dirDigest(t testing.TB, dir string) string {
 	t.Helper()
 	hsh := sha256.New()
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
