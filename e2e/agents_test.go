@@ -297,6 +297,58 @@ func TestE2EAgents(t *testing.T) {
 		}
 	})
 
+	t.Run("test, gpu, restart and render", func(t *testing.T) {
+		out := h.mustCtl("test", "architect", "--max-tokens", "8")
+		if !strings.Contains(out, "architect: 8 tokens, time to first token") || !strings.Contains(out, "tokens/s") {
+			t.Errorf("test output:\n%s", out)
+		}
+		var g struct {
+			Devices []struct {
+				TotalBytes uint64 `json:"total_bytes"`
+			} `json:"devices"`
+			Processes []struct {
+				Agent     string `json:"agent"`
+				UsedBytes uint64 `json:"used_bytes"`
+			} `json:"processes"`
+		}
+		if err := json.Unmarshal([]byte(h.mustCtl("gpu", "--json")), &g); err != nil {
+			t.Fatal(err)
+		}
+		if len(g.Devices) != 1 || g.Devices[0].TotalBytes != 16376<<20 {
+			t.Errorf("gpu devices: %+v", g.Devices)
+		}
+		if len(g.Processes) != 1 || g.Processes[0].Agent != "architect" || g.Processes[0].UsedBytes == 0 {
+			t.Errorf("gpu processes: %+v, want architect's engine", g.Processes)
+		}
+		pid := h.status()["architect"].MainPID
+		h.mustCtl("restart", "architect")
+		if st := h.status()["architect"]; !st.Healthy || st.MainPID == pid {
+			t.Errorf("after restart: %+v (PID before %d)", st, pid)
+		}
+		dir := h.s.Path("rendered")
+		out = h.mustCtl("render", "--out", dir)
+		if !strings.Contains(out, "vagent@po.service.d/50-vagent.conf") {
+			t.Errorf("render output:\n%s", out)
+		}
+		rendered, err := os.ReadFile(filepath.Join(dir, "vagent@po.service.d", "50-vagent.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied, err := os.ReadFile(filepath.Join(h.s.UnitDir(), "vagent@po.service.d", "50-vagent.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(rendered) != string(applied) {
+			t.Errorf("render and apply differ:\n%s\n---\n%s", rendered, applied)
+		}
+		if _, errOut, code := h.ctl("switch"); code != 2 || !strings.Contains(errOut, "exactly one AGENT") {
+			t.Errorf("switch without an agent: exit %d, %s; want usage error 2", code, errOut)
+		}
+		if _, errOut, code := h.ctl("switch", "nosuch"); code != 1 || !strings.Contains(errOut, `unknown agent "nosuch"`) {
+			t.Errorf("switch nosuch: exit %d, %s", code, errOut)
+		}
+	})
+
 	t.Run("an agent that cannot fit fails with vLLM's error", func(t *testing.T) {
 		port, err := sandbox.FreePort()
 		if err != nil {
