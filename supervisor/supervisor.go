@@ -139,51 +139,39 @@ func (s *Supervisor) agent(name string) (*config.Agent, error) {
 // used; never a pinned agent or one that is starting), waits for the GPU to
 // show that memory back, starts the agent and waits until it is healthy.
 func (s *Supervisor) Switch(ctx context.Context, name string) (*Result, error) {
-	return s.transition(ctx, name, true)
+	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+		return s.transitionLocked(ctx, a, true)
+	})
 }
 
 // Start starts agent name if it fits beside what runs, without evicting.
 func (s *Supervisor) Start(ctx context.Context, name string) (*Result, error) {
-	return s.transition(ctx, name, false)
+	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+		return s.transitionLocked(ctx, a, false)
+	})
 }
 
 // Stop stops agent name and waits until the GPU shows its memory back.
 func (s *Supervisor) Stop(ctx context.Context, name string) error {
-	a, err := s.agent(name)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lock(ctx, a.GPUs)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return s.stopAndRelease(ctx, a)
+	_, err := s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+		return nil, s.stopAndRelease(ctx, a)
+	})
+	return err
 }
 
 // Restart stops agent name, waits for its memory, and starts it again.
 func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) {
-	a, err := s.agent(name)
-	if err != nil {
-		return nil, err
-	}
-	t0 := time.Now()
-	unlock, err := s.lock(ctx, a.GPUs)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := s.stopAndRelease(ctx, a); err != nil {
-		return nil, err
-	}
-	res, err := s.transitionLocked(ctx, a, false)
-	if res != nil {
-		res.Duration = time.Since(t0)
-	}
-	return res, err
+	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+		if err := s.stopAndRelease(ctx, a); err != nil {
+			return nil, err
+		}
+		return s.transitionLocked(ctx, a, false)
+	})
 }
 
-func (s *Supervisor) transition(ctx context.Context, name string, evict bool) (*Result, error) {
+// locked runs fn on agent name holding the transition locks of its GPUs,
+// and times the whole transition, lock wait included.
+func (s *Supervisor) locked(ctx context.Context, name string, fn func(*config.Agent) (*Result, error)) (*Result, error) {
 	a, err := s.agent(name)
 	if err != nil {
 		return nil, err
@@ -194,7 +182,7 @@ func (s *Supervisor) transition(ctx context.Context, name string, evict bool) (*
 		return nil, err
 	}
 	defer unlock()
-	res, err := s.transitionLocked(ctx, a, evict)
+	res, err := fn(a)
 	if res != nil {
 		res.Duration = time.Since(t0)
 	}
