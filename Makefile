@@ -13,7 +13,7 @@ SHELL := /bin/bash
 
 GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './$(E2E_DIR)/*')
 
-.PHONY: all build test unit e2e lint vet fmt-check bench demo clean
+.PHONY: all build test unit e2e lint vet fmt-check bench demo docs clean
 
 all: build
 
@@ -52,6 +52,10 @@ bench:
 ## demo: boot a throwaway systemd, run the shipped configs on vllm-sim (root)
 demo:
 	GO=$(GO) scripts/demo.sh
+
+## docs: regenerate docs/configuration.md from the config package
+docs:
+	VAGENT_UPDATE_DOCS=1 $(GO) test ./config -run TestConfigurationReferenceIsCurrent
 
 clean:
 	rm -rf $(BIN) dist $(E2E_DIR)

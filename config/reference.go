@@ -1,0 +1,255 @@
+package config
+
+import (
+	"fmt"
+	"io"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// keyDoc says what one key means and what it becomes.
+type keyDoc struct {
+	doc string
+	// renders is the vllm serve flag or unit directive the key turns into,
+	// or where else it acts.
+	renders string
+}
+
+// mainDocs documents every key of vagent.toml. A test fails when a key of
+// the Config struct is missing here, so the reference cannot go stale.
+var mainDocs = map[string]keyDoc{
+	"engine.kind":                {"Which program serves agents: \"vllm\" (vllm serve from the managed venv) or \"sim\" (vllm-sim, the simulator that needs no GPU).", "`ExecStart=` program"},
+	"engine.vllm_version":        {"The vLLM version units are rendered for: only flags this version accepts are written.", "flag set of `ExecStart=`"},
+	"engine.venv":                {"The virtual environment holding vLLM; the engine is `VENV/bin/vllm`.", "`ExecStart=VENV/bin/vllm serve ...`"},
+	"engine.sim_binary":          {"The vllm-sim executable used when kind is \"sim\".", "`ExecStart=SIM serve ...`"},
+	"engine.env":                 {"Extra environment for every agent (an agent's own env wins).", "`Environment=`"},
+	"paths.unit_dir":             {"Where the template unit and the drop-ins are written.", "`vagent@.service`, `vagent@NAME.service.d/50-vagent.conf`"},
+	"paths.state_dir":            {"Engines, the engines' API key, setup state.", "`HOME=`, `EnvironmentFile=STATE/engine-key.env`"},
+	"paths.run_dir":              {"Runtime files: transition locks, the control socket's default place.", "`RUN/gpuN.lock`"},
+	"paths.hf_home":              {"The Hugging Face home holding model weights.", "`HF_HOME=`"},
+	"paths.cache_dir":            {"Compiler and kernel caches (Triton, torch inductor, CUDA, vLLM).", "`XDG_CACHE_HOME=`, `TRITON_CACHE_DIR=`, `TORCHINDUCTOR_CACHE_DIR=`, `CUDA_CACHE_PATH=`, `VLLM_CACHE_ROOT=`"},
+	"paths.agents_dir":           {"The directory of agent files, relative to vagent.toml.", ""},
+	"gpu.backend":                {"Where GPU facts come from: \"nvml\" (the NVIDIA driver) or \"sim\" (the simulator's ledger).", ""},
+	"gpu.reserve_mib":            {"Memory per GPU vagent never plans to use (display, other programs).", "fit checks, `Conflicts=`"},
+	"gpu.sim_ledger":             {"The ledger file shared by every simulator process.", "`VLLM_SIM_LEDGER=`"},
+	"gpu.sim_count":              {"How many GPUs the simulator pretends to have.", "`VLLM_SIM_GPUS=`"},
+	"gpu.sim_total_mib":          {"The memory of each simulated GPU.", "`VLLM_SIM_TOTAL_MIB=`"},
+	"gpu.sim_load_seconds":       {"When above 0, the simulator's load time for every agent (else it grows with model size).", "`VLLM_SIM_LOAD_SECONDS=`"},
+	"gateway.listen":             {"The address of vagentd's OpenAI-compatible endpoint.", ""},
+	"gateway.keys_file":          {"Client API keys (TOML); without one vagentd listens on loopback only.", ""},
+	"gateway.control_socket":     {"The unix socket vagentctl uses to reach vagentd.", ""},
+	"gateway.control_group":      {"The group that owns the control socket (mode 0660); empty keeps root's.", ""},
+	"gateway.queue_length":       {"Requests that may wait for an agent; past it: 429.", ""},
+	"gateway.max_wait":           {"How long a request may wait for its agent, cold start included; past it: 503 with Retry-After.", ""},
+	"gateway.drain_timeout":      {"How long a switch waits for an evicted agent's requests in flight; the rest get an explicit error.", ""},
+	"gateway.fairness_window":    {"How long a running agent keeps taking new requests while requests for another agent wait.", ""},
+	"gateway.request_timeout":    {"Bound on one request to a running engine.", ""},
+	"units.user":                 {"The user engines run as; empty keeps systemd's default (root).", "`User=`"},
+	"units.group":                {"The group engines run as; empty means the user's primary group.", "`Group=`"},
+	"units.restart_sec":          {"Pause before systemd restarts a crashed engine.", "`RestartSec=`"},
+	"units.start_timeout":        {"How long systemd lets an engine's start job run.", "`TimeoutStartSec=`"},
+	"units.stop_timeout":         {"How long systemd waits for an engine to stop before SIGKILL.", "`TimeoutStopSec=`"},
+	"units.start_limit_burst":    {"Starts allowed per start_limit_interval before systemd gives up.", "`StartLimitBurst=`"},
+	"units.start_limit_interval": {"The window of start_limit_burst.", "`StartLimitIntervalSec=`"},
+	"supervisor.health_timeout":  {"Bound on the wait for an engine's /health after its unit starts.", ""},
+	"supervisor.health_interval": {"How often /health is polled during a start.", ""},
+	"supervisor.release_timeout": {"Bound on the wait for a stopped engine's GPU memory to show free.", ""},
+	"supervisor.dbus_timeout":    {"Bound on each D-Bus call to systemd.", ""},
+}
+
+// agentDocs documents every key of an agent file.
+var agentDocs = map[string]keyDoc{
+	"model":                        {"A Hugging Face repo id (ORG/NAME) or an existing local directory.", "`vllm serve MODEL`"},
+	"revision":                     {"Branch, tag or commit of the model.", "`--revision` (when not main)"},
+	"served_names":                 {"Model names the engine answers to; the first is the metrics label.", "`--served-model-name`"},
+	"aliases":                      {"More names clients may use; the gateway rewrites them.", ""},
+	"port":                         {"The engine's port on 127.0.0.1; unique per agent.", "`--host 127.0.0.1 --port`"},
+	"gpus":                         {"GPU indexes (PCI bus order, as nvidia-smi) the engine sees; several only with tensor parallelism.", "`CUDA_VISIBLE_DEVICES=`"},
+	"gpu_memory_utilization":       {"Fraction of the GPU's total memory this engine may use, in (0, 1]: its budget.", "`--gpu-memory-utilization`"},
+	"kv_cache_memory_bytes":        {"A fixed KV cache size; vLLM then ignores the utilization for the KV size (not for its free-memory check).", "`--kv-cache-memory-bytes`"},
+	"max_model_len":                {"Longest context; 0 takes the model's.", "`--max-model-len`"},
+	"dtype":                        {"auto, half, float16, bfloat16, float, float32.", "`--dtype` (when not auto)"},
+	"quantization":                 {"Leave empty for AWQ checkpoints (vLLM picks awq_marlin).", "`--quantization`"},
+	"kv_cache_dtype":               {"auto, fp8, fp8_e4m3, fp8_e5m2 (fp8 halves KV bytes).", "`--kv-cache-dtype` (when not auto)"},
+	"enable_prefix_caching":        {"Prefix caching on or off; unset keeps vLLM's default (on).", "`--enable-prefix-caching` / `--no-enable-prefix-caching`"},
+	"max_num_seqs":                 {"Most sequences in a batch; 0 lets vLLM choose.", "`--max-num-seqs`"},
+	"tensor_parallel_size":         {"GPUs one engine spans; must equal the number of gpus.", "`--tensor-parallel-size` (when above 1)"},
+	"enforce_eager":                {"No CUDA graphs: less memory, slower.", "`--enforce-eager`"},
+	"chat_template":                {"A chat template file or inline template (one line).", "`--chat-template`"},
+	"trust_remote_code":            {"Run the model repository's own code.", "`--trust-remote-code`"},
+	"tool_call_parser":             {"Tool-call parser for OpenAI tools (e.g. hermes).", "`--enable-auto-tool-choice --tool-call-parser`"},
+	"reasoning_parser":             {"Reasoning parser for reasoning models.", "`--reasoning-parser`"},
+	"sampling.temperature":         {"Default temperature.", "`--override-generation-config`"},
+	"sampling.top_p":               {"Default top-p, in (0, 1].", "`--override-generation-config`"},
+	"sampling.top_k":               {"Default top-k; -1 is off.", "`--override-generation-config`"},
+	"sampling.min_p":               {"Default min-p, in [0, 1].", "`--override-generation-config`"},
+	"sampling.repetition_penalty":  {"Default repetition penalty.", "`--override-generation-config`"},
+	"sampling.max_tokens":          {"Default completion length.", "`--override-generation-config` (as max_new_tokens)"},
+	"system_prompt":                {"Prepended by the gateway when a request has no system message; may span lines.", ""},
+	"env":                          {"Extra environment for the engine; vagent's own variables cannot be overridden.", "`Environment=`"},
+	"extra_args":                   {"More vllm serve arguments, verbatim; refused if they repeat a flag vagent sets or the version lacks them.", "end of `ExecStart=`"},
+	"priority":                     {"Eviction order: lower priority agents are evicted first.", ""},
+	"idle_timeout":                 {"Stop the agent after this long without requests; 0 never.", ""},
+	"pinned":                       {"Never evicted by a switch, never stopped for idleness.", ""},
+}
+
+// RefKey is one documented configuration key.
+type RefKey struct {
+	Key, Type, Default, Renders, Doc string
+}
+
+// Reference lists every key of the main file and of an agent file with its
+// type, default and meaning. It fails when a key has no documentation or
+// documentation names a key that no longer exists.
+func Reference() (main, agent []RefKey, err error) {
+	d := Defaults()
+	a := agentDefaults()
+	main, err = reference(reflect.ValueOf(d), mainDocs, map[string]bool{"Path": true, "Agents": true})
+	if err != nil {
+		return nil, nil, err
+	}
+	agent, err = reference(reflect.ValueOf(a), agentDocs, nil)
+	return main, agent, err
+}
+
+func reference(v reflect.Value, docs map[string]keyDoc, skip map[string]bool) ([]RefKey, error) {
+	var out []RefKey
+	seen := map[string]bool{}
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		t := v.Type()
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if skip[f.Name] {
+				continue
+			}
+			name := f.Tag.Get("toml")
+			if name == "-" {
+				continue
+			}
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			key := name
+			if prefix != "" {
+				key = prefix + "." + name
+			}
+			fv := v.Field(i)
+			if fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeOf(Duration{}) {
+				walk(fv, key)
+				continue
+			}
+			seen[key] = true
+			d := docs[key]
+			out = append(out, RefKey{Key: key, Type: typeName(fv.Type()), Default: defaultText(fv), Renders: d.renders, Doc: d.doc})
+		}
+	}
+	walk(v, "")
+	var errs []string
+	for _, k := range out {
+		if k.Doc == "" {
+			errs = append(errs, "undocumented key "+k.Key)
+		}
+	}
+	for k := range docs {
+		if !seen[k] {
+			errs = append(errs, "documented key "+k+" does not exist")
+		}
+	}
+	if len(errs) > 0 {
+		sort.Strings(errs)
+		return nil, fmt.Errorf("config reference: %s", strings.Join(errs, "; "))
+	}
+	return out, nil
+}
+
+func typeName(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeOf(Duration{}):
+		return "duration (\"90s\", \"30m\")"
+	case t.Kind() == reflect.Pointer:
+		return typeName(t.Elem())
+	case t.Kind() == reflect.Slice:
+		return "array of " + typeName(t.Elem())
+	case t.Kind() == reflect.Map:
+		return "table of strings"
+	case t.Kind() == reflect.Float64:
+		return "float"
+	case t.Kind() == reflect.Int, t.Kind() == reflect.Uint64:
+		return "integer"
+	}
+	return t.Kind().String()
+}
+
+func defaultText(v reflect.Value) string {
+	switch {
+	case v.Type() == reflect.TypeOf(Duration{}):
+		d := v.Interface().(Duration)
+		if d.Duration == 0 {
+			return "0 (off)"
+		}
+		return fmt.Sprintf("%q", d.String())
+	case v.Kind() == reflect.Pointer || v.Kind() == reflect.Map:
+		if v.IsNil() {
+			return "unset"
+		}
+	case v.Kind() == reflect.Slice:
+		if v.Len() == 0 {
+			return "[]"
+		}
+		parts := make([]string, v.Len())
+		for i := range parts {
+			parts[i] = fmt.Sprint(v.Index(i).Interface())
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	case v.Kind() == reflect.String:
+		if v.String() == "" {
+			return "empty"
+		}
+		return fmt.Sprintf("%q", v.String())
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// WriteReference writes the configuration reference as Markdown.
+func WriteReference(w io.Writer) error {
+	main, agent, err := Reference()
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(w, `# Configuration reference
+
+<!-- Generated from the config package by "make docs"; a test fails when this file is stale. -->
+
+vagent reads `+"`/etc/vagent/vagent.toml`"+` (or `+"`--config PATH`, `$VAGENT_CONFIG`"+`) and one file per agent in
+its agents directory; the agent's name is the file name (`+"`agents/dev.toml` → `vagent@dev.service`"+`).
+Every key is optional unless marked otherwise below. An unknown key is an error naming the file and line.
+
+## vagent.toml
+
+`)
+	table(w, main, true)
+	fmt.Fprint(w, `
+## Agent files (agents/NAME.toml)
+
+`+"`model` and `port`"+` are required. `+"`[sampling]` and `[env]`"+` are tables of their own.
+
+`)
+	table(w, agent, false)
+	return nil
+}
+
+func table(w io.Writer, keys []RefKey, sections bool) {
+	fmt.Fprintln(w, "| key | type | default | renders to | meaning |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, k := range keys {
+		key := k.Key
+		if sections {
+			if i := strings.IndexByte(key, '.'); i > 0 {
+				key = "[" + key[:i] + "] " + key[i+1:]
+			}
+		}
+		fmt.Fprintf(w, "| `%s` | %s | %s | %s | %s |\n", key, k.Type, strings.ReplaceAll(k.Default, "|", "\\|"), k.Renders, k.Doc)
+	}
+}
