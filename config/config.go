@@ -55,6 +55,19 @@ type Engine struct {
 	Venv string `toml:"venv"`
 	// SimBinary is the vllm-sim executable used when Kind is "sim".
 	SimBinary string `toml:"sim_binary"`
+	// Python is the interpreter `vagentctl install` builds the venv with:
+	// empty means "python3" with pip and "3.12" with uv (which fetches a
+	// managed Python if the host has none).
+	Python string `toml:"python"`
+	// IndexURL replaces PyPI for `vagentctl install` (a mirror); empty
+	// means the installer's default.
+	IndexURL string `toml:"index_url"`
+	// ExtraIndexURLs are searched besides the index (pip's
+	// --extra-index-url).
+	ExtraIndexURLs []string `toml:"extra_index_urls"`
+	// FindLinks are directories or pages of wheels (--find-links); given
+	// without any index they make the install offline (--no-index).
+	FindLinks []string `toml:"find_links"`
 	// Env is extra environment for every agent (agent env wins).
 	Env map[string]string `toml:"env"`
 }
