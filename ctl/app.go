@@ -114,7 +114,7 @@ func App(stdout, stderr io.Writer) *cli.Command {
 			lifecycleCmd("start", "start an agent if it fits beside what runs (never evicts)"),
 			lifecycleCmd("switch", "make an agent run, stopping what does not fit beside it"),
 			lifecycleCmd("restart", "stop an agent, wait for its memory, start it again"),
-			stopCmd(), statusCmd(), logsCmd(), gpuCmd(), testCmd(), installCmd(),
+			stopCmd(), statusCmd(), logsCmd(), gpuCmd(), testCmd(), installCmd(), pullCmd(),
 			planCmd(), doctorCmd(), setupCmd(),
 		},
 	}

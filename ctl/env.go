@@ -42,6 +42,12 @@ func connect(ctx context.Context, cmd *cli.Command) (*host, error) {
 	if err != nil {
 		return nil, err
 	}
+	return connectConfig(ctx, cfg)
+}
+
+// connectConfig reaches systemd and the GPU for cfg.
+func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
+	var err error
 	h := &host{cfg: cfg}
 	h.sd, err = supervisor.NewDBus(ctx, cfg.Supervisor.DBusTimeout.Duration)
 	if err != nil {

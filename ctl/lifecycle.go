@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -27,25 +28,50 @@ func lifecycleCmd(name, usage string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			h, err := connect(ctx, cmd)
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if err := agentErr(cfg, agent); err != nil {
+				return err
+			}
+			// Through vagentd when it runs (see daemon.go for what goes where).
+			dc, err := reachDaemon(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			if dc != nil && name == "switch" {
+				res, err := dc.Switch(ctx, agent)
+				if err != nil {
+					return err
+				}
+				return printResult(cmd, name, res)
+			}
+			if dc != nil && name == "restart" {
+				if err := dc.Stop(ctx, agent); err != nil {
+					return err
+				}
+			}
+			h, err := connectConfig(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer h.Close()
-			if err := agentErr(h.cfg, agent); err != nil {
-				return err
-			}
 			var res *supervisor.Result
-			switch name {
-			case "start":
+			switch {
+			case name == "start" || dc != nil:
 				res, err = h.sup.Start(ctx, agent)
-			case "switch":
+			case name == "switch":
 				res, err = h.sup.Switch(ctx, agent)
-			case "restart":
+			case name == "restart":
 				res, err = h.sup.Restart(ctx, agent)
 			}
 			if err != nil {
 				return err
+			}
+			if name == "restart" {
+				res.Duration = time.Since(t0)
 			}
 			return printResult(cmd, name, res)
 		},
@@ -79,16 +105,29 @@ func stopCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			h, err := connect(ctx, cmd)
+			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return err
 			}
-			defer h.Close()
-			if err := agentErr(h.cfg, agent); err != nil {
+			if err := agentErr(cfg, agent); err != nil {
+				return err
+			}
+			dc, err := reachDaemon(ctx, cfg)
+			if err != nil {
 				return err
 			}
 			t0 := time.Now()
-			if err := h.sup.Stop(ctx, agent); err != nil {
+			if dc != nil {
+				err = dc.Stop(ctx, agent)
+			} else {
+				var h *host
+				if h, err = connectConfig(ctx, cfg); err != nil {
+					return err
+				}
+				defer h.Close()
+				err = h.sup.Stop(ctx, agent)
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.Root().Writer, "stop: %s stopped after %s\n", agent, time.Since(t0).Round(time.Millisecond))
@@ -106,7 +145,36 @@ func statusCmd() *cli.Command {
 			if err := noArgs(cmd); err != nil {
 				return err
 			}
-			h, err := connect(ctx, cmd)
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			dc, err := reachDaemon(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			if dc != nil {
+				ds, raw, err := dc.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if cmd.Bool("json") {
+					var b bytes.Buffer
+					if err := json.Indent(&b, raw, "", "  "); err != nil {
+						return err
+					}
+					b.WriteByte('\n')
+					_, err := b.WriteTo(cmd.Root().Writer)
+					return err
+				}
+				st := make([]supervisor.AgentStatus, len(ds))
+				for i, d := range ds {
+					st[i] = d.AgentStatus
+				}
+				printStatusWith(cmd.Root().Writer, st, ds, time.Now())
+				return nil
+			}
+			h, err := connectConfig(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -125,9 +193,20 @@ func statusCmd() *cli.Command {
 }
 
 func printStatus(w io.Writer, st []supervisor.AgentStatus, now time.Time) {
+	printStatusWith(w, st, nil, now)
+}
+
+// printStatusWith prints the status table; with vagentd's view (gw, one
+// per agent of st) it adds the gateway's columns: its state of the agent
+// (STATE is systemd's), requests in flight and requests queued.
+func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "AGENT\tSTATE\tPID\tSINCE\tRESTARTS\tRESULT\tPORT\tHEALTH\tVRAM")
-	for _, s := range st {
+	header := "AGENT\tSTATE\tPID\tSINCE\tRESTARTS\tRESULT\tPORT\tHEALTH\tVRAM"
+	if gw != nil {
+		header += "\tGATEWAY\tIN-FLIGHT\tQUEUED"
+	}
+	fmt.Fprintln(tw, header)
+	for i, s := range st {
 		pid, since, health, vram := "-", "-", "-", "-"
 		if s.MainPID > 0 {
 			pid = fmt.Sprint(s.MainPID)
@@ -148,8 +227,17 @@ func printStatus(w io.Writer, st []supervisor.AgentStatus, now time.Time) {
 		if s.LoadState != "loaded" {
 			state = s.LoadState
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s",
 			s.Agent, state, pid, since, s.Restarts, s.Result, s.Port, health, vram)
+		if gw != nil {
+			g := gw[i]
+			gstate := orDefault(g.State, "-")
+			if g.Pinned {
+				gstate += " (pinned)"
+			}
+			fmt.Fprintf(tw, "\t%s\t%d\t%d", gstate, g.InFlight, g.Queued)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 }

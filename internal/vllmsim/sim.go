@@ -51,6 +51,7 @@ type simEnv struct {
 	visible      []int
 	devMode      bool
 	allowLongLen bool
+	cache        cacheEnv
 }
 
 func readEnv(env func(string) string) (*simEnv, error) {
@@ -115,6 +116,7 @@ func readEnv(env func(string) string) (*simEnv, error) {
 	}
 	e.devMode = env("VLLM_SERVER_DEV_MODE") == "1"
 	e.allowLongLen = env("VLLM_ALLOW_LONG_MAX_MODEL_LEN") == "1" || strings.EqualFold(env("VLLM_ALLOW_LONG_MAX_MODEL_LEN"), "true")
+	e.cache = readCacheEnv(env)
 	return e, nil
 }
 
@@ -272,6 +274,10 @@ func (s *sim) run(ctx context.Context) int {
 	defer sock.close()
 	s.sock = sock
 
+	// With HF_HUB_OFFLINE=1 vLLM resolves the model in the cache first.
+	if code, bad := s.checkCache(); bad {
+		return code
+	}
 	s.facts = factsFor(o.model, o.quantization, o.dtype)
 	if code, bad := s.checkConfig(); bad {
 		return code

@@ -1,0 +1,206 @@
+package models
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// DefaultRevision is the revision pulled when an agent names none, as
+// huggingface_hub and vLLM default to it.
+const DefaultRevision = "main"
+
+// ErrNotPulled is wrapped by SnapshotDir when a model is not in the cache.
+var ErrNotPulled = errors.New("model not pulled")
+
+var (
+	// repoPartRE is one part of a Hub repository id, as huggingface_hub's
+	// validate_repo_id accepts it.
+	repoPartRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,96}$`)
+	// commitRE is a full git commit hash: a revision given this way needs
+	// no refs/ file.
+	commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
+)
+
+// IsLocal reports whether model names a directory on this host rather than
+// a Hub repository: an absolute path, or one starting with ./ or ../. vLLM
+// looks for such a model on disk and never on the Hub.
+func IsLocal(model string) bool {
+	return strings.HasPrefix(model, "/") || strings.HasPrefix(model, "./") || strings.HasPrefix(model, "../") ||
+		model == "." || model == ".."
+}
+
+// ValidRepoID checks a Hub repository id ("name" or "namespace/name") the
+// way the Hub does, so that a typo fails before any request.
+func ValidRepoID(repo string) error {
+	parts := strings.Split(repo, "/")
+	if len(parts) > 2 {
+		return fmt.Errorf("repo id %q: want \"name\" or \"namespace/name\"", repo)
+	}
+	for _, p := range parts {
+		if !repoPartRE.MatchString(p) || strings.HasPrefix(p, "-") || strings.HasPrefix(p, ".") ||
+			strings.HasSuffix(p, "-") || strings.HasSuffix(p, ".") {
+			return fmt.Errorf("repo id %q: %q may hold only letters, digits, '-', '_' and '.', and not start or end with '-' or '.'", repo, p)
+		}
+	}
+	if strings.Contains(repo, "--") || strings.Contains(repo, "..") {
+		return fmt.Errorf("repo id %q: '--' and '..' are not allowed", repo)
+	}
+	return nil
+}
+
+// HubCache is the hub/ directory of a Hugging Face home: what
+// huggingface_hub (and so vLLM) reads with HF_HOME set.
+func HubCache(hfHome string) string { return filepath.Join(hfHome, "hub") }
+
+// RepoFolder is the cache folder of a model repository,
+// HF_HOME/hub/models--ORG--NAME.
+func RepoFolder(hfHome, repo string) string {
+	return filepath.Join(HubCache(hfHome), "models--"+strings.ReplaceAll(repo, "/", "--"))
+}
+
+// lockDir holds huggingface_hub's per-blob lock files for repo; vagent
+// takes the same flock(2) locks, so a pull and a Python download of the
+// same blob never write it at once.
+func lockDir(hfHome, repo string) string {
+	return filepath.Join(HubCache(hfHome), ".locks", "models--"+strings.ReplaceAll(repo, "/", "--"))
+}
+
+// ResolveCommit reads the commit a revision points at in the cache: the
+// revision itself when it is a full commit hash, else refs/REVISION.
+func ResolveCommit(hfHome, repo, revision string) (string, error) {
+	if revision == "" {
+		revision = DefaultRevision
+	}
+	if commitRE.MatchString(revision) {
+		return revision, nil
+	}
+	data, err := os.ReadFile(filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("%s@%s: %w (no %s)", repo, revision, ErrNotPulled,
+				filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+		}
+		return "", fmt.Errorf("%s@%s: %w", repo, revision, err)
+	}
+	commit := strings.TrimSpace(string(data))
+	if !commitRE.MatchString(commit) {
+		return "", fmt.Errorf("%s@%s: refs file holds %q, not a commit hash", repo, revision, commit)
+	}
+	return commit, nil
+}
+
+// SnapshotDir returns the local directory a model loads from: for a Hub
+// repository the snapshot of revision ("" is main) in HF_HOME's cache, as
+// vLLM resolves it with HF_HUB_OFFLINE=1; for a local model (see IsLocal)
+// the directory itself. The error wraps ErrNotPulled when the model is not
+// there; SnapshotDir does not check that every file is (vagentctl pull
+// writes the refs file only after all of them).
+func SnapshotDir(hfHome, repo, revision string) (string, error) {
+	if IsLocal(repo) {
+		st, err := os.Stat(repo)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return "", fmt.Errorf("local model %s: %w (the directory does not exist)", repo, ErrNotPulled)
+			}
+			return "", fmt.Errorf("local model %s: %w", repo, err)
+		}
+		if !st.IsDir() {
+			return "", fmt.Errorf("local model %s: not a directory", repo)
+		}
+		return repo, nil
+	}
+	if err := ValidRepoID(repo); err != nil {
+		return "", err
+	}
+	commit, err := ResolveCommit(hfHome, repo, revision)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(RepoFolder(hfHome, repo), "snapshots", commit)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("%s@%s: %w (no snapshot %s)", repo, revisionOr(revision), ErrNotPulled, dir)
+	}
+	return dir, nil
+}
+
+func revisionOr(r string) string {
+	if r == "" {
+		return DefaultRevision
+	}
+	return r
+}
+
+// blobRel is the relative link from a snapshot file to its blob:
+// snapshots/COMMIT/a/b.json → ../../../blobs/ID, as huggingface_hub makes
+// it (os.path.relpath from the link's directory).
+func blobRel(file, blobID string) string {
+	depth := strings.Count(file, "/") + 2 // snapshots/COMMIT, plus each subdirectory
+	return strings.Repeat("../", depth) + "blobs/" + blobID
+}
+
+// safeRelPath rejects a repository file name that would escape the
+// snapshot directory or is not a plain relative path.
+func safeRelPath(name string) error {
+	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") || strings.ContainsRune(name, 0) {
+		return fmt.Errorf("unsafe file name %q", name)
+	}
+	for _, p := range strings.Split(name, "/") {
+		if p == "" || p == "." || p == ".." {
+			return fmt.Errorf("unsafe file name %q", name)
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path through a temporary file and a
+// rename, so that readers see the old content or the new, never a part.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), mode); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return nil
+}
+
+// symlinkAtomic makes path a symbolic link to target, replacing whatever
+// link was there in one rename.
+func symlinkAtomic(target, path string) error {
+	if cur, err := os.Readlink(path); err == nil && cur == target {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".link-tmp")
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
