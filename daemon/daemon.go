@@ -1,0 +1,331 @@
+// Package daemon is vagentd: it wires the configuration, systemd (over
+// D-Bus), the GPU backend, the supervisor and the gateway together, serves
+// the OpenAI-compatible endpoint on TCP and the control API on a unix
+// socket, and tells systemd when it is ready.
+//
+// vagentd keeps no state of its own: on start it rebuilds its view from
+// systemd and the GPU, and on stop it only stops serving. It never stops an
+// agent because it is itself stopping, so restarting or upgrading vagentd
+// leaves every engine running.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/gateway"
+	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/journal"
+	"github.com/vagent-dev/vagent/supervisor"
+)
+
+// Version is set at build time with -ldflags "-X .../daemon.Version=...".
+var Version = "dev"
+
+// Exit statuses: 0 success (including a stop by SIGTERM), 1 failure, 2 usage.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// Main runs vagentd with args (args[0] is the program name) until ctx ends
+// (SIGTERM or SIGINT in cmd/vagentd) and returns the exit status. Logs go to
+// stderr, which systemd hands to journald.
+func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("vagentd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "main configuration file (default $"+config.EnvPath+" or "+config.DefaultPath+")")
+	level := fs.String("log-level", "info", "least severe log level: debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
+	if len(args) == 0 {
+		args = []string{"vagentd"}
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if *version {
+		fmt.Fprintf(stderr, "vagentd %s\n", Version)
+		return ExitOK
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vagentd: unexpected arguments %q\n", fs.Args())
+		return ExitUsage
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "vagentd: --log-level: %v\n", err)
+		return ExitUsage
+	}
+	log := NewLogger(stderr, lv)
+
+	path := config.Path(*configPath)
+	cfg, err := config.Load(path)
+	if err != nil {
+		// One record per problem, so that each lands in the journal whole.
+		for _, line := range strings.Split(err.Error(), "\n") {
+			log.Error("configuration rejected", "err", line)
+		}
+		return ExitFailure
+	}
+	if err := Run(ctx, cfg, Options{Log: log}); err != nil {
+		log.Error("vagentd failed", "err", err)
+		return ExitFailure
+	}
+	return ExitOK
+}
+
+// NewLogger returns vagentd's logger: logfmt text on w. Under journald
+// (JOURNAL_STREAM set) the time is left out, since the journal stamps each
+// line itself.
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Options are Run's collaborators; the zero value uses the real ones.
+type Options struct {
+	Log *slog.Logger
+	// Notify sends a state to the service manager (sd_notify); nil uses
+	// $NOTIFY_SOCKET, and does nothing outside a Type=notify unit.
+	Notify func(state string) error
+	// Systemd, when set, replaces the D-Bus connection (tests).
+	Systemd supervisor.Systemd
+	// Ready, when set, is called with the listeners' addresses once both
+	// listen (tests).
+	Ready func(api, control net.Addr)
+}
+
+// Run serves until ctx ends, then stops accepting, lets requests in
+// flight finish (at most gateway.drain_timeout) and returns nil. It returns
+// an error when vagentd cannot start or a listener fails.
+func Run(ctx context.Context, cfg *config.Config, o Options) error {
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	notify := o.Notify
+	if notify == nil {
+		notify = func(state string) error {
+			_, err := sddaemon.SdNotify(false, state)
+			return err
+		}
+	}
+	t0 := time.Now()
+
+	keys, err := loadKeys(cfg, log)
+	if err != nil {
+		return err
+	}
+	engineKey, err := EngineKey(cfg)
+	if err != nil {
+		return err
+	}
+
+	sd := o.Systemd
+	if sd == nil {
+		d, err := supervisor.NewDBus(ctx, cfg.Supervisor.DBusTimeout.Duration)
+		if err != nil {
+			return err
+		}
+		sd = d
+	}
+	defer sd.Close()
+	gb, err := gpu.Open(cfg)
+	if err != nil {
+		return err
+	}
+	defer gb.Close()
+	view := supervisor.FromBackend(gb)
+
+	// The supervisor asks the gateway (built next, from the supervisor)
+	// which agents are busy and which were used last: the closures break
+	// the cycle. Nothing calls them before gw is set.
+	var gw *gateway.Gateway
+	sup := supervisor.New(cfg, supervisor.Options{
+		Systemd:   sd,
+		GPU:       view,
+		RootCause: rootCause,
+		Log:       log,
+		LastUsed:  func(agent string) time.Time { return gw.LastUsed(agent) },
+		BeforeEvict: func(ctx context.Context, agent string) error {
+			return gw.BeforeEvict(ctx, agent)
+		},
+	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	gw, err = gateway.New(gateway.Options{
+		Config:    cfg,
+		Switcher:  sup,
+		Keys:      keys,
+		EngineKey: engineKey,
+		Log:       log,
+		Registry:  reg,
+		GPU:       view,
+	})
+	if err != nil {
+		return err
+	}
+
+	apiLn, err := net.Listen("tcp", cfg.Gateway.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on gateway.listen %s: %w", cfg.Gateway.Listen, err)
+	}
+	defer apiLn.Close()
+	ctlLn, err := ListenControl(cfg.Gateway.ControlSocket, cfg.Gateway.ControlGroup)
+	if err != nil {
+		return err
+	}
+	defer ctlLn.Close()
+
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	api := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+
+	// The gateway's own loop (idle stops, metrics) outlives the listeners:
+	// it stops only after the requests in flight are done.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	errc := make(chan error, 3)
+	go func() { errc <- serve("gateway", api, apiLn) }()
+	go func() { errc <- serve("control socket", ctl, ctlLn) }()
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		if err := gw.Run(runCtx); err != nil && runCtx.Err() == nil {
+			errc <- fmt.Errorf("gateway: %w", err)
+		}
+	}()
+
+	if err := notify(sddaemon.SdNotifyReady + "\nSTATUS=serving on " + apiLn.Addr().String()); err != nil {
+		log.Warn("sd_notify READY=1", "err", err)
+	}
+	if o.Ready != nil {
+		o.Ready(apiLn.Addr(), ctlLn.Addr())
+	}
+	log.Info("vagentd ready", "version", Version, "listen", apiLn.Addr().String(),
+		"control_socket", cfg.Gateway.ControlSocket, "agents", len(cfg.Agents),
+		"keys", keys != nil, "startup", time.Since(t0).Round(time.Microsecond))
+
+	var failed error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: agents keep running", "drain_bound", cfg.Gateway.DrainTimeout.Duration)
+	case failed = <-errc:
+		log.Error("stopping after a failure: agents keep running", "err", failed)
+	}
+	_ = notify(sddaemon.SdNotifyStopping)
+
+	// Stop accepting, let requests in flight finish within the drain
+	// bound, then cut what is left. Agents are separate units: nothing
+	// here stops them.
+	bound := cfg.Gateway.DrainTimeout.Duration
+	if bound <= 0 {
+		bound = 10 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	defer cancel()
+	shut := make(chan error, 2)
+	go func() { shut <- api.Shutdown(sctx) }()
+	go func() { shut <- ctl.Shutdown(sctx) }()
+	for range 2 {
+		if err := <-shut; err != nil {
+			log.Warn("requests still in flight after the drain bound: cutting them", "bound", bound, "err", err)
+			api.Close()
+			ctl.Close()
+		}
+	}
+	stopRun()
+	select {
+	case <-runDone:
+	case <-time.After(5 * time.Second):
+		log.Warn("gateway loop did not stop within 5s")
+	}
+	log.Info("vagentd stopped")
+	return failed
+}
+
+func serve(what string, srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s on %s: %w", what, ln.Addr(), err)
+	}
+	return nil
+}
+
+// loadKeys reads gateway.keys_file, or, when there is none, makes sure the
+// endpoint is reachable from this host only.
+func loadKeys(cfg *config.Config, log *slog.Logger) (*gateway.Keys, error) {
+	if cfg.Gateway.KeysFile != "" {
+		keys, err := gateway.LoadKeys(cfg.Gateway.KeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.keys_file: %w", err)
+		}
+		return keys, nil
+	}
+	ok, err := Loopback(cfg.Gateway.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("gateway.listen: %w", err)
+	}
+	if !ok {
+		err := fmt.Errorf("%s: gateway.listen = %q is reachable from other hosts but no gateway.keys_file is set: "+
+			"anyone could use the agents; set keys_file, or listen on 127.0.0.1", cfg.Path, cfg.Gateway.Listen)
+		log.Error("refusing to start without keys on a non-loopback address", "listen", cfg.Gateway.Listen, "config", cfg.Path)
+		return nil, err
+	}
+	log.Info("no keys file: listening on loopback only", "listen", cfg.Gateway.Listen)
+	return nil, nil
+}
+
+// Loopback reports whether the listen address host:port accepts
+// connections from this host only. An empty host (every interface) is not
+// loopback; "localhost" is.
+func Loopback(listen string) (bool, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false, err
+	}
+	if host == "localhost" {
+		return true, nil
+	}
+	host, _, _ = strings.Cut(host, "%") // an IPv6 zone
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
+}
+
+// rootCause reads the unit's log since t and lifts the line that explains a
+// failed start.
+func rootCause(ctx context.Context, unit string, since time.Time) string {
+	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+	if err != nil {
+		return ""
+	}
+	return journal.RootCause(entries)
+}

@@ -1,0 +1,242 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/vagent-dev/vagent/supervisor"
+)
+
+// AgentState is one agent in the control API's status: what systemd and
+// the GPU say, plus the gateway's view.
+type AgentState struct {
+	supervisor.AgentStatus
+	// State is running, loading, sleeping, stopped or failed.
+	State    string    `json:"state"`
+	InFlight int       `json:"in_flight"`
+	Queued   int       `json:"queued"`
+	LastUsed time.Time `json:"last_used,omitzero"`
+	// Pinned is true when the agent's config pins it or a load pinned it.
+	Pinned bool `json:"pinned"`
+	// Error is why its last start failed, while it stays failed.
+	Error string `json:"error,omitempty"`
+}
+
+// ControlRequest is the body of POST /vagent/v1/{switch,stop,load}.
+type ControlRequest struct {
+	Agent string `json:"agent"`
+	// Pin, for load: pin the agent (true) against idle stops and eviction
+	// for this vagentd's life, or drop such a pin (false).
+	Pin *bool `json:"pin,omitempty"`
+}
+
+// serveControl is the control API:
+//
+//	GET  /vagent/v1/status                     → []AgentState
+//	POST /vagent/v1/switch {"agent":"dev"}            → supervisor.Result
+//	POST /vagent/v1/load   {"agent":"dev","pin":true} → supervisor.Result
+//	POST /vagent/v1/stop   {"agent":"dev"}            → {"agent":"dev","stopped":true}
+//
+// Errors are OpenAI-shaped: 404 unknown agent, 409 cannot fit or pinned,
+// 500 start failure (with the engine's root cause).
+func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
+	op := strings.TrimPrefix(r.URL.Path, "/vagent/v1/")
+	switch op {
+	case "status":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			methodNotAllowed(w, r, http.MethodGet)
+			return
+		}
+		st, err := g.status(r.Context())
+		if err != nil {
+			writeError(w, apiErr(http.StatusInternalServerError, typeServer, "status: %v", err))
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	case "switch", "load", "stop":
+		if r.Method != http.MethodPost {
+			methodNotAllowed(w, r, http.MethodPost)
+			return
+		}
+		var req ControlRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, apiErr(http.StatusBadRequest, typeInvalidRequest, "bad request body: %v (want {\"agent\":\"NAME\"})", err))
+			return
+		}
+		if req.Agent == "" {
+			writeError(w, apiErr(http.StatusBadRequest, typeInvalidRequest, "missing \"agent\""))
+			return
+		}
+		if req.Pin != nil && op != "load" {
+			writeError(w, apiErr(http.StatusBadRequest, typeInvalidRequest, "\"pin\" is for load only"))
+			return
+		}
+		t0 := time.Now()
+		if op == "stop" {
+			err := g.stopAgent(r.Context(), req.Agent)
+			g.log.Info("control", "op", op, "agent", req.Agent, "took", time.Since(t0).Round(time.Millisecond), "err", err)
+			if err != nil {
+				writeError(w, controlError(req.Agent, err))
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"agent": g.agentName(req.Agent), "stopped": true})
+			return
+		}
+		reason := reasonSwitch
+		if op == "load" {
+			reason = reasonLoad
+		}
+		res, err := g.switchAgent(r.Context(), req.Agent, reason, req.Pin)
+		g.log.Info("control", "op", op, "agent", req.Agent, "took", time.Since(t0).Round(time.Millisecond), "err", err)
+		if err != nil {
+			writeError(w, controlError(req.Agent, err))
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	default:
+		writeError(w, apiErr(http.StatusNotFound, typeNotFound, "no control route %s: status, switch, stop, load", r.URL.Path))
+	}
+}
+
+func controlError(agent string, err error) *APIError {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return apiErr(http.StatusServiceUnavailable, typeUnavailable, "%s: %v", agent, err)
+	}
+	return switchError(agent, err)
+}
+
+func (g *Gateway) agentName(name string) string {
+	if ag := g.byName[name]; ag != nil {
+		return ag.name
+	}
+	return name
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, apiErr(http.StatusMethodNotAllowed, typeInvalidRequest, "%s %s: use %s", r.Method, r.URL.Path, allow))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// status merges the supervisor's status with the gateway's view.
+func (g *Gateway) status(ctx context.Context) ([]AgentState, error) {
+	sts, err := g.o.Switcher.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]AgentState, 0, len(sts))
+	for _, st := range sts {
+		as := AgentState{AgentStatus: st, State: unitState(st)}
+		if ag := g.byAgent[st.Agent]; ag != nil {
+			if ag.phase == phaseStarting {
+				as.State = StateLoading
+			}
+			as.InFlight = ag.inflight
+			as.Queued = len(ag.waiters)
+			as.LastUsed = ag.lastUsed
+			as.Pinned = g.pinnedLocked(ag)
+			if ag.phase == phaseFailed && ag.lastErr != nil {
+				as.Error = ag.lastErr.Error()
+			}
+		}
+		out = append(out, as)
+	}
+	return out, nil
+}
+
+// unitState is an agent's state from its unit and health.
+func unitState(st supervisor.AgentStatus) string {
+	switch st.ActiveState {
+	case "active", "reloading":
+		if st.Healthy {
+			return StateRunning
+		}
+		return StateLoading
+	case "activating":
+		return StateLoading
+	case "failed":
+		return StateFailed
+	default:
+		return StateStopped
+	}
+}
+
+// modelEntry is one agent in GET /v1/models: OpenAI's model object with
+// vLLM's extra fields and vagent's state and other names.
+type modelEntry struct {
+	ID          string   `json:"id"`
+	Object      string   `json:"object"`
+	Created     int64    `json:"created"`
+	OwnedBy     string   `json:"owned_by"`
+	Root        string   `json:"root"`
+	Parent      *string  `json:"parent"`
+	MaxModelLen int      `json:"max_model_len,omitempty"`
+	State       string   `json:"state"`
+	ServedName  string   `json:"served_name"`
+	Aliases     []string `json:"aliases,omitempty"`
+}
+
+type modelList struct {
+	Object string       `json:"object"`
+	Data   []modelEntry `json:"data"`
+}
+
+// serveModels answers GET /v1/models (every agent the key may use, with
+// its state) and GET /v1/models/NAME.
+func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request, key *keyEntry) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, r, http.MethodGet)
+		return
+	}
+	one := strings.TrimPrefix(r.URL.Path, "/v1/models/")
+	if r.URL.Path == "/v1/models" {
+		one = ""
+	}
+	g.mu.Lock()
+	list := modelList{Object: "list", Data: []modelEntry{}}
+	for _, ag := range g.agents {
+		if key != nil && !key.allows(ag.cfg) {
+			continue
+		}
+		if one != "" && g.byName[one] != ag {
+			continue
+		}
+		e := modelEntry{ID: ag.name, Object: "model", Created: g.created, OwnedBy: "vagent",
+			Root: ag.cfg.Model, MaxModelLen: ag.cfg.MaxModelLen, State: ag.stateLocked(), ServedName: ag.cfg.ServedName()}
+		for _, n := range ag.cfg.Names() {
+			if n != ag.name {
+				e.Aliases = append(e.Aliases, n)
+			}
+		}
+		list.Data = append(list.Data, e)
+	}
+	g.mu.Unlock()
+	if one != "" {
+		if len(list.Data) == 0 {
+			writeError(w, apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", one, joinStrings(g.names)))
+			return
+		}
+		writeJSON(w, http.StatusOK, list.Data[0])
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}

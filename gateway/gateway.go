@@ -1,0 +1,401 @@
+// Package gateway is vagentd's OpenAI-compatible front: it routes each
+// request to the agent its "model" names, starts that agent through the
+// supervisor when it is not running, queues requests while agents switch,
+// streams responses through unbuffered, checks client keys, stops idle
+// agents, and reports vagent_* metrics. It also serves the control API
+// vagentctl uses.
+//
+// # Scheduling
+//
+// One mutex guards all scheduling state, and scheduleLocked makes every
+// decision the state allows whenever something changes: a request arrives,
+// leaves the queue or ends; a start or stop finishes; a fairness deadline
+// passes. The slow work (Switcher calls, drains) runs in goroutines outside
+// the lock.
+//
+// Agents "conflict" when config.CannotShare says they cannot run together
+// (with the GPU's size when Options.GPU is set). Only conflicting agents
+// take turns; the others start at once and the supervisor evicts what
+// really has to go.
+//
+// A request for a running agent goes straight through, unless it is
+// another agent's turn. Otherwise it waits in its agent's queue (all
+// queues together hold at most gateway.queue_length requests: 429 past
+// that; 503 after gateway.max_wait). Requests waiting for the same agent
+// share one Switch. Waiting agents are served oldest request first: an
+// agent with requests waiting starts as soon as the conflicting agents
+// that run are idle, or once its oldest request has waited
+// gateway.fairness_window; from then on the running agents take no new
+// requests (they queue for their next turn) and the switch drains them.
+// So alternating clients A B A B are served A A B B, and no agent waits
+// much longer than the fairness window plus a switch.
+//
+// A start nobody waits for any more (clients gone) is cancelled and the
+// half-started unit stopped, unless the agent is pinned.
+//
+// # Draining
+//
+// The supervisor calls BeforeEvict before it stops an agent for a switch:
+// the agent takes no new requests, and its requests in flight have
+// gateway.drain_timeout to finish; then they are cut, and their clients
+// get a 503 (a stream: an error event and [DONE]).
+//
+// # Logs
+//
+// Every inference request ends with one log line, msg "request": agent,
+// model, path, status (499: the client went away; for a stream cut short,
+// the status of its error event), duration, stream, and when they apply
+// queued, ttft, key (its name) and error.
+//
+// # Metrics
+//
+// vagent_agent_state{agent,state}, vagent_agent_pinned{agent},
+// vagent_queue_depth{agent}, vagent_requests_in_flight{agent} and
+// vagent_vram_bytes{agent} are read at scrape time;
+// vagent_switches_total{from,to,reason}, vagent_switch_duration_seconds{agent},
+// vagent_start_failures_total{agent}, vagent_queue_wait_seconds{agent},
+// vagent_requests_total{agent,status}, vagent_request_duration_seconds{agent},
+// vagent_time_to_first_token_seconds{agent}, vagent_tokens_total{agent,kind}
+// and vagent_requests_cut_total{agent} are counted as things happen.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/supervisor"
+)
+
+// Switcher is what the gateway needs of the supervisor;
+// *supervisor.Supervisor satisfies it.
+type Switcher interface {
+	Switch(ctx context.Context, agent string) (*supervisor.Result, error)
+	Stop(ctx context.Context, agent string) error
+	Status(ctx context.Context) ([]supervisor.AgentStatus, error)
+}
+
+// Options are the gateway's configuration and collaborators.
+type Options struct {
+	Config   *config.Config
+	Switcher Switcher
+	// Keys are the client keys; nil means no client authentication (the
+	// daemon then listens on loopback only).
+	Keys *Keys
+	// EngineKey is sent to engines as "Authorization: Bearer ...": engines
+	// run with --api-key and never see the clients' keys.
+	EngineKey string
+	Log       *slog.Logger
+	// Registry receives every vagent_* metric; /metrics serves it. A
+	// private registry is used when nil.
+	Registry *prometheus.Registry
+	// GPU, when set, reports VRAM per agent for vagent_vram_bytes and the
+	// GPU sizes that decide which agents conflict.
+	GPU supervisor.GPU
+	// SyncInterval is how often Run rebuilds the agents' states from
+	// Switcher.Status, to see engines that died or were started by hand
+	// (default 5s).
+	SyncInterval time.Duration
+	// MaxBodyBytes bounds a request body (default 64 MiB).
+	MaxBodyBytes int64
+}
+
+// Gateway is the OpenAI-compatible front and its scheduler.
+type Gateway struct {
+	o         Options
+	cfg       *config.Config
+	log       *slog.Logger
+	agents    []*agentRT
+	byName    map[string]*agentRT // every name of every agent
+	byAgent   map[string]*agentRT // agent names only
+	names     []string            // every name a client may use, for error messages
+	client    *engineClient
+	m         *metrics
+	noAgent   *agentMetrics
+	promH     http.Handler
+	created   int64
+	engineKey []string // the Authorization header value for engines
+
+	base       context.Context // ends when Run ends: starts in progress are abandoned
+	baseCancel context.CancelFunc
+
+	mu      sync.Mutex
+	queued  int // waiters over all agents
+	timer   *time.Timer
+	timerAt time.Time
+	order   []*agentRT // scratch for scheduleLocked
+}
+
+// New builds a gateway for o.Config's agents. It registers the vagent_*
+// metrics in o.Registry.
+func New(o Options) (*Gateway, error) {
+	if o.Config == nil || o.Switcher == nil {
+		return nil, errors.New("gateway: Config and Switcher are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = 5 * time.Second
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 64 << 20
+	}
+	g := &Gateway{
+		o: o, cfg: o.Config, log: o.Log,
+		byName: map[string]*agentRT{}, byAgent: map[string]*agentRT{},
+		m:       newMetrics(),
+		created: time.Now().Unix(),
+		client:  newEngineClient(),
+	}
+	if o.EngineKey != "" {
+		g.engineKey = []string{"Bearer " + o.EngineKey}
+	}
+	g.base, g.baseCancel = context.WithCancel(context.Background())
+	for _, a := range o.Config.Agents {
+		ag := &agentRT{
+			cfg: a, name: a.Name,
+			addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)),
+			active:  map[*lease]struct{}{},
+			changed: make(chan struct{}),
+			m:       g.m.forAgent(a.Name),
+		}
+		ag.upstream = "http://" + ag.addr
+		ag.timeoutErr = &APIError{Status: http.StatusGatewayTimeout, Type: typeTimeout,
+			Message: fmt.Sprintf("agent %s: request timed out after %s (gateway.request_timeout)", a.Name, o.Config.Gateway.RequestTimeout.Duration)}
+		g.agents = append(g.agents, ag)
+		g.byAgent[a.Name] = ag
+	}
+	// Agent names win over other agents' served names and aliases.
+	for _, ag := range g.agents {
+		g.byName[ag.name] = ag
+	}
+	for _, ag := range g.agents {
+		for _, n := range ag.cfg.Names() {
+			if _, taken := g.byName[n]; !taken {
+				g.byName[n] = ag
+			}
+		}
+	}
+	for _, ag := range g.agents {
+		for _, n := range ag.cfg.Names() {
+			if g.byName[n] == ag {
+				g.names = append(g.names, n)
+			}
+		}
+	}
+	g.computeConflicts(nil)
+	g.noAgent = g.m.forAgent("")
+	for _, c := range g.m.collectors() {
+		if err := o.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway: register metrics: %w", err)
+		}
+	}
+	if err := o.Registry.Register(newStateCollector(g)); err != nil {
+		return nil, fmt.Errorf("gateway: register metrics: %w", err)
+	}
+	g.promH = promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelWarn)})
+	if o.Keys != nil {
+		if unknown := o.Keys.unknownAgents(o.Config); len(unknown) > 0 {
+			g.log.Warn("keys file grants agents that are not configured", "file", o.Keys.file, "agents", strings.Join(unknown, ", "))
+		}
+	}
+	return g, nil
+}
+
+// computeConflicts decides which agents cannot run together, with the GPU
+// sizes in mem when known (else by their utilization fractions alone).
+// Agents that conflict are scheduled in turns; the others may start at
+// once and the supervisor decides what really has to go.
+func (g *Gateway) computeConflicts(mem map[int]supervisor.GPUMemory) {
+	reserve := g.cfg.GPU.ReserveMiB << 20
+	for _, a := range g.agents {
+		var cs []*agentRT
+		for _, b := range g.agents {
+			if a == b || !config.SharesGPU(a.cfg, b.cfg) {
+				continue
+			}
+			var total uint64
+			for _, x := range a.cfg.GPUs {
+				if m, ok := mem[x]; ok && onGPU(b.cfg, x) {
+					total = m.Total
+					break
+				}
+			}
+			if config.CannotShare(a.cfg, b.cfg, total, reserve) {
+				cs = append(cs, b)
+			}
+		}
+		a.conflicts = cs
+	}
+}
+
+func onGPU(a *config.Agent, g int) bool {
+	for _, x := range a.GPUs {
+		if x == g {
+			return true
+		}
+	}
+	return false
+}
+
+// Handler serves the OpenAI API under /v1/ (and vLLM's /tokenize-style
+// routes), the control API under /vagent/v1/, /metrics and /healthz. With
+// Keys set, /v1/ and /vagent/v1/ need "Authorization: Bearer KEY" (an
+// admin-scope key for /vagent/v1/); /healthz and /metrics stay open so that
+// probes and Prometheus need no secret: they reveal agent names and
+// counts, nothing more.
+func (g *Gateway) Handler() http.Handler { return http.HandlerFunc(g.serveHTTP) }
+
+// ControlHandler serves the control API without key checks, for the unix
+// socket, which its file permissions guard.
+func (g *Gateway) ControlHandler() http.Handler { return http.HandlerFunc(g.serveControl) }
+
+// rootRoutes are vLLM's model-taking routes outside /v1/.
+var rootRoutes = map[string]bool{
+	"/tokenize": true, "/detokenize": true, "/pooling": true, "/classify": true,
+	"/score": true, "/rerank": true, "/v2/rerank": true, "/invocations": true,
+}
+
+func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	switch {
+	case p == "/healthz":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	case p == "/metrics":
+		g.promH.ServeHTTP(w, r)
+	case strings.HasPrefix(p, "/vagent/v1/"):
+		if g.o.Keys != nil {
+			key, err := g.authenticate(r)
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			if !key.admin {
+				writeError(w, apiErr(http.StatusForbidden, typePermission, "key %s has scope inference: the control API needs an admin key", key.name))
+				return
+			}
+		}
+		g.serveControl(w, r)
+	case p == "/v1/models" || strings.HasPrefix(p, "/v1/models/"):
+		var key *keyEntry
+		if g.o.Keys != nil {
+			k, err := g.authenticate(r)
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			key = k
+		}
+		g.serveModels(w, r, key)
+	case strings.HasPrefix(p, "/v1/") || rootRoutes[p]:
+		g.serveInference(w, r)
+	default:
+		writeError(w, apiErr(http.StatusNotFound, typeNotFound, "no route %s %s: the gateway serves /v1/* (OpenAI API), /vagent/v1/* (control), /metrics and /healthz", r.Method, p))
+	}
+}
+
+// authenticate checks the request's bearer key.
+func (g *Gateway) authenticate(r *http.Request) (*keyEntry, *APIError) {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return nil, apiErr(http.StatusUnauthorized, typeAuthentication, "missing API key: send \"Authorization: Bearer KEY\"")
+	}
+	tok, ok := bearer(h)
+	if !ok {
+		return nil, apiErr(http.StatusUnauthorized, typeAuthentication, "the Authorization header must be \"Bearer KEY\"")
+	}
+	k := g.o.Keys.lookup(tok)
+	if k == nil {
+		return nil, apiErr(http.StatusUnauthorized, typeAuthentication, "invalid API key")
+	}
+	return k, nil
+}
+
+// resolve finds the agent a client names (agent name, served name or alias).
+func (g *Gateway) resolve(model string) (*agentRT, *APIError) {
+	if ag := g.byName[model]; ag != nil {
+		return ag, nil
+	}
+	return nil, apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", model, strings.Join(g.names, ", "))
+}
+
+// Run does the gateway's background work until ctx ends: it rebuilds the
+// agents' states from the supervisor at once and every SyncInterval, and
+// stops agents idle longer than their idle_timeout. When ctx ends, starts
+// still in progress are abandoned (the units keep going: systemd has the
+// truth) and Run returns ctx.Err().
+func (g *Gateway) Run(ctx context.Context) error {
+	defer g.baseCancel()
+	defer g.client.closeIdle()
+	if g.o.GPU != nil {
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		mem, err := g.o.GPU.Memory(mctx)
+		cancel()
+		if err != nil {
+			g.log.Warn("reading GPU sizes: judging conflicts by gpu_memory_utilization alone", "err", err)
+		} else {
+			g.mu.Lock()
+			g.computeConflicts(mem)
+			g.mu.Unlock()
+		}
+	}
+	g.sync(ctx)
+	idle := time.NewTicker(g.idleTick())
+	defer idle.Stop()
+	sync := time.NewTicker(g.o.SyncInterval)
+	defer sync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-idle.C:
+			g.stopIdle(time.Now())
+		case <-sync.C:
+			g.sync(ctx)
+		}
+	}
+}
+
+// idleTick is how often idle agents are looked for: a quarter of the
+// shortest idle timeout, between 10ms and 1s.
+func (g *Gateway) idleTick() time.Duration {
+	tick := time.Second
+	for _, a := range g.cfg.Agents {
+		if d := a.IdleTimeout.Duration / 4; d > 0 && d < tick {
+			tick = d
+		}
+	}
+	return max(tick, 10*time.Millisecond)
+}
+
+// LastUsed is when agent last served a request through the gateway (now,
+// when it is busy); zero when it has not since vagentd started. The
+// supervisor evicts the least recently used first.
+func (g *Gateway) LastUsed(agent string) time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ag := g.byAgent[agent]
+	if ag == nil {
+		return time.Time{}
+	}
+	if ag.inflight > 0 || len(ag.waiters) > 0 {
+		return time.Now()
+	}
+	return ag.lastUsed
+}

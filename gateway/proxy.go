@@ -1,0 +1,505 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxParsedBody is the largest non-streamed response read whole (to count
+// its usage) before it is sent; larger ones are copied through.
+const maxParsedBody = 4 << 20
+
+// hopHeaders are per-connection headers a proxy must not forward.
+var hopHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+}
+
+// readerPool holds the line readers of streams. Lines longer than one are
+// relayed in pieces; only usage parsing needs a whole line, and usage
+// chunks are a few hundred bytes. Small buffers keep hundreds of open
+// streams cheap.
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 1024) }}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// exchange is one inference request's record, for its log line and metrics.
+type exchange struct {
+	g      *Gateway
+	r      *http.Request
+	t0     time.Time
+	ag     *agentRT
+	model  string
+	key    *keyEntry
+	status int
+	stream bool
+	waited time.Duration
+	ttft   time.Duration
+	errMsg string
+}
+
+func (x *exchange) fail(w http.ResponseWriter, err error) {
+	ae := asAPIError(err)
+	ae.write(w)
+	x.status, x.errMsg = ae.Status, ae.Message
+}
+
+// done writes the request's log line and counts it.
+func (x *exchange) done() {
+	d := time.Since(x.t0)
+	m := x.g.noAgent
+	agent := ""
+	if x.ag != nil {
+		m = x.ag.m
+		agent = x.ag.name
+		m.reqSeconds.Observe(d.Seconds())
+	}
+	m.request(x.status)
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs,
+		slog.String("agent", agent),
+		slog.String("model", x.model),
+		slog.String("path", x.r.URL.Path),
+		slog.Int("status", x.status),
+		slog.Duration("duration", d),
+		slog.Bool("stream", x.stream),
+	)
+	if x.waited > 0 {
+		attrs = append(attrs, slog.Duration("queued", x.waited))
+	}
+	if x.ttft > 0 {
+		attrs = append(attrs, slog.Duration("ttft", x.ttft))
+	}
+	if x.key != nil {
+		attrs = append(attrs, slog.String("key", x.key.name))
+	}
+	if x.errMsg != "" {
+		attrs = append(attrs, slog.String("error", x.errMsg))
+	}
+	level := slog.LevelInfo
+	if x.status >= 500 {
+		level = slog.LevelWarn
+	}
+	x.g.log.LogAttrs(context.Background(), level, "request", attrs...)
+}
+
+// serveInference routes one OpenAI API request to its agent.
+func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{g: g, r: r, t0: time.Now()}
+	defer x.done()
+	ag, body, jsonBody, err := g.prepare(w, r, x)
+	if err != nil {
+		x.fail(w, err)
+		return
+	}
+	g.proxy(w, r, x, ag, body, jsonBody)
+}
+
+// prepare checks the key, reads the body, finds the agent and rewrites the
+// body for it. (A function of its own: its frame is gone while the
+// response streams, which keeps the goroutines of open streams small.)
+func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (ag *agentRT, out []byte, jsonBody bool, err error) {
+	var key *keyEntry
+	if g.o.Keys != nil {
+		k, aerr := g.authenticate(r)
+		if aerr != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vagent"`)
+			return nil, nil, false, aerr
+		}
+		key, x.key = k, k
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return nil, nil, false, apiErr(http.StatusMethodNotAllowed, typeInvalidRequest, "%s %s: use POST", r.Method, r.URL.Path)
+	}
+	body, aerr := g.readBody(r)
+	if aerr != nil {
+		return nil, nil, false, aerr
+	}
+	req, aerr := parseRequest(body, r.Header.Get("Content-Type"))
+	if aerr != nil {
+		return nil, nil, false, aerr
+	}
+	if !req.hasModel {
+		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "the request names no model: set \"model\" to one of: %s", joinStrings(g.names))
+	}
+	x.model = req.model
+	ag, aerr = g.resolve(req.model)
+	if aerr != nil {
+		return nil, nil, false, aerr
+	}
+	if key != nil && !key.allows(ag.cfg) {
+		return nil, nil, false, apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
+	}
+	x.ag = ag
+	prompt := ""
+	if r.URL.Path == "/v1/chat/completions" {
+		prompt = ag.cfg.SystemPrompt
+	}
+	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt)
+	if rerr != nil {
+		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "bad request body: %v", rerr)
+	}
+	return ag, out, req.boundary == "", nil
+}
+
+func joinStrings(s []string) string {
+	var b bytes.Buffer
+	for i, v := range s {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(v)
+	}
+	return b.String()
+}
+
+func (g *Gateway) readBody(r *http.Request) ([]byte, *APIError) {
+	limit := g.o.MaxBodyBytes
+	tooBig := func() *APIError {
+		return apiErr(http.StatusRequestEntityTooLarge, typeInvalidRequest, "request body larger than %d bytes", limit)
+	}
+	if r.ContentLength > limit {
+		return nil, tooBig()
+	}
+	if r.ContentLength >= 0 {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, apiErr(http.StatusBadRequest, typeInvalidRequest, "reading the request body: %v", err)
+		}
+		return buf, nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, apiErr(http.StatusBadRequest, typeInvalidRequest, "reading the request body: %v", err)
+	}
+	if int64(len(buf)) > limit {
+		return nil, tooBig()
+	}
+	return buf, nil
+}
+
+// proxy waits for ag to take the request, sends it, and relays the answer.
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, body []byte, jsonBody bool) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	l := &lease{cancel: cancel}
+	defer l.stopTimer()
+	resp, err := g.send(ctx, r, x, ag, l, body, jsonBody)
+	if err != nil {
+		if r.Context().Err() != nil {
+			x.status, x.errMsg = 499, "the client went away"
+			return
+		}
+		x.fail(w, err)
+		return
+	}
+	defer g.release(l)
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		// The engine refused vagentd's own key: not the client's fault.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		x.fail(w, apiErr(http.StatusBadGateway, typeBadGateway,
+			"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
+		return
+	}
+	if isEventStream(resp.Header.Get("Content-Type")) {
+		x.stream = true
+		g.copyStream(w, r, x, ag, ctx, resp)
+		return
+	}
+	g.copyBody(w, r, x, ag, ctx, resp)
+}
+
+// send waits until ag takes the request and sends it. A refused
+// connection means the engine is gone: it is started again and the
+// request sent once more. On success the request holds its lease.
+func (g *Gateway) send(ctx context.Context, r *http.Request, x *exchange, ag *agentRT, l *lease, body []byte, jsonBody bool) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		waited, err := g.acquire(ctx, ag, l)
+		x.waited += waited
+		if err != nil {
+			return nil, err
+		}
+		if rt := g.cfg.Gateway.RequestTimeout.Duration; rt > 0 && l.timer == nil {
+			// request_timeout counts from when the agent takes the request.
+			// A timer, not another context: one context less per request.
+			l.timer = time.AfterFunc(rt, func() { l.cancel(ag.timeoutErr) })
+		}
+		resp, err := g.client.do(ctx, ag.addr, g.upstreamRequest(r, ag, jsonBody), body)
+		if err == nil {
+			return resp, nil
+		}
+		g.release(l)
+		if attempt == 0 && isDialError(err) && ctx.Err() == nil {
+			g.lost(ag)
+			continue
+		}
+		return nil, upstreamError(ag, ctx, "no answer from the engine", err)
+	}
+}
+
+var jsonContentType = []string{"application/json"}
+
+// mediaType is ct's type and subtype, lower case, without parameters.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(ct))
+}
+
+func isJSON(ct string) bool { return mediaType(ct) == "application/json" }
+
+func isEventStream(ct string) bool { return mediaType(ct) == "text/event-stream" }
+
+// upstreamRequest is r as ag's engine gets it: the same method, path,
+// query and headers, but the engine key instead of the client's, and no
+// hop-by-hop headers.
+func (g *Gateway) upstreamRequest(r *http.Request, ag *agentRT, jsonBody bool) *outRequest {
+	uri := r.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		uri = r.URL.RequestURI()
+	}
+	h := make(http.Header, len(r.Header)+1)
+	for k, vs := range r.Header {
+		if hopHeaders[k] || k == "Authorization" || k == "Content-Length" || k == "Expect" {
+			continue
+		}
+		h[k] = vs
+	}
+	if g.engineKey != nil {
+		h["Authorization"] = g.engineKey
+	}
+	if jsonBody && !isJSON(h.Get("Content-Type")) {
+		// The body parsed as JSON; vLLM answers 415 to anything not labelled
+		// so, which is what `curl -d` sends.
+		h["Content-Type"] = jsonContentType
+	}
+	return &outRequest{method: r.Method, uri: uri, host: ag.addr, header: h, orig: r}
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// upstreamError says why the exchange with ag's engine failed: the cause
+// the gateway set (a cut by a drain, the request timeout), or 502.
+func upstreamError(ag *agentRT, uctx context.Context, what string, err error) *APIError {
+	var ae *APIError
+	if errors.As(context.Cause(uctx), &ae) {
+		return ae
+	}
+	return apiErr(http.StatusBadGateway, typeBadGateway, "agent %s: %s: %v", ag.name, what, err)
+}
+
+func (g *Gateway) upstreamFailed(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, err error) {
+	if r.Context().Err() != nil {
+		x.status, x.errMsg = 499, "the client went away"
+		return
+	}
+	x.fail(w, upstreamError(ag, uctx, "no answer from the engine", err))
+}
+
+func copyHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		if !hopHeaders[k] {
+			dst[k] = vs
+		}
+	}
+}
+
+// copyBody relays a plain (non-SSE) response: read whole when small enough
+// so that a failure before its end is still a clean 502 and its usage can be
+// counted, else copied through (a failure then aborts the connection, so the
+// client sees an error rather than a short body).
+func (g *Gateway) copyBody(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
+	if resp.ContentLength >= 0 && resp.ContentLength <= maxParsedBody {
+		buf := make([]byte, resp.ContentLength)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			g.upstreamFailed(w, r, x, ag, uctx, err)
+			return
+		}
+		copyHeaders(w.Header(), resp.Header)
+		w.Header().Set("X-Vagent-Agent", ag.name)
+		w.WriteHeader(resp.StatusCode)
+		x.status = resp.StatusCode
+		if resp.StatusCode >= 400 {
+			x.errMsg = "the engine answered " + http.StatusText(resp.StatusCode)
+		}
+		if _, err := w.Write(buf); err != nil {
+			x.status, x.errMsg = 499, "the client went away"
+			return
+		}
+		if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" {
+			if u, ok := findUsage(buf); ok {
+				ag.m.prompt.Add(float64(u.PromptTokens))
+				ag.m.completion.Add(float64(u.CompletionTokens))
+			}
+		}
+		return
+	}
+	copyHeaders(w.Header(), resp.Header)
+	w.Header().Set("X-Vagent-Agent", ag.name)
+	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	for {
+		n, rerr := resp.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				x.status, x.errMsg = 499, "the client went away"
+				return
+			}
+		}
+		if rerr == io.EOF {
+			return
+		}
+		if rerr != nil {
+			if r.Context().Err() != nil {
+				x.status, x.errMsg = 499, "the client went away"
+				return
+			}
+			ae := upstreamError(ag, uctx, "the engine's answer broke off", rerr)
+			x.status, x.errMsg = ae.Status, ae.Message
+			// Headers are out: abort the connection so the client cannot
+			// mistake the short body for a whole one.
+			panic(http.ErrAbortHandler)
+		}
+	}
+}
+
+var (
+	dataPrefix = []byte("data:")
+	doneMarker = []byte("[DONE]")
+	eventEnd   = []byte("\n\n")
+	eventEndCR = []byte("\n\r\n")
+)
+
+// copyStream relays server-sent events as they come: each event is flushed
+// to the client as soon as it is complete and no other complete event is
+// already buffered behind it. A stream that ends without "data: [DONE]"
+// (engine died, request cut or timed out) gets an error event and [DONE],
+// so clients never see a bare EOF.
+func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
+	h := w.Header()
+	copyHeaders(h, resp.Header)
+	h.Del("Content-Length")
+	h.Set("X-Vagent-Agent", ag.name)
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
+	rc := http.NewResponseController(w)
+	rc.Flush()
+
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(resp.Body)
+	defer func() {
+		br.Reset(nil)
+		readerPool.Put(br)
+	}()
+	var (
+		usage      usageCounts
+		haveUsage  bool
+		sawDone    bool
+		lineStart  = true // the next byte begins a line
+		inEvent    bool   // a non-blank line was written since the last blank one
+		firstEvent = true
+		rerr       error
+	)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			blank := lineStart && (len(line) == 1 || (len(line) == 2 && line[0] == '\r')) && err == nil
+			if lineStart && bytes.HasPrefix(line, dataPrefix) {
+				payload := bytes.TrimSpace(line[len(dataPrefix):])
+				if firstEvent {
+					firstEvent = false
+					x.ttft = time.Since(x.t0)
+					ag.m.ttft.Observe(x.ttft.Seconds())
+				}
+				if bytes.Equal(payload, doneMarker) {
+					sawDone = true
+				} else if err == nil && bytes.Contains(payload, usageKey) {
+					if u, ok := findUsage(payload); ok {
+						usage, haveUsage = u, true
+					}
+				}
+			}
+			if _, werr := w.Write(line); werr != nil {
+				x.status, x.errMsg = 499, "the client went away"
+				return
+			}
+			lineStart = line[len(line)-1] == '\n'
+			if blank {
+				inEvent = false
+				if !completeEventBuffered(br) {
+					if rc.Flush() != nil {
+						x.status, x.errMsg = 499, "the client went away"
+						return
+					}
+				}
+			} else {
+				inEvent = true
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+	}
+	if haveUsage {
+		ag.m.prompt.Add(float64(usage.PromptTokens))
+		ag.m.completion.Add(float64(usage.CompletionTokens))
+	}
+	if rerr == io.EOF && sawDone {
+		rc.Flush()
+		return
+	}
+	if r.Context().Err() != nil {
+		x.status, x.errMsg = 499, "the client went away"
+		return
+	}
+	if rerr == io.EOF {
+		rerr = errors.New("the stream ended without data: [DONE]")
+	}
+	ae := upstreamError(ag, uctx, "the engine's stream broke off", rerr)
+	x.status, x.errMsg = ae.Status, ae.Message
+	var b bytes.Buffer
+	if !lineStart {
+		b.WriteByte('\n')
+	}
+	if inEvent {
+		b.WriteByte('\n')
+	}
+	b.WriteString("data: ")
+	b.Write(ae.body())
+	b.WriteString("\n\ndata: [DONE]\n\n")
+	w.Write(b.Bytes())
+	rc.Flush()
+}
+
+// completeEventBuffered reports whether br already holds a whole event, so
+// that flushing can wait until after it.
+func completeEventBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := br.Peek(n)
+	return bytes.Contains(b, eventEnd) || bytes.Contains(b, eventEndCR)
+}
