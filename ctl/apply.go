@@ -29,10 +29,7 @@ func renderCmd() *cli.Command {
 		},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if err := noArgs(cmd); err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
+			cfg, err := configNoArgs(cmd)
 			if err != nil {
 				return err
 			}

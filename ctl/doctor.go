@@ -23,10 +23,7 @@ func doctorCmd() *cli.Command {
 		Flags:        []cli.Flag{jsonFlag},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if err := noArgs(cmd); err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
+			cfg, err := configNoArgs(cmd)
 			if err != nil {
 				return err
 			}

@@ -19,6 +19,31 @@ func loadConfig(cmd *cli.Command) (*config.Config, error) {
 	return config.Load(config.Path(cmd.Root().String("config")))
 }
 
+// agentArg loads the configuration and returns the command's single AGENT
+// argument, checked against it.
+func agentArg(cmd *cli.Command) (*config.Config, string, error) {
+	agent, err := oneAgent(cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := agentErr(cfg, agent); err != nil {
+		return nil, "", err
+	}
+	return cfg, agent, nil
+}
+
+// configNoArgs loads the configuration for a command that takes no arguments.
+func configNoArgs(cmd *cli.Command) (*config.Config, error) {
+	if err := noArgs(cmd); err != nil {
+		return nil, err
+	}
+	return loadConfig(cmd)
+}
+
 // host is what a command that touches the running system needs.
 type host struct {
 	cfg *config.Config

@@ -29,15 +29,8 @@ func logsCmd() *cli.Command {
 		},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			agent, err := oneAgent(cmd)
+			_, agent, err := agentArg(cmd)
 			if err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := agentErr(cfg, agent); err != nil {
 				return err
 			}
 			n := int(cmd.Int("lines"))
@@ -75,10 +68,7 @@ func gpuCmd() *cli.Command {
 		Flags:        []cli.Flag{jsonFlag},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if err := noArgs(cmd); err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
+			cfg, err := configNoArgs(cmd)
 			if err != nil {
 				return err
 			}
@@ -140,15 +130,8 @@ func testCmd() *cli.Command {
 		},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			name, err := oneAgent(cmd)
+			cfg, name, err := agentArg(cmd)
 			if err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := agentErr(cfg, name); err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(ctx, cmd.Duration("timeout"))

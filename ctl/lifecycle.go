@@ -24,15 +24,8 @@ func lifecycleCmd(name, usage string) *cli.Command {
 		Flags:        []cli.Flag{jsonFlag},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			agent, err := oneAgent(cmd)
+			cfg, agent, err := agentArg(cmd)
 			if err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := agentErr(cfg, agent); err != nil {
 				return err
 			}
 			// Through vagentd when it runs (see daemon.go for what goes where).
@@ -101,15 +94,8 @@ func stopCmd() *cli.Command {
 		Name: "stop", Usage: "stop an agent and wait until the GPU shows its memory back", ArgsUsage: "AGENT",
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			agent, err := oneAgent(cmd)
+			cfg, agent, err := agentArg(cmd)
 			if err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := agentErr(cfg, agent); err != nil {
 				return err
 			}
 			dc, err := reachDaemon(ctx, cfg)
@@ -142,10 +128,7 @@ func statusCmd() *cli.Command {
 		Flags:        []cli.Flag{jsonFlag},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			if err := noArgs(cmd); err != nil {
-				return err
-			}
-			cfg, err := loadConfig(cmd)
+			cfg, err := configNoArgs(cmd)
 			if err != nil {
 				return err
 			}
