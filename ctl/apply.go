@@ -2,8 +2,6 @@ package ctl
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/units"
 )
 
@@ -135,7 +134,7 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
-	if err := ensureEngineKey(cfg); err != nil {
+	if _, err := enginekey.Ensure(cfg); err != nil {
 		return err
 	}
 	res, err := units.Write(cfg.Paths.UnitDir, files)
@@ -206,27 +205,4 @@ func orphanedAgents(cfg *config.Config) []string {
 		}
 	}
 	return out
-}
-
-// ensureEngineKey creates the engines' API key once. Engines read it through
-// EnvironmentFile=, so it never appears on a command line; only vagent (and
-// root) can read it, so clients cannot bypass the gateway.
-func ensureEngineKey(cfg *config.Config) error {
-	path := cfg.EngineKeyFile()
-	if _, err := os.Stat(path); err == nil {
-		return nil
-	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte("VLLM_API_KEY="+hex.EncodeToString(b)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("engine key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("engine key: %w", err)
-	}
-	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/journal"
 )
 
@@ -175,7 +175,7 @@ func chatOnce(ctx context.Context, cfg *config.Config, a *config.Agent, prompt s
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if key := engineKey(cfg); key != "" {
+	if key, err := enginekey.Read(cfg.EngineKeyFile()); err == nil {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	t0 := time.Now()
@@ -251,19 +251,4 @@ func chatOnce(ctx context.Context, cfg *config.Config, a *config.Agent, prompt s
 		}
 	}
 	return r, nil
-}
-
-// engineKey reads the engines' API key from the file vagent keeps for the
-// units; "" when it does not exist or cannot be read.
-func engineKey(cfg *config.Config) string {
-	data, err := os.ReadFile(cfg.EngineKeyFile())
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VLLM_API_KEY="); ok {
-			return v
-		}
-	}
-	return ""
 }

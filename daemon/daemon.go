@@ -29,6 +29,7 @@ import (
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/journal"
 	"github.com/vagent-dev/vagent/supervisor"
 )
@@ -142,7 +143,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	if err != nil {
 		return err
 	}
-	engineKey, err := EngineKey(cfg)
+	engineKey, err := enginekey.Ensure(cfg)
 	if err != nil {
 		return err
 	}

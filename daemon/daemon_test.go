@@ -64,40 +64,6 @@ func TestLoadKeysRefusesPublicListenWithoutKeys(t *testing.T) {
 	}
 }
 
-func TestEngineKeyCreatesOnceAndReuses(t *testing.T) {
-	cfg := config.Defaults()
-	cfg.Paths.StateDir = filepath.Join(t.TempDir(), "state")
-	k1, err := EngineKey(&cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(k1) != 64 {
-		t.Errorf("key %q: want 64 hex digits", k1)
-	}
-	fi, err := os.Stat(cfg.EngineKeyFile())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("key file mode %v, want 0600", fi.Mode().Perm())
-	}
-	k2, err := EngineKey(&cfg)
-	if err != nil || k2 != k1 {
-		t.Errorf("second EngineKey = %q, %v; want the first %q", k2, err, k1)
-	}
-	// A key written by vagentctl apply is used as is.
-	if err := os.WriteFile(cfg.EngineKeyFile(), []byte("VLLM_API_KEY=abc\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if k, err := EngineKey(&cfg); err != nil || k != "abc" {
-		t.Errorf("EngineKey = %q, %v; want abc", k, err)
-	}
-	ents, _ := os.ReadDir(filepath.Dir(cfg.EngineKeyFile()))
-	if len(ents) != 1 {
-		t.Errorf("state dir holds %d files, want only the key", len(ents))
-	}
-}
-
 func TestListenControl(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "run", "vagentd.sock")

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -104,7 +105,7 @@ func TestRunDrainsAndLeavesAgentsRunning(t *testing.T) {
 	cfg.Gateway.Listen = "127.0.0.1:0"
 	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
 	cfg.Gateway.DrainTimeout.Duration = 10 * time.Second
-	key, err := EngineKey(cfg)
+	key, err := enginekey.Ensure(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
