@@ -137,7 +137,7 @@ func (l *Ledger) lock(how int) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
 		return nil, fmt.Errorf("ledger dir: %w", err)
 	}
-	f, err := os.OpenFile(l.path+".lock", os.O_CREATE|os.O_RDWR, 0o666)
+	f, err := openLockFile(l.path + ".lock")
 	if err != nil {
 		return nil, fmt.Errorf("ledger lock: %w", err)
 	}
@@ -152,6 +152,32 @@ func (l *Ledger) lock(how int) (func(), error) {
 		return nil, fmt.Errorf("ledger lock: %w", err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// openLockFile opens the lock file, creating it so that every user who may
+// write the ledger's directory may lock it too: root's vagentctl may create
+// it first, and engines running as another user must still open it. The
+// creator's umask would otherwise decide.
+func openLockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if !errors.Is(err, os.ErrNotExist) {
+		return f, err
+	}
+	f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o660)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Chmod(0o660); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st, err := os.Stat(filepath.Dir(path)); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
+			// Best effort: only root may give a file away.
+			_ = f.Chown(int(sys.Uid), int(sys.Gid))
+		}
+	}
+	return f, nil
 }
 
 func (l *Ledger) load() (*State, error) {

@@ -2,9 +2,11 @@ package ledger
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -89,5 +91,21 @@ func TestFailedUpdateWritesNothing(t *testing.T) {
 	}
 	if len(st.Entries) != 0 {
 		t.Errorf("a refused update was written: %+v", st.Entries)
+	}
+}
+
+func TestLockFileIsGroupWritableWhateverTheUmask(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	l := Open(filepath.Join(t.TempDir(), "ledger.json"), 1, 10)
+	if err := l.Prune(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(l.Path() + ".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o660 {
+		t.Errorf("lock file mode %v, want 0660", fi.Mode().Perm())
 	}
 }
