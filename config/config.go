@@ -144,7 +144,19 @@ type Units struct {
 	StartLimitInterval Duration `toml:"start_limit_interval"`
 }
 
-// Supervisor bounds the waits of a switch.
+// Switch modes: how a switch makes room for another agent.
+const (
+	// SwitchRestart stops the agent's engine; the next switch to it is a
+	// cold start.
+	SwitchRestart = "restart"
+	// SwitchSleep puts the engine to sleep (vLLM's sleep mode): its weights
+	// go to host RAM and its KV cache is dropped, so the next switch to it
+	// is a wake of well under a second instead of a cold start.
+	SwitchSleep = "sleep"
+)
+
+// Supervisor bounds the waits of a switch and says how agents make room
+// for each other.
 type Supervisor struct {
 	// HealthTimeout bounds the wait for an engine's /health after its unit starts.
 	HealthTimeout Duration `toml:"health_timeout"`
@@ -154,6 +166,13 @@ type Supervisor struct {
 	ReleaseTimeout Duration `toml:"release_timeout"`
 	// DBusTimeout bounds each D-Bus call.
 	DBusTimeout Duration `toml:"dbus_timeout"`
+	// SwitchMode is the default of every agent's switch_mode: "restart" or
+	// "sleep".
+	SwitchMode string `toml:"switch_mode"`
+	// HostRAMBudgetMiB bounds the host RAM sleeping agents may hold with
+	// their weights; 0 means half of what the host has available
+	// (MemAvailable, plus what sleepers already hold) at each decision.
+	HostRAMBudgetMiB uint64 `toml:"host_ram_budget_mib"`
 }
 
 // Agent is one vLLM server: a model with tuned flags, rendered as the unit
@@ -204,6 +223,14 @@ type Agent struct {
 	IdleTimeout Duration `toml:"idle_timeout"`
 	// Pinned agents are never stopped for idleness or evicted by a switch.
 	Pinned bool `toml:"pinned"`
+	// SwitchMode is "restart" or "sleep" (see SwitchSleep); empty takes
+	// supervisor.switch_mode. Read it through Config.SwitchMode.
+	SwitchMode string `toml:"switch_mode"`
+	// SleepLevel is vLLM's sleep level for a sleep agent: 1 moves the
+	// weights to host RAM (fast wake), 2 drops them (reloaded from disk on
+	// wake, no host RAM held). A level-1 sleep that cannot fit the host RAM
+	// budget is done at level 2.
+	SleepLevel int `toml:"sleep_level"`
 }
 
 // Sampling are default sampling parameters. Unset fields are left to the model.
@@ -273,6 +300,29 @@ func (a *Agent) Budget(total, weightsBytes uint64) uint64 {
 	return uint64(a.GPUMemoryUtilization * float64(total))
 }
 
+// SwitchMode is how switches treat agent a: its own switch_mode, else
+// supervisor.switch_mode, else "restart".
+func (c *Config) SwitchMode(a *Agent) string {
+	switch {
+	case a.SwitchMode != "":
+		return a.SwitchMode
+	case c.Supervisor.SwitchMode != "":
+		return c.Supervisor.SwitchMode
+	}
+	return SwitchRestart
+}
+
+// Sleeps reports whether switches put agent a to sleep rather than stop it.
+func (c *Config) Sleeps(a *Agent) bool { return c.SwitchMode(a) == SwitchSleep }
+
+// Level is the agent's sleep level, 1 when unset.
+func (a *Agent) Level() int {
+	if a.SleepLevel == 2 {
+		return 2
+	}
+	return 1
+}
+
 // Agent returns the agent called name, or nil.
 func (c *Config) Agent(name string) *Agent {
 	for _, a := range c.Agents {
@@ -306,6 +356,12 @@ func SharesGPU(a, b *Agent) bool {
 	}
 	return false
 }
+
+// MayConflict reports whether units of a and b may carry Conflicts= when
+// they cannot share a GPU: not when either is a sleep agent, since a
+// sleeping engine stays up beside the one that runs (holding only a small
+// residual of its GPU memory), and systemd would stop it.
+func (c *Config) MayConflict(a, b *Agent) bool { return !c.Sleeps(a) && !c.Sleeps(b) }
 
 // CannotShare reports whether two agents cannot run at once on a GPU of
 // total bytes (0 if unknown) with reserve bytes kept free: they share a GPU and their

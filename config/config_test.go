@@ -157,6 +157,31 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			main: "[engine]\nkind = \"docker\"\n",
 			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
 		},
+		{
+			name: "global switch mode",
+			main: "[supervisor]\nhealth_timeout = \"1m\"\nswitch_mode = \"hibernate\"\n",
+			want: []string{"vagent.toml:3:", "supervisor.switch_mode: must be \"restart\" or \"sleep\", not \"hibernate\""},
+		},
+		{
+			name:   "agent switch mode",
+			agents: map[string]string{"po": goodAgent + "switch_mode = \"nap\"\n"},
+			want:   []string{"agents/po.toml:3:", `agent "po"`, "switch_mode: must be \"restart\" or \"sleep\""},
+		},
+		{
+			name:   "sleep level",
+			agents: map[string]string{"po": goodAgent + "sleep_level = 3\n"},
+			want:   []string{"agents/po.toml:3:", "sleep_level: must be 1 (weights to host RAM) or 2"},
+		},
+		{
+			name:   "dev mode is vagent's",
+			agents: map[string]string{"po": goodAgent + "[env]\nVLLM_SERVER_DEV_MODE = \"1\"\n"},
+			want:   []string{"env: VLLM_SERVER_DEV_MODE is set by vagent itself"},
+		},
+		{
+			name:   "sleep mode is a key, not an extra arg",
+			agents: map[string]string{"po": goodAgent + "extra_args = [\"--enable-sleep-mode\"]\n"},
+			want:   []string{"extra_args: entry 1 \"--enable-sleep-mode\" repeats a flag vagent sets"},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -245,5 +270,35 @@ func TestBudgetAndCannotShare(t *testing.T) {
 	}
 	if !CannotShare(a, b, 0, 0) || CannotShare(b, c, 0, 0) {
 		t.Error("unknown total: judge by fractions")
+	}
+}
+
+func TestSwitchModeDefaults(t *testing.T) {
+	path := writeConfig(t, "[supervisor]\nswitch_mode = \"sleep\"\nhost_ram_budget_mib = 20000\n", map[string]string{
+		"po":  goodAgent,
+		"dev": "model = \"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ\"\nport = 8001\nswitch_mode = \"restart\"\n",
+		"qa":  "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\nport = 8003\nsleep_level = 2\n",
+	})
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Supervisor.HostRAMBudgetMiB != 20000 {
+		t.Errorf("host_ram_budget_mib %d", c.Supervisor.HostRAMBudgetMiB)
+	}
+	for name, want := range map[string]string{"po": SwitchSleep, "dev": SwitchRestart, "qa": SwitchSleep} {
+		if got := c.SwitchMode(c.Agent(name)); got != want {
+			t.Errorf("%s: switch mode %q, want %q", name, got, want)
+		}
+	}
+	if c.Agent("po").Level() != 1 || c.Agent("qa").Level() != 2 {
+		t.Errorf("sleep levels %d %d, want 1 and 2", c.Agent("po").Level(), c.Agent("qa").Level())
+	}
+	if c.MayConflict(c.Agent("dev"), c.Agent("po")) {
+		t.Error("a sleep agent may carry Conflicts=")
+	}
+	d := Defaults()
+	if d.SwitchMode(&Agent{}) != SwitchRestart {
+		t.Error("the default switch mode is not restart")
 	}
 }

@@ -108,6 +108,7 @@ func Defaults() Config {
 			HealthInterval: Duration{50 * time.Millisecond},
 			ReleaseTimeout: Duration{30 * time.Second},
 			DBusTimeout:    Duration{10 * time.Second},
+			SwitchMode:     SwitchRestart,
 		},
 	}
 }
@@ -120,6 +121,7 @@ func agentDefaults() Agent {
 		Dtype:                "auto",
 		KVCacheDtype:         "auto",
 		TensorParallelSize:   1,
+		SleepLevel:           1,
 	}
 }
 

@@ -43,10 +43,16 @@ var ManagedFlags = []string{
 	"--trust-remote-code", "--no-trust-remote-code",
 	"--enable-auto-tool-choice", "--no-enable-auto-tool-choice",
 	"--tool-call-parser", "--reasoning-parser",
+	"--enable-sleep-mode", "--no-enable-sleep-mode",
 }
 
-// ManagedEnv are environment variables vagent sets in every unit.
-var ManagedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_API_KEY", "HF_HOME", "HF_HUB_OFFLINE"}
+// ManagedEnv are environment variables vagent sets itself: in every unit,
+// and VLLM_SERVER_DEV_MODE in sleep agents' units only (it opens vLLM's
+// unauthenticated control routes, which the gateway never forwards).
+var ManagedEnv = []string{"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_API_KEY", "HF_HOME", "HF_HUB_OFFLINE", "VLLM_SERVER_DEV_MODE"}
+
+// switchModes are the values of switch_mode.
+var switchModes = []string{SwitchRestart, SwitchSleep}
 
 type fieldChecker struct {
 	file  string
@@ -79,6 +85,7 @@ func (c *Config) validateMain(data []byte) Errors {
 	checkNoControl(f, reflect.ValueOf(c.GPU), "gpu")
 	checkNoControl(f, reflect.ValueOf(c.Gateway), "gateway")
 	checkNoControl(f, reflect.ValueOf(c.Units), "units")
+	checkNoControl(f, reflect.ValueOf(c.Supervisor), "supervisor")
 
 	if !oneOf(c.Engine.Kind, []string{EngineVLLM, EngineSim}) {
 		f.fail("engine.kind", "must be %q or %q, not %q", EngineVLLM, EngineSim, c.Engine.Kind)
@@ -176,6 +183,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if c.Units.StartLimitBurst < 1 {
 		f.fail("units.start_limit_burst", "must be at least 1")
+	}
+	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
+		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)
 	}
 	return f.errs
 }
@@ -280,6 +290,12 @@ func (a *Agent) validate(data []byte) Errors {
 	}
 	if a.IdleTimeout.Duration < 0 {
 		f.fail("idle_timeout", "must not be negative")
+	}
+	if a.SwitchMode != "" && !oneOf(a.SwitchMode, switchModes) {
+		f.fail("switch_mode", "must be %q or %q (or unset, to take supervisor.switch_mode), not %q", SwitchRestart, SwitchSleep, a.SwitchMode)
+	}
+	if a.SleepLevel != 1 && a.SleepLevel != 2 {
+		f.fail("sleep_level", "must be 1 (weights to host RAM) or 2 (weights dropped), not %d", a.SleepLevel)
 	}
 	return f.errs
 }

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -137,7 +138,7 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 	if _, err := enginekey.Ensure(cfg); err != nil {
 		return err
 	}
-	res, err := units.Write(cfg.Paths.UnitDir, files)
+	res, err := units.WriteWith(cfg.Paths.UnitDir, files, units.WriteOptions{TemplateElsewhere: vendorTemplateMatches(files)})
 	if err != nil {
 		return err
 	}
@@ -145,7 +146,11 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 		return &dbusError{err}
 	}
 	if res.TemplateChanged {
-		fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
+		if vendorTemplateMatches(files) {
+			fmt.Fprintf(out, "removed %s: the package's %s is the same\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName), units.VendorTemplate)
+		} else {
+			fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
+		}
 	}
 	for _, n := range res.Added {
 		fmt.Fprintf(out, "added %s\n", config.UnitName(n))
@@ -191,6 +196,14 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 		printResult(cmd, "restart", r)
 	}
 	return errors.Join(errs...)
+}
+
+// vendorTemplateMatches reports whether the package installed the very
+// template this configuration renders: then the unit directory must not
+// shadow it with a copy.
+func vendorTemplateMatches(files units.Files) bool {
+	data, err := os.ReadFile(units.VendorTemplate)
+	return err == nil && bytes.Equal(data, files[units.TemplateName])
 }
 
 // orphanedAgents are agents with a vagent drop-in in the unit directory but

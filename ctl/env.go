@@ -12,6 +12,7 @@ import (
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/journal"
+	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -88,6 +89,8 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		GPU:       supervisor.FromBackend(h.gpu),
 		RootCause: rootCause,
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// The engine key is read from its file when a wake needs it.
+		HostWeights: plan.HostWeights(cfg),
 	})
 	return h, nil
 }

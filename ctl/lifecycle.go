@@ -81,10 +81,24 @@ func printResult(cmd *cli.Command, verb string, res *supervisor.Result) error {
 		fmt.Fprintf(out, "%s is already running\n", res.Agent)
 	default:
 		msg := fmt.Sprintf("%s: %s is healthy after %s", verb, res.Agent, res.Duration.Round(time.Millisecond))
+		if res.Woken {
+			msg = fmt.Sprintf("%s: %s is awake after %s (woken in %s)", verb, res.Agent,
+				res.Duration.Round(time.Millisecond), res.WakeDuration.Round(time.Millisecond))
+		}
+		var slept []string
+		for _, s := range res.Slept {
+			slept = append(slept, fmt.Sprintf("%s (level %d)", s.Agent, s.Level))
+		}
+		if len(slept) > 0 {
+			msg += fmt.Sprintf(" (put to sleep %s)", strings.Join(slept, ", "))
+		}
 		if len(res.Evicted) > 0 {
 			msg += fmt.Sprintf(" (stopped %s)", strings.Join(res.Evicted, ", "))
 		}
 		fmt.Fprintln(out, msg)
+		if res.WakeError != "" {
+			fmt.Fprintf(out, "the wake failed, so %s was restarted cold: %s\n", res.Agent, res.WakeError)
+		}
 	}
 	return nil
 }
@@ -201,6 +215,12 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus
 			health = "starting"
 			if s.Healthy {
 				health = "ok"
+			}
+			if s.Sleeping {
+				health = "sleeping"
+				if s.SleepLevel > 0 {
+					health += fmt.Sprintf(" (level %d)", s.SleepLevel)
+				}
 			}
 		}
 		if s.VRAMBytes > 0 {

@@ -31,6 +31,7 @@ import (
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/journal"
+	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -177,6 +178,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		BeforeEvict: func(ctx context.Context, agent string) error {
 			return gw.BeforeEvict(ctx, agent)
 		},
+		EngineKey:   engineKey,
+		HostWeights: plan.HostWeights(cfg),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

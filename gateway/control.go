@@ -167,6 +167,9 @@ func (g *Gateway) status(ctx context.Context) ([]AgentState, error) {
 func unitState(st supervisor.AgentStatus) string {
 	switch st.ActiveState {
 	case "active", "reloading":
+		if st.Sleeping {
+			return StateSleeping
+		}
 		if st.Healthy {
 			return StateRunning
 		}

@@ -33,6 +33,18 @@
 // A start nobody waits for any more (clients gone) is cancelled and the
 // half-started unit stopped, unless the agent is pinned.
 //
+// # Sleep mode
+//
+// The supervisor puts a sleep agent to sleep instead of stopping it (after
+// BeforeEvict drained it) and wakes it when a switch needs it again. A
+// sleeping agent is in state "sleeping": it takes no requests (its engine
+// would refuse them), and a request for it wakes it through a Switch, as a
+// request for a stopped agent starts it. A wake that fails is restarted
+// cold by the supervisor; the gateway sees a slower switch or a failed
+// start. The engines' control routes (/sleep, /wake_up, /collective_rpc,
+// ...) take no key in vLLM, so the gateway refuses them, and any path with
+// dot segments or escaped slashes that an engine could resolve to them.
+//
 // # Draining
 //
 // The supervisor calls BeforeEvict before it stops an agent for a switch:
@@ -49,14 +61,16 @@
 //
 // # Metrics
 //
-// vagent_agent_state{agent,state}, vagent_agent_pinned{agent},
+// vagent_agent_state{agent,state} (state running, loading, sleeping, stopped
+// or failed), vagent_agent_pinned{agent},
 // vagent_queue_depth{agent}, vagent_requests_in_flight{agent} and
 // vagent_vram_bytes{agent} are read at scrape time;
 // vagent_switches_total{from,to,reason}, vagent_switch_duration_seconds{agent},
 // vagent_start_failures_total{agent}, vagent_queue_wait_seconds{agent},
 // vagent_requests_total{agent,status}, vagent_request_duration_seconds{agent},
-// vagent_time_to_first_token_seconds{agent}, vagent_tokens_total{agent,kind}
-// and vagent_requests_cut_total{agent} are counted as things happen.
+// vagent_time_to_first_token_seconds{agent}, vagent_tokens_total{agent,kind},
+// vagent_requests_cut_total{agent}, vagent_wake_duration_seconds{agent} and
+// vagent_sleep_duration_seconds{agent} are counted as things happen.
 package gateway
 
 import (
@@ -66,6 +80,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -271,8 +286,49 @@ var rootRoutes = map[string]bool{
 	"/score": true, "/rerank": true, "/v2/rerank": true, "/invocations": true,
 }
 
+// engineOnlyRoutes are vLLM routes that drive the engine instead of
+// serving a model: sleep mode, weight reloads, cache resets, profiling,
+// LoRA loading. vLLM checks its API key on /v1/* only, and sleep agents run
+// in vLLM's dev mode, so these are open to anyone who reaches the engine:
+// the engine listens on 127.0.0.1, and the gateway never forwards them.
+// Only vagent's supervisor calls them.
+var engineOnlyRoutes = map[string]bool{
+	"/sleep": true, "/wake_up": true, "/is_sleeping": true, "/collective_rpc": true,
+	"/reset_prefix_cache": true, "/reset_mm_cache": true, "/server_info": true,
+	"/start_profile": true, "/stop_profile": true, "/scale_elastic_ep": true, "/is_scaling_elastic_ep": true,
+	"/pause": true, "/resume": true, "/is_paused": true, "/update_weights": true,
+	"/v1/load_lora_adapter": true, "/v1/unload_lora_adapter": true,
+}
+
+// refusePath refuses what the gateway must never forward: an engine-only
+// route, or a path an engine could resolve to another one (dot segments,
+// empty segments, backslashes, escaped slashes), since the request line is
+// forwarded as the client sent it. It applies before the key check: these
+// are refused whoever asks.
+func refusePath(r *http.Request) *APIError {
+	p := r.URL.Path
+	raw := strings.ToLower(r.URL.RawPath)
+	if strings.HasPrefix(p, "/v1/models/") {
+		// Answered by the gateway itself, never forwarded; a served name
+		// such as ORG/NAME may come with its slash escaped.
+		raw = ""
+	}
+	if strings.ContainsRune(p, '\\') || strings.Contains(raw, "%2f") || strings.Contains(raw, "%5c") ||
+		(p != "/" && path.Clean(p) != strings.TrimSuffix(p, "/")) {
+		return apiErr(http.StatusBadRequest, typeInvalidRequest, "the path %q is not in canonical form (no '.', '..' or empty segments, no escaped slashes)", p)
+	}
+	if engineOnlyRoutes[strings.ToLower(strings.TrimSuffix(p, "/"))] {
+		return apiErr(http.StatusNotFound, typeNotFound, "%s is an engine control route: the gateway never forwards it (vagent drives its engines itself)", p)
+	}
+	return nil
+}
+
 func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
+	if aerr := refusePath(r); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	switch {
 	case p == "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -119,6 +119,7 @@ type fakeSwitcher struct {
 
 	mu       sync.Mutex
 	running  map[string]bool
+	asleep   map[string]bool // sleep agents put to sleep, not stopped
 	calls    []string
 	gates    map[string]chan struct{}
 	fail     map[string]error
@@ -129,7 +130,7 @@ type fakeSwitcher struct {
 }
 
 func newSwitcher(t testing.TB, cfg *config.Config) *fakeSwitcher {
-	return &fakeSwitcher{t: t, cfg: cfg, running: map[string]bool{}, gates: map[string]chan struct{}{},
+	return &fakeSwitcher{t: t, cfg: cfg, running: map[string]bool{}, asleep: map[string]bool{}, gates: map[string]chan struct{}{},
 		fail: map[string]error{}, ctxErrs: map[string]error{}, inSwitch: map[string]int{}}
 }
 
@@ -207,8 +208,13 @@ func (f *fakeSwitcher) Switch(ctx context.Context, agent string) (*supervisor.Re
 		}
 		f.mu.Lock()
 		f.running[o.Name] = false
+		if f.cfg.Sleeps(o) {
+			f.asleep[o.Name] = true
+			res.Slept = append(res.Slept, supervisor.Sleep{Agent: o.Name, Level: 1, Duration: time.Millisecond})
+		} else {
+			res.Evicted = append(res.Evicted, o.Name)
+		}
 		f.mu.Unlock()
-		res.Evicted = append(res.Evicted, o.Name)
 	}
 	if gate != nil {
 		select {
@@ -224,6 +230,10 @@ func (f *fakeSwitcher) Switch(ctx context.Context, agent string) (*supervisor.Re
 	err := f.fail[agent]
 	if err == nil {
 		f.running[agent] = true
+		if f.asleep[agent] {
+			res.Woken, res.WakeDuration = true, 2*time.Millisecond
+			delete(f.asleep, agent)
+		}
 	}
 	f.mu.Unlock()
 	res.Duration = time.Since(t0)
@@ -234,6 +244,7 @@ func (f *fakeSwitcher) Stop(ctx context.Context, agent string) error {
 	f.record("stop " + agent)
 	f.mu.Lock()
 	f.running[agent] = false
+	delete(f.asleep, agent)
 	f.mu.Unlock()
 	return nil
 }
@@ -244,8 +255,9 @@ func (f *fakeSwitcher) Status(ctx context.Context) ([]supervisor.AgentStatus, er
 	var out []supervisor.AgentStatus
 	for _, a := range f.cfg.Agents {
 		st := supervisor.AgentStatus{Agent: a.Name, Unit: a.Unit(), LoadState: "loaded", ActiveState: "inactive", SubState: "dead", Port: a.Port, GPUs: a.GPUs}
-		if f.running[a.Name] {
+		if f.running[a.Name] || f.asleep[a.Name] {
 			st.ActiveState, st.SubState, st.Healthy = "active", "running", true
+			st.Sleeping = f.asleep[a.Name]
 		}
 		out = append(out, st)
 	}

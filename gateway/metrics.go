@@ -18,7 +18,7 @@ const (
 	StateFailed   = "failed"
 )
 
-var metricStates = []string{StateRunning, StateLoading, StateStopped, StateFailed}
+var metricStates = []string{StateRunning, StateLoading, StateSleeping, StateStopped, StateFailed}
 
 // metrics are the gateway's vagent_* series.
 type metrics struct {
@@ -31,6 +31,8 @@ type metrics struct {
 	ttft          *prometheus.HistogramVec
 	tokens        *prometheus.CounterVec
 	cut           *prometheus.CounterVec
+	wakeSeconds   *prometheus.HistogramVec
+	sleepSeconds  *prometheus.HistogramVec
 }
 
 // agentMetrics are one agent's series, resolved once.
@@ -42,6 +44,8 @@ type agentMetrics struct {
 	completion    prometheus.Counter
 	startFailures prometheus.Counter
 	cut           prometheus.Counter
+	wakeSeconds   prometheus.Observer
+	sleepSeconds  prometheus.Observer
 
 	mu       sync.Mutex
 	byStatus map[int]prometheus.Counter
@@ -63,6 +67,7 @@ func (m *agentMetrics) request(status int) {
 var (
 	latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800}
 	switchBuckets  = []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600}
+	sleepBuckets   = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 )
 
 func newMetrics() *metrics {
@@ -107,12 +112,22 @@ func newMetrics() *metrics {
 			Name: "vagent_requests_cut_total",
 			Help: "Requests in flight cut when their agent was stopped after the drain bound.",
 		}, []string{"agent"}),
+		wakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vagent_wake_duration_seconds",
+			Help:    "Time a sleep agent's wake took: wake-up, check, weight reload after a level-2 sleep, and a 1-token warm-up.",
+			Buckets: sleepBuckets,
+		}, []string{"agent"}),
+		sleepSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vagent_sleep_duration_seconds",
+			Help:    "Time putting a sleep agent to sleep took (after its requests drained), by the agent put to sleep.",
+			Buckets: sleepBuckets,
+		}, []string{"agent"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.switches, m.switchSeconds, m.startFailures, m.queueWait,
-		m.requests, m.reqSeconds, m.ttft, m.tokens, m.cut}
+		m.requests, m.reqSeconds, m.ttft, m.tokens, m.cut, m.wakeSeconds, m.sleepSeconds}
 }
 
 // forAgent resolves an agent's series. The name "" is for requests that
@@ -129,6 +144,8 @@ func (m *metrics) forAgent(name string) *agentMetrics {
 	am.completion = m.tokens.WithLabelValues(name, "completion")
 	am.startFailures = m.startFailures.WithLabelValues(name)
 	am.cut = m.cut.WithLabelValues(name)
+	am.wakeSeconds = m.wakeSeconds.WithLabelValues(name)
+	am.sleepSeconds = m.sleepSeconds.WithLabelValues(name)
 	return am
 }
 
@@ -147,7 +164,7 @@ func newStateCollector(g *Gateway) *stateCollector {
 	return &stateCollector{
 		g: g,
 		state: prometheus.NewDesc("vagent_agent_state",
-			"1 for the state each agent is in as the gateway sees it (running, loading, stopped, failed), 0 for the others.",
+			"1 for the state each agent is in as the gateway sees it (running, loading, sleeping, stopped, failed), 0 for the others.",
 			[]string{"agent", "state"}, nil),
 		queue: prometheus.NewDesc("vagent_queue_depth",
 			"Requests waiting for each agent.", []string{"agent"}, nil),

@@ -22,13 +22,16 @@ const (
 	phaseStarting
 	// phaseRunning: healthy; requests are admitted while it is its turn.
 	phaseRunning
-	// phaseDraining: about to be stopped; no new requests, those in
-	// flight finish (up to drain_timeout).
+	// phaseDraining: about to be stopped or put to sleep; no new
+	// requests, those in flight finish (up to drain_timeout).
 	phaseDraining
 	// phaseStopping: a stop is in progress.
 	phaseStopping
 	// phaseFailed: the last start failed; a request tries again.
 	phaseFailed
+	// phaseSleeping: a sleep agent whose engine sleeps (its unit runs); a
+	// request wakes it through a Switch, like a start. Never routed to.
+	phaseSleeping
 )
 
 // Reasons for a transition, as vagent_switches_total reports them.
@@ -118,6 +121,8 @@ func (ag *agentRT) stateLocked() string {
 		return StateLoading
 	case phaseFailed:
 		return StateFailed
+	case phaseSleeping:
+		return StateSleeping
 	default:
 		return StateStopped
 	}
@@ -292,7 +297,7 @@ func (g *Gateway) scheduleLocked() {
 			if g.admissibleLocked(ag, now) {
 				g.admitAllLocked(ag)
 			}
-		case phaseStopped, phaseFailed:
+		case phaseStopped, phaseFailed, phaseSleeping:
 			if ag.hold > 0 {
 				continue
 			}
@@ -408,7 +413,11 @@ func (g *Gateway) runStart(ctx context.Context, ag *agentRT, op *startOp) {
 		}
 		if !res.AlreadyRunning {
 			g.countSwitchLocked(ag, res, op.reason)
-			g.log.Info("agent running", "agent", ag.name, "evicted", res.Evicted, "took", res.Duration.Round(time.Millisecond))
+			g.log.Info("agent running", "agent", ag.name, "evicted", res.Evicted, "slept", sleptNames(res),
+				"woken", res.Woken, "took", res.Duration.Round(time.Millisecond))
+		}
+		if res.WakeError != "" {
+			g.log.Warn("wake failed: the agent was restarted cold", "agent", ag.name, "err", res.WakeError)
 		}
 	case g.base.Err() != nil:
 		// vagentd is stopping; systemd has the truth.
@@ -441,11 +450,21 @@ func (g *Gateway) runStart(ctx context.Context, ag *agentRT, op *startOp) {
 	g.scheduleLocked()
 }
 
-// afterSwitchLocked records what a switch to ag stopped. Agents that
-// BeforeEvict drained but the switch did not stop (it failed in between)
-// are marked stopped too: the next request's switch finds out the truth.
+// afterSwitchLocked records what a switch to ag stopped or put to sleep.
+// Agents that BeforeEvict drained but the switch neither stopped nor put to
+// sleep (it failed in between) are marked stopped: the next request's
+// switch, or the next sync, finds out the truth.
 func (g *Gateway) afterSwitchLocked(ag *agentRT, res *supervisor.Result, now time.Time) {
 	if res != nil {
+		for _, sl := range res.Slept {
+			if v := g.byAgent[sl.Agent]; v != nil {
+				v.evicting = false
+				v.m.sleepSeconds.Observe(sl.Duration.Seconds())
+				if v.phase != phaseStarting {
+					v.setPhase(phaseSleeping, now)
+				}
+			}
+		}
 		for _, name := range res.Evicted {
 			if v := g.byAgent[name]; v != nil {
 				v.evicting = false
@@ -453,6 +472,9 @@ func (g *Gateway) afterSwitchLocked(ag *agentRT, res *supervisor.Result, now tim
 					v.setPhase(phaseStopped, now)
 				}
 			}
+		}
+		if res.Woken {
+			ag.m.wakeSeconds.Observe(res.WakeDuration.Seconds())
 		}
 	}
 	for _, v := range g.agents {
@@ -465,9 +487,21 @@ func (g *Gateway) afterSwitchLocked(ag *agentRT, res *supervisor.Result, now tim
 	}
 }
 
+// sleptNames are the agents res put to sleep.
+func sleptNames(res *supervisor.Result) []string {
+	out := make([]string, len(res.Slept))
+	for i, s := range res.Slept {
+		out[i] = s.Agent
+	}
+	return out
+}
+
 func (g *Gateway) countSwitchLocked(ag *agentRT, res *supervisor.Result, reason string) {
 	from := "none"
-	if len(res.Evicted) > 0 {
+	switch {
+	case len(res.Slept) > 0:
+		from = res.Slept[0].Agent
+	case len(res.Evicted) > 0:
 		from = res.Evicted[0]
 	}
 	g.m.switches.WithLabelValues(from, ag.name, reason).Inc()
@@ -554,11 +588,11 @@ func (g *Gateway) drainedLocked(ag *agentRT) chan struct{} {
 	return ag.drained
 }
 
-// BeforeEvict is the supervisor's hook before it stops agent for a switch:
-// the gateway stops routing new requests to it (they queue for its next
-// turn), waits for its requests in flight up to drain_timeout, then cuts
-// the rest, which end with an explicit 503 error (an SSE error event for
-// streams). It refuses, with a *PinnedError, an agent pinned by a load
+// BeforeEvict is the supervisor's hook before it stops agent, or puts it to
+// sleep, for a switch: the gateway stops routing new requests to it (they
+// queue for its next turn), waits for its requests in flight up to
+// drain_timeout, then cuts the rest, which end with an explicit 503 error
+// (an SSE error event for streams). It refuses, with a *PinnedError, an agent pinned by a load
 // request; it returns ctx's error if the switch is cancelled meanwhile.
 func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 	g.mu.Lock()
@@ -593,6 +627,8 @@ func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 				ag.setPhase(phaseRunning, time.Now())
 			case prev == phaseStarting && ag.op != nil:
 				ag.setPhase(phaseStarting, time.Now())
+			case prev == phaseSleeping:
+				ag.setPhase(phaseSleeping, time.Now())
 			default:
 				ag.setPhase(phaseStopped, time.Now())
 			}
@@ -608,13 +644,14 @@ func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 	return nil
 }
 
-// stopIdle stops agents that have had no request for their idle_timeout.
+// stopIdle stops agents that have had no request for their idle_timeout,
+// sleeping ones too (they hold host RAM and a GPU residual).
 func (g *Gateway) stopIdle(now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, ag := range g.agents {
 		idle := ag.cfg.IdleTimeout.Duration
-		if idle <= 0 || ag.phase != phaseRunning || g.pinnedLocked(ag) || ag.inflight > 0 ||
+		if idle <= 0 || (ag.phase != phaseRunning && ag.phase != phaseSleeping) || g.pinnedLocked(ag) || ag.inflight > 0 ||
 			len(ag.waiters) > 0 || ag.hold > 0 {
 			continue
 		}
@@ -661,9 +698,15 @@ func (g *Gateway) sync(ctx context.Context) {
 		}
 		up := st.Healthy && (st.ActiveState == "active" || st.ActiveState == "reloading")
 		down := st.ActiveState == "inactive" || st.ActiveState == "failed"
+		// A sleeping engine answers /health: never take it for running.
+		asleep := up && st.Sleeping
+		up = up && !st.Sleeping
 		switch ag.phase {
 		case phaseStopped, phaseFailed:
-			if up {
+			if asleep {
+				g.log.Info("agent found sleeping", "agent", ag.name)
+				ag.setPhase(phaseSleeping, now)
+			} else if up {
 				g.log.Info("agent found running", "agent", ag.name)
 				ag.setPhase(phaseRunning, now)
 			}
@@ -671,6 +714,17 @@ func (g *Gateway) sync(ctx context.Context) {
 			if down {
 				g.log.Warn("agent no longer runs", "agent", ag.name, "state", st.ActiveState, "result", st.Result)
 				ag.setPhase(phaseStopped, now)
+			} else if asleep {
+				g.log.Warn("agent's engine sleeps: no longer routing to it", "agent", ag.name)
+				ag.setPhase(phaseSleeping, now)
+			}
+		case phaseSleeping:
+			if down {
+				g.log.Warn("sleeping agent no longer runs", "agent", ag.name, "state", st.ActiveState, "result", st.Result)
+				ag.setPhase(phaseStopped, now)
+			} else if up {
+				g.log.Info("agent found awake", "agent", ag.name)
+				ag.setPhase(phaseRunning, now)
 			}
 		case phaseStopping:
 			// Evicted by a switch whose result never came back through
@@ -740,7 +794,7 @@ func (g *Gateway) switchLoop(ctx context.Context, ag *agentRT, reason string) (*
 			op.keep = true
 			g.mu.Unlock()
 			return g.waitOp(ctx, op)
-		case phaseStopped, phaseFailed:
+		case phaseStopped, phaseFailed, phaseSleeping:
 			if ag.hold > 0 {
 				g.mu.Unlock()
 				return nil, apiErr(http.StatusConflict, typeConflict, "agent %s is being stopped", ag.name)
@@ -826,7 +880,7 @@ func (g *Gateway) stopAgent(ctx context.Context, name string) error {
 			}
 			g.mu.Unlock()
 			continue
-		case phaseStopped, phaseFailed:
+		case phaseStopped, phaseFailed, phaseSleeping:
 			if stopping {
 				err := ag.stopErr
 				g.mu.Unlock()

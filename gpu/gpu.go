@@ -57,6 +57,10 @@ type Process struct {
 	// UsedBytes is the memory it holds on GPU; 0 where the driver does not
 	// say (NVML reports "not available" in some containers).
 	UsedBytes uint64 `json:"used_bytes"`
+	// HostBytes is host memory the process holds for this GPU: the weights
+	// a level-1 sleep moved to host RAM. Only the simulator's ledger
+	// reports it; NVML knows nothing of host memory (0).
+	HostBytes uint64 `json:"host_bytes,omitempty"`
 	// Unit is the vagent unit the process runs in (vagent@NAME.service), ""
 	// for a process that is not an agent's.
 	Unit string `json:"unit"`

@@ -84,7 +84,7 @@ func (s *Sim) Processes(ctx context.Context) ([]Process, error) {
 	ns := ledger.SelfNS()
 	out := make([]Process, 0, len(st.Entries))
 	for _, e := range st.Entries {
-		p := Process{PID: e.PID, GPU: e.GPU, UsedBytes: e.Bytes, Unit: e.Unit}
+		p := Process{PID: e.PID, GPU: e.GPU, UsedBytes: e.Bytes, HostBytes: e.HostBytes, Unit: e.Unit}
 		if a, ok := agentOfUnit(e.Unit); ok {
 			p.Agent = a
 		} else {

@@ -36,3 +36,20 @@ func (v backendView) AgentBytes(ctx context.Context) (map[string]uint64, error) 
 	}
 	return out, nil
 }
+
+// AgentHostBytes implements HostReporter: the host memory each agent's
+// processes hold for the GPU, by agent name (the simulator's ledger reports
+// a sleeping engine's weights there; NVML reports nothing).
+func (v backendView) AgentHostBytes(ctx context.Context) (map[string]uint64, error) {
+	procs, err := v.b.Processes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, p := range procs {
+		if p.Agent != "" && p.HostBytes > 0 {
+			out[p.Agent] += p.HostBytes
+		}
+	}
+	return out, nil
+}

@@ -22,10 +22,21 @@ type AgentStatus struct {
 	VRAMBytes   uint64    `json:"vram_bytes"`
 	// BudgetBytes is what the agent may take of its first GPU.
 	BudgetBytes uint64 `json:"budget_bytes"`
+	// SwitchMode is "restart" or "sleep" (config.Config.SwitchMode).
+	SwitchMode string `json:"switch_mode"`
+	// Sleeping is true when the agent's engine runs but sleeps: its
+	// VRAMBytes are the residual; it serves nothing until woken. (Its
+	// /health stays 200, so Healthy stays true.)
+	Sleeping bool `json:"sleeping"`
+	// SleepLevel is the level it sleeps at, when known (1 or 2).
+	SleepLevel int `json:"sleep_level,omitempty"`
+	// HostBytes is the host memory a sleeping agent holds: its weights in
+	// host RAM, or its cgroup's memory where that is more.
+	HostBytes uint64 `json:"host_bytes,omitempty"`
 }
 
-// Status reports every configured agent, rebuilt from systemd and the GPU
-// on each call.
+// Status reports every configured agent, rebuilt from systemd, the GPU and,
+// for sleep agents, their engines' /is_sleeping on each call.
 func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	mem, err := s.o.GPU.Memory(ctx)
 	if err != nil {
@@ -34,6 +45,12 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	usage, err := s.o.GPU.AgentBytes(ctx)
 	if err != nil {
 		return nil, err
+	}
+	var hosted map[string]uint64
+	if hr, ok := s.o.GPU.(HostReporter); ok {
+		if hosted, err = hr.AgentHostBytes(ctx); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]AgentStatus, 0, len(s.cfg.Agents))
 	for _, a := range s.cfg.Agents {
@@ -47,12 +64,20 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 			MainPID: st.MainPID, Restarts: st.NRestarts, Result: st.Result,
 			Port: a.Port, GPUs: a.GPUs, VRAMBytes: usage[a.Name],
 			BudgetBytes: a.Budget(mem[a.GPUs[0]].Total, 0),
+			SwitchMode:  s.cfg.SwitchMode(a),
 		}
 		if st.ActiveState == "active" {
 			as.Since = st.Since
 		}
 		if st.Running() {
 			as.Healthy = s.healthy(ctx, a)
+		}
+		if as.Healthy && s.cfg.Sleeps(a) {
+			as.Sleeping, _ = s.isSleeping(ctx, a)
+			if as.Sleeping {
+				as.SleepLevel = s.sleepNote(a, st)
+				as.HostBytes = max(hosted[a.Name], st.MemoryBytes)
+			}
 		}
 		out = append(out, as)
 	}

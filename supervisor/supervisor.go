@@ -2,6 +2,22 @@
 // that only what fits in VRAM runs. systemd is the source of truth: the
 // supervisor keeps no state of its own, and every decision starts from what
 // systemd and the GPU say now.
+//
+// # Sleep mode
+//
+// A sleep agent (switch_mode = "sleep") is not stopped to make room: its
+// engine is put to sleep (POST /sleep, once the gateway has drained it),
+// which moves its weights to host RAM (level 1) or drops them (level 2) and
+// frees all but a small residual of its GPU memory; its unit keeps running.
+// A switch to a sleeping agent wakes it (POST /wake_up, GET /is_sleeping,
+// after level 2 the weights reloaded and the prefix cache reset, then a
+// 1-token warm-up) in a fraction of a cold start; a wake that fails
+// restarts the unit cold. Sleeping agents' weights must fit the host RAM
+// budget: past it, the least recently used sleeper is stopped for real.
+// Their residual counts against the GPU as measured, and a sleeper is
+// stopped for real when its residual is in the way. The level each sleep
+// used is noted in the run directory, keyed by the unit's invocation, so
+// that the wake knows whether the weights need reloading.
 package supervisor
 
 import (
@@ -12,6 +28,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
@@ -42,20 +59,46 @@ type Options struct {
 	// unknown (then the unit's start time stands in).
 	LastUsed func(agent string) time.Time
 	// BeforeEvict, when set, is called for each agent a switch is about to
-	// stop, before stopping it: the gateway stops routing to it and waits
-	// for its requests in flight (up to its drain bound). An error aborts
-	// the switch before anything is stopped for it.
+	// stop or put to sleep, before doing so: the gateway stops routing to it
+	// and waits for its requests in flight (up to its drain bound). An error
+	// aborts the switch before anything is stopped for it.
 	BeforeEvict func(ctx context.Context, agent string) error
 	Log         *slog.Logger
 	// HTTP probes engines' /health; a client with a short timeout is used
 	// when nil.
 	HTTP *http.Client
+	// EngineKey is the engines' API key, sent with the calls that need it
+	// (the warm-up completion after a wake); empty reads it from
+	// cfg.EngineKeyFile() when first needed.
+	EngineKey string
+	// HostWeights estimates the host RAM a level-1 sleep of agent a takes:
+	// its model's weights (plan.HostWeights). When nil or when it returns 0,
+	// the agent's GPU memory stands in, which over-estimates.
+	HostWeights func(ctx context.Context, a *config.Agent) uint64
+	// MemAvailable reads the host's available memory for the default host
+	// RAM budget; nil reads MemAvailable from /proc/meminfo.
+	MemAvailable func() (uint64, error)
+}
+
+// HostReporter is implemented by a GPU view that knows the host memory
+// engines hold for the GPU: the simulator's ledger, where a sleeping
+// engine's weights go. FromBackend's view implements it.
+type HostReporter interface {
+	// AgentHostBytes returns the host memory each agent holds for the GPU,
+	// by agent name.
+	AgentHostBytes(ctx context.Context) (map[string]uint64, error)
 }
 
 // Supervisor drives agents' units.
 type Supervisor struct {
 	cfg *config.Config
 	o   Options
+	// engine calls the engines' control routes (sleep, wake), bounded by
+	// a context rather than a client timeout.
+	engine *http.Client
+
+	keyOnce sync.Once
+	key     string
 }
 
 // New returns a supervisor for cfg.
@@ -69,7 +112,10 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.RootCause == nil {
 		o.RootCause = func(context.Context, string, time.Time) string { return "" }
 	}
-	return &Supervisor{cfg: cfg, o: o}
+	if o.MemAvailable == nil {
+		o.MemAvailable = memAvailable
+	}
+	return &Supervisor{cfg: cfg, o: o, engine: &http.Client{Transport: o.HTTP.Transport}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -80,8 +126,27 @@ type Result struct {
 	Agent string `json:"agent"`
 	// AlreadyRunning is true when the agent was healthy and nothing was done.
 	AlreadyRunning bool `json:"already_running"`
+	// Woken is true when the agent was asleep and was woken, not started.
+	Woken bool `json:"woken,omitempty"`
+	// WakeDuration is how long the wake took: wake-up, check, reload after
+	// a level-2 sleep, and warm-up.
+	WakeDuration time.Duration `json:"wake_duration_ns,omitempty"`
+	// WakeError says why a wake failed, when the agent was then restarted
+	// cold.
+	WakeError string `json:"wake_error,omitempty"`
 	// Evicted are the agents stopped to make room, in order.
-	Evicted  []string      `json:"evicted,omitempty"`
+	Evicted []string `json:"evicted,omitempty"`
+	// Slept are the agents put to sleep to make room, in order.
+	Slept    []Sleep       `json:"slept,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Sleep is an agent a switch put to sleep.
+type Sleep struct {
+	Agent string `json:"agent"`
+	// Level is vLLM's sleep level used: 1 (weights in host RAM) or 2
+	// (weights dropped).
+	Level    int           `json:"level"`
 	Duration time.Duration `json:"duration_ns"`
 }
 
@@ -136,24 +201,26 @@ func (s *Supervisor) agent(name string) (*config.Agent, error) {
 
 // Switch makes agent name run: it stops whatever cannot share its GPUs or
 // leaves too little memory (lowest priority first, then least recently
-// used; never a pinned agent or one that is starting), waits for the GPU to
-// show that memory back, starts the agent and waits until it is healthy.
+// used; never a pinned agent or one that is starting), or puts it to sleep
+// when it is a sleep agent, waits for the GPU to show that memory back,
+// starts the agent (or wakes it when it sleeps) and waits until it is
+// healthy.
 func (s *Supervisor) Switch(ctx context.Context, name string) (*Result, error) {
-	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+	return s.locked(ctx, name, func(ctx context.Context, a *config.Agent) (*Result, error) {
 		return s.transitionLocked(ctx, a, true)
 	})
 }
 
 // Start starts agent name if it fits beside what runs, without evicting.
 func (s *Supervisor) Start(ctx context.Context, name string) (*Result, error) {
-	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+	return s.locked(ctx, name, func(ctx context.Context, a *config.Agent) (*Result, error) {
 		return s.transitionLocked(ctx, a, false)
 	})
 }
 
 // Stop stops agent name and waits until the GPU shows its memory back.
 func (s *Supervisor) Stop(ctx context.Context, name string) error {
-	_, err := s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+	_, err := s.locked(ctx, name, func(ctx context.Context, a *config.Agent) (*Result, error) {
 		return nil, s.stopAndRelease(ctx, a)
 	})
 	return err
@@ -161,7 +228,7 @@ func (s *Supervisor) Stop(ctx context.Context, name string) error {
 
 // Restart stops agent name, waits for its memory, and starts it again.
 func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) {
-	return s.locked(ctx, name, func(a *config.Agent) (*Result, error) {
+	return s.locked(ctx, name, func(ctx context.Context, a *config.Agent) (*Result, error) {
 		if err := s.stopAndRelease(ctx, a); err != nil {
 			return nil, err
 		}
@@ -170,8 +237,9 @@ func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) 
 }
 
 // locked runs fn on agent name holding the transition locks of its GPUs,
-// and times the whole transition, lock wait included.
-func (s *Supervisor) locked(ctx context.Context, name string, fn func(*config.Agent) (*Result, error)) (*Result, error) {
+// and times the whole transition, lock wait included. fn's context carries
+// the transition's memo of unit states (unitState).
+func (s *Supervisor) locked(ctx context.Context, name string, fn func(context.Context, *config.Agent) (*Result, error)) (*Result, error) {
 	a, err := s.agent(name)
 	if err != nil {
 		return nil, err
@@ -182,7 +250,7 @@ func (s *Supervisor) locked(ctx context.Context, name string, fn func(*config.Ag
 		return nil, err
 	}
 	defer unlock()
-	res, err := fn(a)
+	res, err := fn(context.WithValue(ctx, memoKey{}, &stateMemo{m: map[string]UnitState{}}), a)
 	if res != nil {
 		res.Duration = time.Since(t0)
 	}
@@ -190,19 +258,86 @@ func (s *Supervisor) locked(ctx context.Context, name string, fn func(*config.Ag
 }
 
 type running struct {
+	agent  *config.Agent
+	state  UnitState
+	bytes  uint64 // measured GPU use; budget when unmeasured
+	asleep bool   // a sleep agent whose engine sleeps: bytes is its residual
+}
+
+// eviction is one agent a switch makes room by.
+type eviction struct {
 	agent *config.Agent
-	state UnitState
-	bytes uint64 // measured GPU use; budget when unmeasured
+	sleep bool // put to sleep rather than stopped
+}
+
+// stateMemo remembers units' states within one transition, so that the
+// plan, the host RAM budget and the sleeps read each unit from systemd once:
+// a D-Bus read takes milliseconds (more for an inactive unit, which systemd
+// loads for the occasion), and a wake switch is meant to take a fraction of
+// a second. A unit the transition starts or stops is read again.
+type stateMemo struct {
+	mu sync.Mutex
+	m  map[string]UnitState
+}
+
+type memoKey struct{}
+
+// unitState is unit's state, from the transition's memo when ctx has one.
+// Waits that poll a unit read systemd directly.
+func (s *Supervisor) unitState(ctx context.Context, unit string) (UnitState, error) {
+	memo, _ := ctx.Value(memoKey{}).(*stateMemo)
+	if memo != nil {
+		memo.mu.Lock()
+		st, ok := memo.m[unit]
+		memo.mu.Unlock()
+		if ok {
+			return st, nil
+		}
+	}
+	st, err := s.o.Systemd.State(ctx, unit)
+	if err == nil && memo != nil {
+		memo.mu.Lock()
+		memo.m[unit] = st
+		memo.mu.Unlock()
+	}
+	return st, err
+}
+
+// forget drops unit from the transition's memo: it is being changed.
+func forget(ctx context.Context, unit string) {
+	if memo, _ := ctx.Value(memoKey{}).(*stateMemo); memo != nil {
+		memo.mu.Lock()
+		delete(memo.m, unit)
+		memo.mu.Unlock()
+	}
 }
 
 func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evict bool) (*Result, error) {
 	res := &Result{Agent: a.Name}
-	st, err := s.o.Systemd.State(ctx, a.Unit())
+	st, err := s.unitState(ctx, a.Unit())
 	if err != nil {
 		return nil, err
 	}
 	if st.LoadState != "loaded" {
 		return nil, fmt.Errorf("agent %s: unit %s is %s: run `vagentctl apply` first", a.Name, a.Unit(), st.LoadState)
+	}
+	if st.Running() && s.cfg.Sleeps(a) {
+		if asleep, err := s.isSleeping(ctx, a); err == nil && asleep {
+			err := s.wakeLocked(ctx, a, st, evict, res)
+			var we *wakeError
+			if !errors.As(err, &we) {
+				return res, err
+			}
+			// A failed wake is a failed start: restart the engine cold.
+			res.WakeError = we.Error()
+			s.o.Log.Warn("wake failed: restarting the agent cold", "agent", a.Name, "err", we.err)
+			if err := s.stopAndRelease(ctx, a); err != nil {
+				return res, err
+			}
+			if st, err = s.o.Systemd.State(ctx, a.Unit()); err != nil {
+				return res, err
+			}
+		}
 	}
 	if st.Running() {
 		if s.healthy(ctx, a) {
@@ -214,23 +349,14 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		return res, s.waitReady(ctx, a, time.Now())
 	}
 
-	victims, err := s.plan(ctx, a, evict)
+	victims, err := s.plan(ctx, a, evict, 0)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	for _, v := range victims {
-		if s.o.BeforeEvict != nil {
-			if err := s.o.BeforeEvict(ctx, v.Name); err != nil {
-				return res, fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
-			}
-		}
-		s.o.Log.Info("evicting agent", "agent", v.Name, "for", a.Name)
-		if err := s.stopAndRelease(ctx, v); err != nil {
-			return res, fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
-		}
-		res.Evicted = append(res.Evicted, v.Name)
+	if err := s.evictAll(ctx, a, victims, res); err != nil {
+		return res, err
 	}
-	if err := s.checkFits(ctx, a); err != nil {
+	if err := s.makeRoom(ctx, a, 0, evict, res); err != nil {
 		return res, err
 	}
 
@@ -243,6 +369,7 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	}
 	started := time.Now()
 	s.o.Log.Info("starting agent", "agent", a.Name, "unit", a.Unit())
+	forget(ctx, a.Unit())
 	if err := s.o.Systemd.Start(ctx, a.Unit()); err != nil {
 		var je *JobError
 		if errors.As(err, &je) {
@@ -253,8 +380,62 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	return res, s.waitReady(ctx, a, started)
 }
 
-// plan decides which running agents to stop so that a fits, in order.
-func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*config.Agent, error) {
+// evictAll makes room for a by victims, in order: each is drained through
+// BeforeEvict, then put to sleep (a sleep agent; stopped when the sleep
+// fails) or stopped.
+func (s *Supervisor) evictAll(ctx context.Context, a *config.Agent, victims []eviction, res *Result) error {
+	for _, v := range victims {
+		if err := s.beforeEvict(ctx, v.agent, a); err != nil {
+			return err
+		}
+		if v.sleep {
+			sl, err := s.sleepLocked(ctx, a, v.agent, res)
+			if err == nil {
+				res.Slept = append(res.Slept, *sl)
+				continue
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("put %s to sleep for %s: %w", v.agent.Name, a.Name, err)
+			}
+			s.o.Log.Warn("sleep failed: stopping the agent instead", "agent", v.agent.Name, "for", a.Name, "err", err)
+		}
+		if err := s.evictOne(ctx, v.agent, a, res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Supervisor) beforeEvict(ctx context.Context, v, a *config.Agent) error {
+	if s.o.BeforeEvict == nil {
+		return nil
+	}
+	if err := s.o.BeforeEvict(ctx, v.Name); err != nil {
+		return fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
+	}
+	return nil
+}
+
+// evictOne stops v for a (its requests already drained) and records it.
+func (s *Supervisor) evictOne(ctx context.Context, v, a *config.Agent, res *Result) error {
+	s.o.Log.Info("evicting agent", "agent", v.Name, "for", a.Name)
+	if err := s.stopAndRelease(ctx, v); err != nil {
+		return fmt.Errorf("evict %s for %s: %w", v.Name, a.Name, err)
+	}
+	res.Evicted = append(res.Evicted, v.Name)
+	return nil
+}
+
+// plan decides which running agents to stop or put to sleep so that a
+// fits, in order. own is what a already holds on each of its GPUs (the
+// residual of a sleeping a about to be woken), 0 for a start.
+//
+// A sleeping agent shares the GPU with whatever runs: only its measured
+// residual is in the way, and it is stopped for real only when that
+// memory is needed. An awake sleep agent is put to sleep instead of being
+// stopped; the plan counts all its memory as freed, and makeRoom stops
+// sleepers once the GPU shows what the sleeps really gave back.
+func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own uint64) ([]eviction, error) {
 	mem, err := s.o.GPU.Memory(ctx)
 	if err != nil {
 		return nil, err
@@ -270,7 +451,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*
 		if o == a || !config.SharesGPU(a, o) {
 			continue
 		}
-		st, err := s.o.Systemd.State(ctx, o.Unit())
+		st, err := s.unitState(ctx, o.Unit())
 		if err != nil {
 			return nil, err
 		}
@@ -281,7 +462,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*
 		if b == 0 {
 			b = o.Budget(mem[o.GPUs[0]].Total, 0)
 		}
-		others = append(others, running{agent: o, state: st, bytes: b})
+		asleep := false
+		if s.cfg.Sleeps(o) {
+			asleep, _ = s.isSleeping(ctx, o)
+		}
+		others = append(others, running{agent: o, state: st, bytes: b, asleep: asleep})
 	}
 
 	// Least valuable first: lowest priority, then least recently used.
@@ -293,7 +478,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*
 	})
 
 	chosen := map[string]bool{}
-	var victims []*config.Agent
+	var victims []eviction
 	take := func(r running) error {
 		if chosen[r.agent.Name] {
 			return nil
@@ -310,13 +495,18 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*
 				a.Name, r.agent.Name)
 		}
 		chosen[r.agent.Name] = true
-		victims = append(victims, r.agent)
+		victims = append(victims, eviction{agent: r.agent, sleep: s.cfg.Sleeps(r.agent) && !r.asleep})
 		return nil
 	}
 
-	// Agents that cannot share a GPU with a go first, whatever their rank:
-	// their units conflict, so systemd would stop them anyway.
+	// Awake agents that cannot share a GPU with a go first, whatever their
+	// rank: their units conflict, so systemd would stop them anyway (for
+	// sleep agents, whose units carry no Conflicts=, vLLM's own free-memory
+	// check would fail).
 	for _, r := range others {
+		if r.asleep {
+			continue
+		}
 		if config.CannotShare(a, r.agent, mem[firstShared(a, r.agent)].Total, reserve) {
 			if err := take(r); err != nil {
 				return nil, err
@@ -327,6 +517,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool) ([]*
 	for _, g := range a.GPUs {
 		m := mem[g]
 		need := a.Budget(m.Total, 0) + reserve
+		if own >= need {
+			need = 0
+		} else {
+			need -= own
+		}
 		free := m.Free
 		for _, r := range others {
 			if chosen[r.agent.Name] && onGPU(r.agent, g) {
@@ -403,8 +598,9 @@ func onGPU(a *config.Agent, g int) bool {
 func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
 
 // checkFits re-reads the GPU after evictions: memory can be taken by
-// processes vagent does not manage while it works.
-func (s *Supervisor) checkFits(ctx context.Context, a *config.Agent) error {
+// processes vagent does not manage while it works, and a sleeping engine
+// keeps a residual. own is what a already holds on each GPU.
+func (s *Supervisor) checkFits(ctx context.Context, a *config.Agent, own uint64) error {
 	mem, err := s.o.GPU.Memory(ctx)
 	if err != nil {
 		return err
@@ -416,6 +612,11 @@ func (s *Supervisor) checkFits(ctx context.Context, a *config.Agent) error {
 			return fmt.Errorf("agent %s: GPU %d not found", a.Name, g)
 		}
 		need := a.Budget(m.Total, 0) + reserve
+		if own >= need {
+			need = 0
+		} else {
+			need -= own
+		}
 		if m.Free < need {
 			return &FitError{Agent: a.Name, GPU: g, Need: need, Free: m.Free,
 				Why: "memory is held by processes vagent does not manage"}
@@ -428,9 +629,11 @@ func (s *Supervisor) checkFits(ctx context.Context, a *config.Agent) error {
 // memory held by it: starting the next engine before that would fail vLLM's
 // free-memory check.
 func (s *Supervisor) stopAndRelease(ctx context.Context, a *config.Agent) error {
+	forget(ctx, a.Unit())
 	if err := s.o.Systemd.Stop(ctx, a.Unit()); err != nil {
 		return err
 	}
+	s.clearSleepNote(a)
 	deadline := time.Now().Add(s.cfg.Supervisor.ReleaseTimeout.Duration)
 	for {
 		usage, err := s.o.GPU.AgentBytes(ctx)

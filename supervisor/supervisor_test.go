@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -31,11 +32,44 @@ type fakeHost struct {
 	log     []string
 	// peak is the most memory ever in use.
 	peak uint64
+	// asleep holds the sleep level of each sleeping engine, by unit.
+	asleep map[string]int
+	// failWake makes a unit's /wake_up answer 500.
+	failWake map[string]bool
+	// pids counts starts, so that a restart shows as a new MainPID.
+	pids int
+	// hostPeak is the most host memory sleepers ever held.
+	hostPeak uint64
+}
+
+// residual is what a sleeping engine keeps on the GPU: 5% of its budget.
+func (h *fakeHost) residual(a *config.Agent) uint64 { return a.Budget(h.total, 0) / 20 }
+
+// weights is what a level-1 sleep moves to host RAM: half its budget.
+func (h *fakeHost) weights(a *config.Agent) uint64 { return a.Budget(h.total, 0) / 2 }
+
+func (h *fakeHost) held(unit string) uint64 {
+	a := h.agentOf(unit)
+	if _, ok := h.asleep[unit]; ok {
+		return h.residual(a)
+	}
+	return a.Budget(h.total, 0)
+}
+
+func (h *fakeHost) hostHeld() uint64 {
+	var n uint64
+	for unit, lvl := range h.asleep {
+		if lvl == 1 {
+			n += h.weights(h.agentOf(unit))
+		}
+	}
+	return n
 }
 
 func newFakeHost(t *testing.T, cfg *config.Config, total uint64) *fakeHost {
 	h := &fakeHost{t: t, cfg: cfg, total: total, states: map[string]UnitState{},
-		servers: map[string]*http.Server{}, failing: map[string]bool{}}
+		servers: map[string]*http.Server{}, failing: map[string]bool{},
+		asleep: map[string]int{}, failWake: map[string]bool{}}
 	for _, a := range cfg.Agents {
 		h.states[a.Unit()] = UnitState{LoadState: "loaded", ActiveState: "inactive", SubState: "dead"}
 	}
@@ -61,7 +95,7 @@ func (h *fakeHost) used() uint64 {
 	n := h.foreign
 	for unit, st := range h.states {
 		if st.Running() {
-			n += h.agentOf(unit).Budget(h.total, 0)
+			n += h.held(unit)
 		}
 	}
 	return n
@@ -74,7 +108,7 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 	a := h.agentOf(unit)
 	// Conflicts= as systemd applies it: the other side is stopped.
 	for _, o := range h.cfg.Agents {
-		if config.CannotShare(a, o, h.total, h.cfg.GPU.ReserveMiB<<20) && h.states[o.Unit()].Running() {
+		if h.cfg.MayConflict(a, o) && config.CannotShare(a, o, h.total, h.cfg.GPU.ReserveMiB<<20) && h.states[o.Unit()].Running() {
 			h.t.Errorf("started %s while conflicting %s runs", a.Name, o.Name)
 		}
 	}
@@ -82,7 +116,9 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 		h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code"}
 		return nil
 	}
-	h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "active", SubState: "running", MainPID: 100, Since: time.Now()}
+	h.pids++
+	h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "active", SubState: "running", MainPID: 100 + h.pids,
+		Since: time.Now(), InvocationID: fmt.Sprintf("inv%d", h.pids)}
 	if u := h.used(); u > h.peak {
 		h.peak = u
 	}
@@ -93,7 +129,7 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.engine(unit, w, r) })}
 	go srv.Serve(ln)
 	h.servers[unit] = srv
 	return nil
@@ -110,7 +146,58 @@ func (h *fakeHost) Stop(ctx context.Context, unit string) error {
 	st := h.states[unit]
 	st.ActiveState, st.SubState, st.MainPID = "inactive", "dead", 0
 	h.states[unit] = st
+	delete(h.asleep, unit)
 	return nil
+}
+
+// engine answers the sleep-mode routes as vLLM does in dev mode; /health
+// and the rest answer 200.
+func (h *fakeHost) engine(unit string, w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	a := h.agentOf(unit)
+	switch r.URL.Path {
+	case "/is_sleeping":
+		_, asleep := h.asleep[unit]
+		fmt.Fprintf(w, `{"is_sleeping":%t}`, asleep)
+		return
+	case "/sleep":
+		lvl, _ := strconv.Atoi(r.URL.Query().Get("level"))
+		h.log = append(h.log, fmt.Sprintf("sleep %s %d", unit, lvl))
+		h.asleep[unit] = lvl
+		if u := h.hostHeld(); u > h.hostPeak {
+			h.hostPeak = u
+		}
+	case "/wake_up":
+		h.log = append(h.log, "wake "+unit)
+		if h.failWake[unit] {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		if h.used()-h.residual(a)+a.Budget(h.total, 0) > h.total {
+			h.t.Errorf("woke %s without room: %d in use", a.Name, h.used())
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		delete(h.asleep, unit)
+		if u := h.used(); u > h.peak {
+			h.peak = u
+		}
+	case "/collective_rpc":
+		h.log = append(h.log, "reload "+unit)
+	case "/reset_prefix_cache":
+		h.log = append(h.log, "reset-prefix-cache "+unit)
+	case "/v1/completions":
+		h.log = append(h.log, "warm-up "+unit)
+		if r.Header.Get("Authorization") != "Bearer test-engine-key" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if _, asleep := h.asleep[unit]; asleep {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+	}
 }
 
 func (h *fakeHost) Reload(context.Context) error { return nil }
@@ -139,8 +226,20 @@ func (h *fakeHost) AgentBytes(context.Context) (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for unit, st := range h.states {
 		if st.Running() {
+			out[h.agentOf(unit).Name] = h.held(unit)
+		}
+	}
+	return out, nil
+}
+
+func (h *fakeHost) AgentHostBytes(context.Context) (map[string]uint64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]uint64{}
+	for unit, lvl := range h.asleep {
+		if lvl == 1 {
 			a := h.agentOf(unit)
-			out[a.Name] = a.Budget(h.total, 0)
+			out[a.Name] = h.weights(a)
 		}
 	}
 	return out, nil
@@ -176,7 +275,7 @@ func agent(name string, util float64, prio int) *config.Agent {
 }
 
 func newSup(cfg *config.Config, h *fakeHost, cause string) *Supervisor {
-	return New(cfg, Options{Systemd: h, GPU: h,
+	return New(cfg, Options{Systemd: h, GPU: h, EngineKey: "test-engine-key",
 		RootCause: func(context.Context, string, time.Time) string { return cause }})
 }
 

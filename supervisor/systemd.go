@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -24,6 +25,10 @@ type UnitState struct {
 	// timeout, start-limit-hit, ...
 	Result       string
 	InvocationID string
+	// MemoryBytes is the host memory the unit's processes hold now
+	// (systemd's MemoryCurrent, from the unit's cgroup); 0 when systemd
+	// does not account it.
+	MemoryBytes uint64
 }
 
 // Running reports whether the unit holds or is about to hold an engine.
@@ -191,6 +196,9 @@ func (d *DBus) State(ctx context.Context, unit string) (UnitState, error) {
 		st.NRestarts = int(n)
 	}
 	st.Result, _ = svc["Result"].(string)
+	if m, ok := svc["MemoryCurrent"].(uint64); ok && m != math.MaxUint64 {
+		st.MemoryBytes = m
+	}
 	return st, nil
 }
 

@@ -38,6 +38,10 @@ const DropInName = "50-vagent.conf"
 // starts with this, so a file an admin wrote under the same name survives.
 const header = "# Written by vagent"
 
+// templateHeader starts the template, so that Write can tell a copy it wrote
+// from an admin's own vagent@.service.
+const templateHeader = "# vagent agent template, written by vagent"
+
 // Documentation is the Documentation= of the template, shown by systemctl status.
 const Documentation = "https://github.com/vagent-dev/vagent"
 
@@ -159,7 +163,7 @@ func (u *unitFile) tooLong() bool {
 func (r *renderer) template() []byte {
 	c := r.cfg
 	var u unitFile
-	u.line("# vagent agent template, written by vagent. Each agent vagent@NAME.service")
+	u.line("%s. Each agent vagent@NAME.service", templateHeader)
 	u.line("# gets its command line from vagent@NAME.service.d/%s, rendered from its", DropInName)
 	u.line("# agent file: edit that file and run vagentctl apply.")
 	u.line("")
@@ -210,16 +214,103 @@ func (r *renderer) template() []byte {
 	// never outlive the unit (KillMode=process would orphan them).
 	u.line("KillMode=mixed")
 	u.line("KillSignal=SIGTERM")
-	// Modest hardening that cannot break CUDA or engines started from any
-	// directory; packaging tightens it (ProtectSystem=, DeviceAllow=, ...).
-	// PrivateTmp hides the host's /tmp: nothing an engine needs (binary,
-	// ledger, weights, key) may live there.
-	u.line("NoNewPrivileges=yes")
-	u.line("PrivateTmp=yes")
+	r.hardening(&u)
 	u.line("")
 	u.line("[Install]")
 	u.line("WantedBy=multi-user.target")
 	return []byte(u.b.String())
+}
+
+// hardening renders the template's sandboxing: every line was reported to
+// work with CUDA and vLLM, and with units.user set an instance's exposure on
+// `systemd-analyze security` is 1.6 (make security prints it; at most 2.5).
+//
+// What an engine needs and keeps:
+//   - The NVIDIA devices: PrivateDevices= stays off (it hides /dev/nvidia*)
+//     and the device ACL admits the nvidia* groups of /proc/devices, which
+//     systemd reads when the unit starts: nvidia_uvm must be loaded by then
+//     (the package's modules-load.d does it at boot).
+//   - W+X memory (PyTorch's JIT) and all of /proc (torch reads /proc/meminfo).
+//   - Unix, IP and netlink sockets: the API, vLLM's workers, NCCL and the
+//     interface lookups of torch.distributed.
+//   - Writes only below the configured state, cache, weights and run
+//     directories (and the simulator's ledger): the rest of the file system
+//     is read-only, /home and /root are hidden, and /tmp is private, so
+//     nothing an engine needs (binary, ledger, weights, key) may live there.
+//     "-": a directory that does not exist yet is no error.
+//
+// The same lines hold for engines run as root (units.user unset, as in the
+// e2e suite): the empty capability set leaves root only what it owns.
+func (r *renderer) hardening(u *unitFile) {
+	c := r.cfg
+	u.line("NoNewPrivileges=yes")
+	u.line("PrivateTmp=yes")
+	u.line("PrivateMounts=yes")
+	u.line("ProtectSystem=strict")
+	u.line("ProtectHome=yes")
+	var rw []string
+	seen := map[string]bool{}
+	for _, p := range []struct{ dir, field string }{
+		{c.Paths.StateDir, "paths.state_dir"},
+		{c.Paths.CacheDir, "paths.cache_dir"},
+		{c.Paths.HFHome, "paths.hf_home"},
+		{c.Paths.RunDir, "paths.run_dir"},
+		{simLedgerDir(c), "gpu.sim_ledger"},
+	} {
+		if p.dir == "" || seen[p.dir] {
+			continue
+		}
+		seen[p.dir] = true
+		if !filepath.IsAbs(p.dir) {
+			r.mainErr(p.field, "must be an absolute path, not %q", p.dir)
+			continue
+		}
+		// Quoted: a path may hold spaces, and ReadWritePaths= splits words.
+		w, err := quoteWord("-"+filepath.Clean(p.dir), false, false)
+		if err != nil {
+			r.mainErr(p.field, "%v", err)
+			continue
+		}
+		rw = append(rw, w)
+	}
+	if len(rw) > 0 {
+		u.line("ReadWritePaths=%s", strings.Join(rw, " "))
+	}
+	u.line("PrivateDevices=no")
+	u.line("DevicePolicy=closed")
+	u.line("DeviceAllow=char-nvidia* rw")
+	u.line("ProtectKernelTunables=yes")
+	u.line("ProtectKernelModules=yes")
+	u.line("ProtectKernelLogs=yes")
+	u.line("ProtectControlGroups=yes")
+	u.line("ProtectClock=yes")
+	u.line("ProtectHostname=yes")
+	u.line("ProtectProc=invisible")
+	u.line("ProcSubset=all")
+	u.line("RestrictNamespaces=yes")
+	u.line("RestrictRealtime=yes")
+	u.line("RestrictSUIDSGID=yes")
+	u.line("LockPersonality=yes")
+	u.line("MemoryDenyWriteExecute=no")
+	u.line("RemoveIPC=yes")
+	u.line("CapabilityBoundingSet=")
+	u.line("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK")
+	u.line("SystemCallArchitectures=native")
+	u.line("SystemCallFilter=@system-service @resources")
+	u.line("SystemCallFilter=~@privileged")
+	u.line("SystemCallErrorNumber=EPERM")
+	// Group-readable at most: vagentd (group vagent) reads the simulator's
+	// ledger; nobody else needs the engines' files.
+	u.line("UMask=0027")
+}
+
+// simLedgerDir is the directory of the simulator's ledger when the engine is
+// the simulator, else "".
+func simLedgerDir(c *config.Config) string {
+	if c.Engine.Kind != config.EngineSim || c.GPU.SimLedger == "" {
+		return ""
+	}
+	return filepath.Dir(c.GPU.SimLedger)
 }
 
 // span formats d as a systemd time span, in the largest whole unit of
@@ -453,6 +544,11 @@ func (r *renderer) argv(a *config.Agent) []arg {
 	} else if gen != "" {
 		add("sampling", "--override-generation-config", gen)
 	}
+	if c.Sleeps(a) {
+		// Sleep mode: a switch away puts the engine to sleep instead of
+		// stopping it (the supervisor drives /sleep and /wake_up).
+		add("switch_mode", "--enable-sleep-mode")
+	}
 
 	for i, x := range a.ExtraArgs {
 		if !isFlag(x) {
@@ -568,6 +664,12 @@ func (r *renderer) env(a *config.Agent) []envVar {
 			vars = append(vars, envVar{"VLLM_SIM_LOAD_SECONDS", strconv.FormatFloat(s, 'f', -1, 64), "gpu.sim_load_seconds"})
 		}
 	}
+	if c.Sleeps(a) {
+		// vLLM serves /sleep, /wake_up and /is_sleeping only in dev mode.
+		// Those routes take no API key (vLLM guards only /v1/*): the engine
+		// listens on 127.0.0.1 only, and the gateway never forwards them.
+		vars = append(vars, envVar{"VLLM_SERVER_DEV_MODE", "1", "switch_mode"})
+	}
 	index := map[string]int{}
 	for i, v := range vars {
 		index[v.key] = i
@@ -611,12 +713,13 @@ func (r *renderer) envErr(a *config.Agent, field, format string, args ...any) {
 }
 
 // conflicts are the units of the agents that cannot run beside a on one of
-// the GPUs they share, sorted.
+// the GPUs they share, sorted; none for sleep agents, whose sleeping engine
+// stays up beside the one that runs (config.Config.MayConflict).
 func (r *renderer) conflicts(a *config.Agent) []string {
 	reserve := r.cfg.GPU.ReserveMiB << 20
 	var out []string
 	for _, o := range r.cfg.Agents {
-		if o == a || o.Name == a.Name || !agentNameRE.MatchString(o.Name) {
+		if o == a || o.Name == a.Name || !agentNameRE.MatchString(o.Name) || !r.cfg.MayConflict(a, o) {
 			continue
 		}
 		for _, g := range a.GPUs {

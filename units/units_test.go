@@ -233,8 +233,13 @@ func TestTemplate(t *testing.T) {
 	got := map[string]string{}
 	for _, d := range ds {
 		k := d.section + "." + d.key
-		if _, dup := got[k]; dup {
-			t.Errorf("%s set twice", k)
+		if prev, dup := got[k]; dup {
+			// SystemCallFilter= is an allow list, then a deny list.
+			if k != "Service.SystemCallFilter" {
+				t.Errorf("%s set twice", k)
+			}
+			got[k] = prev + "\n" + d.value
+			continue
 		}
 		got[k] = d.value
 	}
@@ -257,7 +262,35 @@ func TestTemplate(t *testing.T) {
 		"Service.KillSignal":         "SIGTERM",
 		"Service.NoNewPrivileges":    "yes",
 		"Service.PrivateTmp":         "yes",
-		"Install.WantedBy":           "multi-user.target",
+		// Hardening (units.go's hardening).
+		"Service.PrivateMounts":           "yes",
+		"Service.ProtectSystem":           "strict",
+		"Service.ProtectHome":             "yes",
+		"Service.ReadWritePaths":          "-/var/lib/vagent -/var/cache/vagent -/var/lib/vagent/hf -/run/vagent",
+		"Service.PrivateDevices":          "no",
+		"Service.DevicePolicy":            "closed",
+		"Service.DeviceAllow":             "char-nvidia* rw",
+		"Service.ProtectKernelTunables":   "yes",
+		"Service.ProtectKernelModules":    "yes",
+		"Service.ProtectKernelLogs":       "yes",
+		"Service.ProtectControlGroups":    "yes",
+		"Service.ProtectClock":            "yes",
+		"Service.ProtectHostname":         "yes",
+		"Service.ProtectProc":             "invisible",
+		"Service.ProcSubset":              "all",
+		"Service.RestrictNamespaces":      "yes",
+		"Service.RestrictRealtime":        "yes",
+		"Service.RestrictSUIDSGID":        "yes",
+		"Service.LockPersonality":         "yes",
+		"Service.MemoryDenyWriteExecute":  "no",
+		"Service.RemoveIPC":               "yes",
+		"Service.CapabilityBoundingSet":   "",
+		"Service.RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+		"Service.SystemCallArchitectures": "native",
+		"Service.SystemCallFilter":        "@system-service @resources\n~@privileged",
+		"Service.SystemCallErrorNumber":   "EPERM",
+		"Service.UMask":                   "0027",
+		"Install.WantedBy":                "multi-user.target",
 	}
 	if !reflect.DeepEqual(got, want) {
 		for k, v := range want {

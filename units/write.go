@@ -40,10 +40,54 @@ func (r Result) Changed() bool {
 // nothing on disk. A failure while writing (a full disk) can leave some
 // files new and some old; each file on its own is always whole.
 func Write(dir string, files Files) (Result, error) {
+	return WriteWith(dir, files, WriteOptions{})
+}
+
+// VendorTemplate is where the package installs the template. When the
+// template there is the one vagent renders, the unit directory must not hold
+// a copy: a unit in /etc shadows the vendor one, and a later package's
+// template would never take effect.
+const VendorTemplate = "/usr/lib/systemd/system/" + TemplateName
+
+// WriteOptions change what Write does.
+type WriteOptions struct {
+	// TemplateElsewhere leaves the template to the vendor directory: it is
+	// not written into dir, and a copy vagent wrote there earlier is
+	// removed (reported as TemplateChanged).
+	TemplateElsewhere bool
+}
+
+// WriteWith is Write with options.
+func WriteWith(dir string, files Files, o WriteOptions) (Result, error) {
 	var res Result
 	plan, err := planWrite(dir, files)
 	if err != nil {
 		return res, err
+	}
+	if o.TemplateElsewhere {
+		kept := plan.writes[:0]
+		for _, w := range plan.writes {
+			if w.agent != "" {
+				kept = append(kept, w)
+			}
+		}
+		plan.writes = kept
+		p := filepath.Join(dir, TemplateName)
+		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return res, fmt.Errorf("write units: %w", err)
+			}
+			if bytes.HasPrefix(data, []byte(templateHeader)) {
+				if err := os.Remove(p); err != nil {
+					return res, fmt.Errorf("write units: %w", err)
+				}
+				res.TemplateChanged = true
+				if err := syncDir(dir); err != nil {
+					return res, fmt.Errorf("write units: %w", err)
+				}
+			}
+		}
 	}
 	dirty := map[string]bool{}
 	for _, w := range plan.writes {

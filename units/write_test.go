@@ -247,3 +247,46 @@ func withoutFile(f Files, rel string) Files {
 	delete(out, rel)
 	return out
 }
+
+func TestWriteWithTemplateElsewhereLeavesTheVendorTemplateAlone(t *testing.T) {
+	cfg := testConfig(testAgent("dev", 0.5), testAgent("po", 0.4))
+	files, err := Render(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// An earlier apply, before the package, wrote the template here.
+	if _, err := Write(dir, files); err != nil {
+		t.Fatal(err)
+	}
+	res, err := WriteWith(dir, files, WriteOptions{TemplateElsewhere: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.TemplateChanged {
+		t.Error("removing vagent's old copy of the template was not reported")
+	}
+	if _, err := os.Stat(filepath.Join(dir, TemplateName)); !os.IsNotExist(err) {
+		t.Errorf("the unit directory still shadows the vendor template: %v", err)
+	}
+	for _, a := range []string{"dev", "po"} {
+		if _, err := os.Stat(filepath.Join(dir, DropInPath(a))); err != nil {
+			t.Errorf("drop-in of %s: %v", a, err)
+		}
+	}
+	// An admin's own template is theirs: never removed.
+	own := []byte("[Service]\nExecStart=/bin/true\n")
+	if err := os.WriteFile(filepath.Join(dir, TemplateName), own, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err = WriteWith(dir, files, WriteOptions{TemplateElsewhere: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Changed() {
+		t.Errorf("nothing should change: %+v", res)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, TemplateName)); string(got) != string(own) {
+		t.Error("an admin's template was touched")
+	}
+}

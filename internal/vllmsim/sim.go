@@ -32,6 +32,7 @@ const (
 	defaultReleaseMS   = 300
 	defaultWakeFrac    = 0.02
 	loadSecondsPerB    = 0.15
+	weightsShare       = 0.7 // of the load time, spent loading weights
 	minLoadSeconds     = 0.5
 	statsLogInterval   = 10 * time.Second
 	shutdownHTTPBudget = 2 * time.Second
@@ -317,7 +318,7 @@ func (s *sim) run(ctx context.Context) int {
 	}
 	shards := s.facts.shards
 	lg.raw(s.stdout, procEngine, fmt.Sprintf("Loading safetensors checkpoint shards:   0%% Completed | 0/%d [00:00<?, ?it/s]", shards))
-	weightsTime := time.Duration(float64(loadTime) * 0.7)
+	weightsTime := time.Duration(float64(loadTime) * weightsShare)
 	for i := 1; i <= shards; i++ {
 		if !s.pause(ctx, weightsTime/time.Duration(shards)) {
 			return s.cancelledDuringLoad()

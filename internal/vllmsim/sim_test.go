@@ -803,3 +803,36 @@ func TestUnitFromCgroup(t *testing.T) {
 		t.Errorf("unit %q outside vagent", u)
 	}
 }
+
+func TestWakeTakesAFractionOfTheColdStart(t *testing.T) {
+	path := tempLedger(t)
+	env := simEnvFor(t, path, map[string]string{"VLLM_SERVER_DEV_MODE": "1",
+		"VLLM_SIM_LOAD_SECONDS": "1", "VLLM_SIM_WAKE_FRACTION": "0.1"})
+	t0 := time.Now()
+	p := startSim(t, env, model7B, "--enable-sleep-mode", "--gpu-memory-utilization", "0.5", "--max-model-len", "8192")
+	p.waitHealthy(t)
+	cold := time.Since(t0)
+	timed := func(path string) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		if r := p.do(t, http.MethodPost, path, "", ""); r.status != 200 {
+			t.Fatalf("%s: %d %s", path, r.status, r.body)
+		}
+		return time.Since(t0)
+	}
+	asleep := timed("/sleep?level=1")
+	wake := timed("/wake_up")
+	if cold < time.Second || wake < 100*time.Millisecond || wake > 400*time.Millisecond || asleep < 50*time.Millisecond || asleep > wake {
+		t.Errorf("cold start %s, sleep %s, wake %s: want the wake at about 0.1 of the cold start, the sleep half of it", cold, asleep, wake)
+	}
+	// After a level-2 sleep the weights reload as at start (0.7 of it).
+	timed("/sleep?level=2")
+	timed("/wake_up")
+	t1 := time.Now()
+	if r := p.postJSON(t, "/collective_rpc", `{"method":"reload_weights"}`); r.status != 200 {
+		t.Fatalf("/collective_rpc: %d %s", r.status, r.body)
+	}
+	if d := time.Since(t1); d < 600*time.Millisecond {
+		t.Errorf("reload_weights took %s, want about 0.7 s", d)
+	}
+}
