@@ -74,7 +74,7 @@ func hint(err error) string {
 	case errors.As(err, &ae):
 		return "vagentctl status lists the configured agents"
 	case errors.As(err, &dbe):
-		return "vagentctl drives systemd over the system D-Bus: run it on the host (as root or a member of group vagent)"
+		return "vagentctl drives systemd over the system D-Bus: run it on the host as root (members of group vagent go through vagentd when it runs)"
 	case errors.As(err, &ue):
 		return "see vagentctl --help"
 	}

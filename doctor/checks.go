@@ -221,7 +221,7 @@ func (d *Doctor) checkUnits(ctx context.Context) {
 const vagentdUnit = "vagentd.service"
 
 func (d *Doctor) checkSystemd(ctx context.Context) {
-	fix := "run vagentctl on the host as root (or a member of group vagent with vagent's polkit rule); systemd must be PID 1"
+	fix := "run vagentctl on the host as root (members of group vagent go through vagentd); systemd must be PID 1"
 	d.sd, d.sdErr = d.env.Systemd(ctx)
 	if d.sdErr != nil {
 		d.sd = nil

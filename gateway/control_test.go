@@ -301,3 +301,16 @@ func histogramCount(t *testing.T, reg prometheus.Gatherer, name string, labels m
 	}
 	return m.GetHistogram().GetSampleCount()
 }
+
+func TestControlAPIWithoutKeysIsOnlyOnTheSocket(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	req := httptest.NewRequest("GET", "/vagent/v1/status", nil)
+	w := httptest.NewRecorder()
+	e.g.Handler().ServeHTTP(w, req)
+	if w.Code != 403 || !strings.Contains(w.Body.String(), "only on the control socket") {
+		t.Fatalf("control API over TCP without keys: %d %s; want 403", w.Code, w.Body)
+	}
+	if st, b := e.control("GET", "/vagent/v1/status", nil); st != 200 {
+		t.Fatalf("control socket: %d %s", st, b)
+	}
+}

@@ -96,7 +96,7 @@ func asAPIError(err error) *APIError {
 type PinnedError struct{ Agent string }
 
 func (e *PinnedError) Error() string {
-	return fmt.Sprintf("agent %s is pinned (vagentctl load --pin): it is not evicted", e.Agent)
+	return fmt.Sprintf("agent %s is pinned (POST /vagent/v1/load with \"pin\": true): it is not evicted", e.Agent)
 }
 
 // switchError turns an error from Switcher.Switch into what a client sees:

@@ -271,7 +271,8 @@ func onGPU(a *config.Agent, g int) bool {
 // Handler serves the OpenAI API under /v1/ (and vLLM's /tokenize-style
 // routes), the control API under /vagent/v1/, /metrics and /healthz. With
 // Keys set, /v1/ and /vagent/v1/ need "Authorization: Bearer KEY" (an
-// admin-scope key for /vagent/v1/); /healthz and /metrics stay open so that
+// admin-scope key for /vagent/v1/); without Keys the control API is refused
+// here and served only by ControlHandler on the unix socket; /healthz and /metrics stay open so that
 // probes and Prometheus need no secret: they reveal agent names and
 // counts, nothing more.
 func (g *Gateway) Handler() http.Handler { return http.HandlerFunc(g.serveHTTP) }
@@ -336,16 +337,21 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/metrics":
 		g.promH.ServeHTTP(w, r)
 	case strings.HasPrefix(p, "/vagent/v1/"):
-		if g.o.Keys != nil {
-			key, err := g.authenticate(r)
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			if !key.admin {
-				writeError(w, apiErr(http.StatusForbidden, typePermission, "key %s has scope inference: the control API needs an admin key", key.name))
-				return
-			}
+		if g.o.Keys == nil {
+			// Without keys anyone who reaches the port could switch and
+			// stop agents; the control socket's file permissions are then
+			// the only guard, so the control API lives there alone.
+			writeError(w, apiErr(http.StatusForbidden, typePermission, "without a keys file (gateway.keys_file) the control API is served only on the control socket; use vagentctl"))
+			return
+		}
+		key, err := g.authenticate(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		if !key.admin {
+			writeError(w, apiErr(http.StatusForbidden, typePermission, "key %s has scope inference: the control API needs an admin key", key.name))
+			return
 		}
 		g.serveControl(w, r)
 	case p == "/v1/models" || strings.HasPrefix(p, "/v1/models/"):

@@ -209,7 +209,7 @@ func explain(err error) error {
 		switch de.Name {
 		case "org.freedesktop.DBus.Error.AccessDenied",
 			"org.freedesktop.DBus.Error.InteractiveAuthorizationRequired":
-			return fmt.Errorf("permission denied by systemd (polkit): run as root or as a member of group vagent with vagent's polkit rule installed (%s)", de.Name)
+			return fmt.Errorf("permission denied by systemd (polkit): run as root, or as user vagent with vagent's polkit rule installed; members of group vagent go through vagentd (%s)", de.Name)
 		case "org.freedesktop.systemd1.NoSuchUnit":
 			return fmt.Errorf("no such unit: run `vagentctl apply` first (%s)", de.Name)
 		}
