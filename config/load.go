@@ -105,7 +105,7 @@ func Defaults() Config {
 		},
 		Supervisor: Supervisor{
 			HealthTimeout:  Duration{15 * time.Minute},
-			HealthInterval: Duration{50 * time.Millisecond},
+			HealthInterval: Duration{10 * time.Millisecond},
 			ReleaseTimeout: Duration{30 * time.Second},
 			DBusTimeout:    Duration{10 * time.Second},
 			SwitchMode:     SwitchRestart,
