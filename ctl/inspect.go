@@ -62,6 +62,9 @@ func printEntry(w io.Writer, e journal.Entry) {
 	fmt.Fprintf(w, "%s %s: %s\n", e.Time.Local().Format("Jan 02 15:04:05"), id, e.Message)
 }
 
+// gpuOpen opens the GPU backend for vagentctl gpu; tests replace it.
+var gpuOpen = gpu.Open
+
 func gpuCmd() *cli.Command {
 	return &cli.Command{
 		Name: "gpu", Usage: "show the driver, each GPU's memory and which agent holds it",
@@ -72,7 +75,7 @@ func gpuCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			b, err := gpu.Open(cfg)
+			b, err := gpuOpen(cfg)
 			if err != nil {
 				return err
 			}

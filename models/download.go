@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -33,11 +34,14 @@ const (
 	// netAttempts is how often one file is tried after network failures,
 	// each try resuming where the last one stopped.
 	netAttempts = 6
-	// copyBufSize and copyBufs size the download pipeline: chunks small
-	// enough to still be in the CPU cache when they are hashed after being
-	// written, and enough of them to keep the network busy meanwhile.
-	copyBufSize = 256 << 10
-	copyBufs    = 16
+	// copyBufSize and copyBufs size the download pipeline (see pipeCopy):
+	// reads and writes of 1 MiB, and up to copyBufs of them written and
+	// waiting to be hashed, per file.
+	copyBufSize = 1 << 20
+	copyBufs    = 8
+	// writebackChunk is how much of a durable download is written before
+	// its writeback is started (see pipeCopy).
+	writebackChunk = 8 << 20
 )
 
 // ChecksumError is a file whose content did not match the Hub's checksum
@@ -109,7 +113,9 @@ func hashFile(path string, n int64, h hash.Hash) error {
 		return err
 	}
 	defer fh.Close()
-	got, err := io.CopyBuffer(h, io.LimitReader(fh, n), make([]byte, copyBufSize))
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	got, err := io.CopyBuffer(h, io.LimitReader(fh, n), *bp)
 	if err != nil {
 		return err
 	}
@@ -197,13 +203,13 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 
 	refetched := false
 	for {
-		got, err := p.download(ctx, job, st, partial)
+		got, synced, err := p.download(ctx, job, st, partial)
 		if err != nil {
 			return true, err
 		}
 		_, algo, want := newHasher(f)
 		if got == want {
-			if p.opts.Durable {
+			if p.opts.Durable && !synced {
 				if err := syncFile(partial); err != nil {
 					return true, fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err)
 				}
@@ -234,8 +240,10 @@ func syncFile(path string) error {
 
 // download makes partial hold the file's f.Size bytes, resuming from what
 // it holds already and retrying network failures. It returns the hex
-// digest of the whole file (see newHasher), computed while it streams.
-func (p *Puller) download(ctx context.Context, job *pullJob, st *fileState, partial string) (string, error) {
+// digest of the whole file (see newHasher), computed while it streams, and
+// whether the file was fsynced once complete (with Durable, when it was
+// downloaded rather than found complete).
+func (p *Puller) download(ctx context.Context, job *pullJob, st *fileState, partial string) (sum string, synced bool, err error) {
 	f := st.file
 	var lastErr error
 	var hs hashState
@@ -246,29 +254,26 @@ func (p *Puller) download(ctx context.Context, job *pullJob, st *fileState, part
 			// next ones back off.
 			select {
 			case <-ctx.Done():
-				return "", ctx.Err()
+				return "", false, ctx.Err()
 			case <-time.After(time.Duration(attempt-1) * 500 * time.Millisecond):
 			}
 		}
-		sum, err := p.downloadOnce(ctx, job, st, partial, &hs)
+		sum, synced, err := p.downloadOnce(ctx, job, st, partial, &hs)
 		if err == nil {
-			return sum, nil
+			return sum, synced, nil
 		}
 		if ctx.Err() != nil {
-			return "", ctx.Err()
+			return "", false, ctx.Err()
 		}
 		var pe permanentError
 		if errors.As(err, &pe) {
-			return "", pe.error
+			return "", false, pe.error
 		}
 		lastErr = err
 	}
-	return "", fmt.Errorf("pull %s: %s: giving up after %d tries: %w", job.repo, f.Path, netAttempts, lastErr)
+	return "", false, fmt.Errorf("pull %s: %s: giving up after %d tries: %w", job.repo, f.Path, netAttempts, lastErr)
 }
 
-// downloadOnce is one HTTP request for the rest of a file; it returns the
-// digest of the whole file once partial holds all of it. Errors worth
-// another try are returned plain, the others wrapped as permanent.
 // hashState carries a file's hash from one try to the next, so that a
 // resume within one pull does not read the partial file again.
 type hashState struct {
@@ -276,39 +281,47 @@ type hashState struct {
 	n int64 // bytes of the partial file h has seen
 }
 
-func (p *Puller) downloadOnce(ctx context.Context, job *pullJob, st *fileState, partial string, hs *hashState) (string, error) {
+// downloadOnce is one HTTP request for the rest of a file; it returns the
+// digest of the whole file once partial holds all of it. Errors worth
+// another try are returned plain, the others wrapped as permanent. What a
+// partial file from an earlier pull holds is hashed while the rest
+// downloads, not before asking for it.
+func (p *Puller) downloadOnce(ctx context.Context, job *pullJob, st *fileState, partial string, hs *hashState) (sum string, synced bool, err error) {
 	f := st.file
 	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
-		return "", permanent(fmt.Errorf("pull %s: %w", job.repo, err))
+		return "", false, permanent(fmt.Errorf("pull %s: %w", job.repo, err))
 	}
 	fh, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return "", permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
+		return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
 	}
 	defer fh.Close()
 	fi, err := fh.Stat()
 	if err != nil {
-		return "", permanent(err)
+		return "", false, permanent(err)
 	}
-	have := fi.Size()
+	size := fi.Size()
+	have := size
 	if have > f.Size {
 		// Longer than the file can be: not a prefix of it.
 		have = 0
 	}
-	var h hash.Hash
-	switch {
-	case hs.h != nil && hs.n == have:
-		h = hs.h
-	default:
+	// h has seen the first hashed bytes of the file; the pipeline hashes
+	// the rest of what it holds, from the file, while it downloads.
+	h, hashed := hs.h, hs.n
+	if h == nil || hashed > have {
 		h, _, _ = newHasher(f)
-		if have > 0 {
-			// A partial file from an earlier pull: hash what it holds.
-			if err := hashFile(partial, have, h); err != nil {
-				return "", permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
-			}
-		}
+		hashed = 0
 	}
 	hs.h = nil
+	// finish hashes what the file holds beyond hashed, when nothing is
+	// left to download.
+	finish := func() (string, bool, error) {
+		if err := hashAt(ctx, fh, h, hashed, have, nil); err != nil {
+			return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
+		}
+		return hex.EncodeToString(h.Sum(nil)), false, nil
+	}
 	st.bytes.Store(have)
 	if !st.started.Swap(true) {
 		e := job.event(EventStart, f.Path, "", false)
@@ -316,21 +329,21 @@ func (p *Puller) downloadOnce(ctx context.Context, job *pullJob, st *fileState, 
 		p.emit(e)
 	}
 	if have == f.Size {
-		return hex.EncodeToString(h.Sum(nil)), nil
+		return finish()
 	}
 
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req, err := p.hub.newRequest(rctx, http.MethodGet, p.hub.resolveURL(job.repo, job.commit, f.Path))
 	if err != nil {
-		return "", permanent(err)
+		return "", false, permanent(err)
 	}
 	if have > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", have))
 	}
 	resp, err := p.hub.client.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err)
+		return "", false, fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -338,61 +351,68 @@ func (p *Puller) downloadOnce(ctx context.Context, job *pullJob, st *fileState, 
 		if start, ok := contentRangeStart(resp.Header.Get("Content-Range")); !ok || start != have {
 			fh.Truncate(0)
 			st.bytes.Store(0)
-			return "", fmt.Errorf("pull %s: %s: asked for bytes=%d-, got range %q", job.repo, f.Path, have, resp.Header.Get("Content-Range"))
+			return "", false, fmt.Errorf("pull %s: %s: asked for bytes=%d-, got range %q", job.repo, f.Path, have, resp.Header.Get("Content-Range"))
 		}
 	case http.StatusOK:
 		// The whole file, whether or not a range was asked for.
 		if have > 0 {
-			have = 0
+			have, hashed = 0, 0
 			h, _, _ = newHasher(f)
 		}
 	case http.StatusRequestedRangeNotSatisfiable:
 		// Nothing past what the partial file holds: it is checked as it
 		// is, and a mismatch starts over.
-		return hex.EncodeToString(h.Sum(nil)), nil
+		return finish()
 	default:
 		he := hubError(resp, job.repo, job.revision, f.Path)
 		if he.temporary() {
-			return "", he
+			return "", false, he
 		}
-		return "", permanent(he)
+		return "", false, permanent(he)
 	}
-	if err := fh.Truncate(have); err != nil {
-		return "", permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
+	if size != have {
+		// Only when something is to be cut off: on ext4, truncating a file
+		// to nothing makes its close write it all out (auto_da_alloc).
+		if err := fh.Truncate(have); err != nil {
+			return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
+		}
 	}
 	st.bytes.Store(have)
 	if _, err := fh.Seek(have, io.SeekStart); err != nil {
-		return "", permanent(err)
+		return "", false, permanent(err)
 	}
 	body := &stallReader{r: resp.Body, timeout: p.opts.StallTimeout, cancel: cancel}
 	body.arm()
 	defer body.stop()
 	want := f.Size - have
-	n, err := pipeCopy(fh, io.LimitReader(body, want), h, func(n int64) { st.bytes.Add(n) }, cancel)
-	if err != nil {
+	n, synced, err := pipeCopy(ctx, fh, io.LimitReader(body, want), h, hashed, have, want, p.opts.Durable, func(n int64) { st.bytes.Add(n) })
+	var herr *hashReadError
+	if err != nil && !errors.As(err, &herr) {
 		// What was written is hashed: the next try continues both.
 		hs.h, hs.n = h, have+n
 	}
 	switch {
+	case err != nil && errors.As(err, &herr):
+		return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, herr.err))
 	case err != nil && isNoSpace(err):
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err
 		}
-		return "", permanent(&DiskFullError{Repo: job.repo, Dir: filepath.Dir(partial), Partial: partial, Err: err})
+		return "", false, permanent(&DiskFullError{Repo: job.repo, Dir: filepath.Dir(partial), Partial: partial, Err: err})
 	case err != nil && body.stalled.Load():
-		return "", fmt.Errorf("pull %s: %s: no data for %s", job.repo, f.Path, p.opts.StallTimeout)
+		return "", false, fmt.Errorf("pull %s: %s: no data for %s", job.repo, f.Path, p.opts.StallTimeout)
 	case err != nil:
 		var werr *writeError
 		if errors.As(err, &werr) {
-			return "", permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, werr.err))
+			return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, werr.err))
 		}
-		return "", fmt.Errorf("pull %s: %s: connection lost after %s of %s: %w", job.repo, f.Path,
+		return "", false, fmt.Errorf("pull %s: %s: connection lost after %s of %s: %w", job.repo, f.Path,
 			FormatBytes(have+n), FormatBytes(f.Size), err)
 	case n < want:
-		return "", fmt.Errorf("pull %s: %s: connection closed after %s of %s", job.repo, f.Path, FormatBytes(have+n), FormatBytes(f.Size))
+		return "", false, fmt.Errorf("pull %s: %s: connection closed after %s of %s", job.repo, f.Path, FormatBytes(have+n), FormatBytes(f.Size))
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), synced, nil
 }
 
 // contentRangeStart parses "bytes START-END/SIZE".
@@ -445,79 +465,187 @@ type writeError struct{ err error }
 func (e *writeError) Error() string { return e.err.Error() }
 func (e *writeError) Unwrap() error { return e.err }
 
-// pipeCopy copies r to w and into h with reading, writing and hashing
-// overlapped: one goroutine fills buffers from the network, this one writes
-// them, another hashes what was written, so a download runs at the speed of
-// its slowest stage rather than of all three added up. It returns the bytes
-// written; a failed write is a *writeError, after which abort is called to
-// unblock the reader. progress gets each write's size.
-func pipeCopy(w io.Writer, r io.Reader, h hash.Hash, progress func(int64), abort func()) (int64, error) {
-	free := make(chan []byte, copyBufs)
-	for range copyBufs {
-		free <- make([]byte, copyBufSize)
-	}
-	full := make(chan []byte, copyBufs)
-	hashq := make(chan []byte, copyBufs)
-	stop := make(chan struct{})
-	hashed := make(chan struct{})
-	var readErr error
+// hashReadError marks a failure to read back, for its hash, what the file
+// holds.
+type hashReadError struct{ err error }
+
+func (e *hashReadError) Error() string { return e.err.Error() }
+func (e *hashReadError) Unwrap() error { return e.err }
+
+// copyBufPool holds the pipeline's copyBufSize buffers, shared by every
+// download of the process.
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// chunk is a written buffer on its way to the hasher: n bytes at offset off
+// of the file.
+type chunk struct {
+	b   *[]byte
+	off int64
+	n   int
+}
+
+// pipeCopy copies r into fh, which is positioned at off, and makes h hash
+// the file from hashed (<= off) to the end of what it wrote. Receiving
+// and writing run on this goroutine, hashing on another, so that a
+// download runs at the speed of the slower of the two rather than of both
+// added up: each written buffer goes to the hasher, which hands it back.
+// The hasher reads from the file what it gets no buffer for: the prefix
+// [hashed, off) a resumed download starts with, and what was written while
+// it was busy with that prefix (the download does not wait for it then).
+// Otherwise the download waits for the hasher once copyBufs buffers are in
+// flight.
+//
+// It returns the bytes written (read from r, a network body, until EOF or
+// an error); h has seen the file up to off plus those when it returns. A
+// failed write is a *writeError, a failed read back a *hashReadError (also
+// when ctx ends while the hasher reads the file: then h is of no use). With
+// durable, writeback of the file starts while it downloads, and once want
+// bytes were written without error the file is fsynced (synced) while the
+// hasher finishes.
+func pipeCopy(ctx context.Context, fh *os.File, r io.Reader, h hash.Hash, hashed, off, want int64, durable bool, progress func(int64)) (written int64, synced bool, err error) {
+	free := make(chan *[]byte, copyBufs)
+	queue := make(chan chunk, copyBufs)
+	var (
+		fromFile atomic.Bool // the hasher is reading the file
+		end      int64       // where the hasher stops, set before queue closes
+		herr     error
+		hdone    = make(chan struct{})
+	)
+	fromFile.Store(hashed < off)
 	go func() {
-		defer close(full)
-		for {
-			var b []byte
-			select {
-			case b = <-free:
-			case <-stop:
+		defer close(hdone)
+		var rb *[]byte // buffer for reading the file back
+		defer func() {
+			if rb != nil {
+				copyBufPool.Put(rb)
+			}
+		}()
+		pos := hashed
+		readBack := func(to int64) {
+			if herr != nil || pos >= to {
 				return
 			}
-			n, err := fillBuffer(r, b)
-			if n > 0 {
-				full <- b[:n]
-			} else {
-				free <- b
+			fromFile.Store(true)
+			if rb == nil {
+				rb = copyBufPool.Get().(*[]byte)
 			}
-			if err != nil {
-				if err != io.EOF {
-					readErr = err
-				}
-				return
+			if err := hashAt(ctx, fh, h, pos, to, *rb); err != nil {
+				herr = &hashReadError{err}
 			}
+			pos = to
+			fromFile.Store(false)
 		}
+		readBack(off)
+		for c := range queue {
+			readBack(c.off)
+			if herr == nil {
+				h.Write((*c.b)[:c.n])
+				pos += int64(c.n)
+			}
+			free <- c.b
+		}
+		readBack(end)
 	}()
-	go func() {
-		defer close(hashed)
-		for b := range hashq {
-			h.Write(b)
-			free <- b[:cap(b)]
+
+	bufs := 1
+	own := copyBufPool.Get().(*[]byte)
+	wbFrom := off // writeback started up to here
+	pos := off
+	var rerr, werr error
+	for werr == nil && rerr == nil {
+		var n int
+		n, rerr = fillBuffer(r, *own)
+		if n == 0 {
+			break
 		}
-	}()
-	var written int64
-	var werr error
-	for b := range full {
-		if werr != nil {
-			free <- b[:cap(b)]
-			continue
-		}
-		n, err := w.Write(b)
-		written += int64(n)
-		if n > 0 {
-			progress(int64(n))
-		}
+		m, err := fh.Write((*own)[:n])
 		if err != nil {
 			werr = &writeError{err}
-			close(stop)
-			abort()
-			free <- b[:cap(b)]
-			continue
 		}
-		hashq <- b
+		if m == 0 {
+			break
+		}
+		written += int64(m)
+		progress(int64(m))
+		// Hand the buffer to the hasher for a free one: from those it
+		// returned, a new one while fewer than copyBufs are out, or,
+		// unless the hasher is reading the file, the next one it returns.
+		// Without one, the hasher reads this chunk back from the file.
+		var next *[]byte
+		select {
+		case next = <-free:
+		default:
+			switch {
+			case bufs < copyBufs:
+				next = copyBufPool.Get().(*[]byte)
+				bufs++
+			case !fromFile.Load():
+				next = <-free
+			}
+		}
+		if next != nil {
+			queue <- chunk{b: own, off: pos, n: m}
+			own = next
+		}
+		pos += int64(m)
+		if durable && pos-wbFrom >= writebackChunk {
+			// Start writing this much out now, so that the fsync at the
+			// end has little left to do. A hint: errors show in fsync.
+			unix.SyncFileRange(int(fh.Fd()), wbFrom, pos-wbFrom, unix.SYNC_FILE_RANGE_WRITE)
+			wbFrom = pos
+		}
 	}
-	close(hashq)
-	<-hashed
-	if werr != nil {
-		return written, werr
+	if rerr == io.EOF {
+		rerr = nil
 	}
-	return written, readErr
+	var serr error
+	if durable && werr == nil && rerr == nil && written == want {
+		serr = fh.Sync()
+		synced = serr == nil
+	}
+	end = pos
+	close(queue)
+	<-hdone
+	copyBufPool.Put(own)
+	for range bufs - 1 {
+		copyBufPool.Put(<-free)
+	}
+	switch {
+	case herr != nil:
+		return written, false, herr
+	case werr != nil:
+		return written, false, werr
+	case rerr != nil:
+		return written, false, rerr
+	case serr != nil:
+		return written, false, &writeError{serr}
+	}
+	return written, synced, nil
+}
+
+// hashAt feeds bytes [from, to) of fh to h, reading them into buf (a new
+// buffer when nil). It gives up when ctx ends.
+func hashAt(ctx context.Context, fh *os.File, h hash.Hash, from, to int64, buf []byte) error {
+	if buf == nil && from < to {
+		bp := copyBufPool.Get().(*[]byte)
+		defer copyBufPool.Put(bp)
+		buf = *bp
+	}
+	for from < to {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := fh.ReadAt(buf[:min(int64(len(buf)), to-from)], from)
+		h.Write(buf[:n])
+		from += int64(n)
+		switch {
+		case err == io.EOF && from < to:
+			return fmt.Errorf("%s: %d bytes, want %d", fh.Name(), from, to)
+		case err != nil && err != io.EOF:
+			return err
+		}
+	}
+	return nil
 }
 
 // fillBuffer reads until b is full or r fails; a full buffer is no error.
