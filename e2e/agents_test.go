@@ -89,6 +89,13 @@ type agentStatus struct {
 	Restarts    int    `json:"restarts"`
 	Healthy     bool   `json:"healthy"`
 	VRAMBytes   uint64 `json:"vram_bytes"`
+	// Sleep mode's fields; State is vagentd's view, present when status
+	// went through it.
+	Sleeping   bool   `json:"sleeping"`
+	SleepLevel int    `json:"sleep_level"`
+	HostBytes  uint64 `json:"host_bytes"`
+	State      string `json:"state"`
+	SwitchMode string `json:"switch_mode"`
 }
 
 func (h *host) status() map[string]agentStatus {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,34 +13,6 @@ import (
 // weights fit (the simulator moves 9.98 GB for a 14B AWQ agent, 5.57 GB for
 // the 7B one: at most 19,036 MiB for two), three do not (24,348 MiB).
 const sleepBudgetMiB = 20000
-
-// sleepStatus is an agent in `vagentctl status --json` through vagentd.
-type sleepStatus struct {
-	Agent       string `json:"agent"`
-	ActiveState string `json:"active_state"`
-	MainPID     int    `json:"main_pid"`
-	Restarts    int    `json:"restarts"`
-	Healthy     bool   `json:"healthy"`
-	Sleeping    bool   `json:"sleeping"`
-	SleepLevel  int    `json:"sleep_level"`
-	HostBytes   uint64 `json:"host_bytes"`
-	VRAMBytes   uint64 `json:"vram_bytes"`
-	State       string `json:"state"`
-	SwitchMode  string `json:"switch_mode"`
-}
-
-func (g *gwHost) sleepStatus() map[string]sleepStatus {
-	g.t.Helper()
-	var st []sleepStatus
-	if err := json.Unmarshal([]byte(g.mustCtl("status", "--json")), &st); err != nil {
-		g.t.Fatalf("status --json: %v", err)
-	}
-	out := map[string]sleepStatus{}
-	for _, s := range st {
-		out[s.Agent] = s
-	}
-	return out
-}
 
 // ledgerPeaks samples the simulator's ledger every few milliseconds until
 // stop is closed: the most GPU 0 ever held, its total, and the most host
@@ -130,7 +101,7 @@ func TestE2ESleep(t *testing.T) {
 	t.Run("dev and po alternate by sleep and wake, never by restart", func(t *testing.T) {
 		chat(t, "dev")
 		chat(t, "po") // dev goes to sleep; po starts cold
-		st := g.sleepStatus()
+		st := g.status()
 		if !st["dev"].Sleeping || st["dev"].State != "sleeping" || st["dev"].ActiveState != "active" || st["dev"].SleepLevel != 1 {
 			t.Fatalf("dev after the switch to po: %+v; want asleep at level 1, its unit active", st["dev"])
 		}
@@ -148,14 +119,14 @@ func TestE2ESleep(t *testing.T) {
 		for range 4 {
 			for _, a := range []string{"dev", "po"} {
 				took = append(took, chat(t, a))
-				now := g.sleepStatus()
+				now := g.status()
 				other := map[string]string{"dev": "po", "po": "dev"}[a]
 				if now[a].Sleeping || !now[other].Sleeping {
 					t.Errorf("after a request for %s: %s sleeping %v, %s sleeping %v", a, a, now[a].Sleeping, other, now[other].Sleeping)
 				}
 			}
 		}
-		st = g.sleepStatus()
+		st = g.status()
 		for _, a := range []string{"dev", "po"} {
 			if st[a].MainPID != pids[a] || st[a].Restarts != restarts[a] {
 				t.Errorf("%s's engine changed: PID %d -> %d, restarts %d -> %d", a, pids[a], st[a].MainPID, restarts[a], st[a].Restarts)
@@ -207,7 +178,7 @@ func TestE2ESleep(t *testing.T) {
 				t.Errorf("POST %s through the gateway: %d %s", path, resp.StatusCode, body)
 			}
 		}
-		if st := g.sleepStatus(); st["po"].Sleeping || !st["dev"].Sleeping {
+		if st := g.status(); st["po"].Sleeping || !st["dev"].Sleeping {
 			t.Errorf("after the refused calls: po sleeping %v, dev sleeping %v", st["po"].Sleeping, st["dev"].Sleeping)
 		}
 	})
@@ -216,7 +187,7 @@ func TestE2ESleep(t *testing.T) {
 		// po runs, dev sleeps. architect starts cold; po goes to sleep:
 		// two sleepers (dev, po) fit the budget.
 		chat(t, "architect")
-		st := g.sleepStatus()
+		st := g.status()
 		if !st["dev"].Sleeping || !st["po"].Sleeping || st["architect"].Sleeping || st["architect"].State != "running" {
 			t.Fatalf("after architect: dev %+v, po %+v, architect %+v", st["dev"], st["po"], st["architect"])
 		}
@@ -227,7 +198,7 @@ func TestE2ESleep(t *testing.T) {
 		// would be three sleepers, past the budget; po, the least recently
 		// used sleeper that is not being woken, is stopped for real.
 		chat(t, "dev")
-		st = g.sleepStatus()
+		st = g.status()
 		if st["po"].ActiveState != "inactive" {
 			t.Errorf("po: %+v; want it stopped for the host RAM budget", st["po"])
 		}
