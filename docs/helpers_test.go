@@ -19,6 +19,7 @@ import (
 	"github.com/vagent-dev/vagent/ctl"
 	"github.com/vagent-dev/vagent/e2e/sandbox"
 	"github.com/vagent-dev/vagent/gateway"
+	"github.com/vagent-dev/vagent/internal/syncbuf"
 	"github.com/vagent-dev/vagent/internal/vllmsim"
 	"github.com/vagent-dev/vagent/journal"
 	"github.com/vagent-dev/vagent/supervisor"
@@ -153,7 +154,7 @@ func runSim(t testing.TB, env map[string]string, model string, args ...string) s
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut syncbuf.Buffer
 	argv := append([]string{"serve", model, "--host", "127.0.0.1"}, args...)
 	code := vllmsim.Main(ctx, argv, func(k string) string { return e[k] }, &out, &errOut)
 	return simResult{code, out.String(), errOut.String()}
@@ -164,7 +165,7 @@ func simServe(t testing.TB, env map[string]string, model string, args ...string)
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	go func() {
 		done <- vllmsim.Main(ctx, append([]string{"serve", model, "--host", "127.0.0.1"}, args...),
 			func(k string) string { return env[k] }, &out, &out)
@@ -198,23 +199,6 @@ func simServe(t testing.TB, env map[string]string, model string, args ...string)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // rootCause is what the supervisor lifts from a failed engine's journal:

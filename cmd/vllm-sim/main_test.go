@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"net"
 	"net/http"
 	"os"
@@ -9,12 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vagent-dev/vagent/internal/ledger"
+	"github.com/vagent-dev/vagent/internal/syncbuf"
 )
 
 // The test binary doubles as vllm-sim when this variable is set, so that
@@ -29,24 +28,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func simCommand(t *testing.T, ledgerPath string, args ...string) (*exec.Cmd, *lockedBuffer, *lockedBuffer) {
+func simCommand(t *testing.T, ledgerPath string, args ...string) (*exec.Cmd, *syncbuf.Buffer, *syncbuf.Buffer) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -55,7 +37,7 @@ func simCommand(t *testing.T, ledgerPath string, args ...string) (*exec.Cmd, *lo
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), execEnv+"=1", "VLLM_SIM_LEDGER="+ledgerPath,
 		"VLLM_SIM_LOAD_SECONDS=0", "VLLM_SIM_RELEASE_MS=100", "VLLM_SIM_TTFT_MS=0")
-	var out, errw lockedBuffer
+	var out, errw syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errw
 	return cmd, &out, &errw
 }
@@ -70,7 +52,7 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func waitHealthy(t *testing.T, port int, out *lockedBuffer) {
+func waitHealthy(t *testing.T, port int, out *syncbuf.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

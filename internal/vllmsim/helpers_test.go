@@ -11,31 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/vagent-dev/vagent/internal/ledger"
+	"github.com/vagent-dev/vagent/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the simulator's writers and the
-// test's readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -70,8 +51,8 @@ type simProc struct {
 	done   chan int
 	code   int
 	exited bool
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *syncbuf.Buffer
+	stderr *syncbuf.Buffer
 }
 
 // startSim runs Main in the background with `serve MODEL --host 127.0.0.1
@@ -81,7 +62,7 @@ func startSim(t *testing.T, env func(string) string, model string, args ...strin
 	port := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &simProc{port: port, url: "http://127.0.0.1:" + strconv.Itoa(port), cancel: cancel,
-		done: make(chan int, 1), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+		done: make(chan int, 1), stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}}
 	argv := append([]string{"serve", model, "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
 	go func() { p.done <- Main(ctx, argv, env, p.stdout, p.stderr) }()
 	t.Cleanup(func() { p.stop(t) })

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/internal/ledger"
+	"github.com/vagent-dev/vagent/internal/syncbuf"
 )
 
 const (
@@ -23,7 +24,7 @@ const (
 
 func runMain(t *testing.T, env func(string) string, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errw syncBuffer
+	var out, errw syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	code := Main(ctx, args, env, &out, &errw)
