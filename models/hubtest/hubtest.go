@@ -292,6 +292,21 @@ func (repo *Repo) resolve(rev string) (string, bool) {
 	return "", false
 }
 
+// accessRevision checks access to repo id, as access does, and resolves
+// rev in it, answering the Hub's 404 when the revision does not exist.
+func (s *Server) accessRevision(w http.ResponseWriter, r *http.Request, id, rev string) (*Repo, string, bool) {
+	repo, ok := s.access(w, r, id)
+	if !ok {
+		return nil, "", false
+	}
+	commit, ok := repo.resolve(rev)
+	if !ok {
+		hubErr(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
+		return nil, "", false
+	}
+	return repo, commit, true
+}
+
 // serveAPI answers /api/models/REPO/revision/REV.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, rest string) {
 	id, rev, ok := strings.Cut(rest, "/revision/")
@@ -301,13 +316,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, rest string) {
 	}
 	id, _ = url.PathUnescape(id)
 	rev, _ = url.PathUnescape(rev)
-	repo, ok := s.access(w, r, id)
+	repo, commit, ok := s.accessRevision(w, r, id, rev)
 	if !ok {
-		return
-	}
-	commit, ok := repo.resolve(rev)
-	if !ok {
-		hubErr(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
 	type lfs struct {
@@ -372,13 +382,8 @@ func (s *Server) serveResolve(w http.ResponseWriter, r *http.Request, p string) 
 	}
 	rev, _ = url.PathUnescape(rev)
 	file, _ = url.PathUnescape(file)
-	repo, ok := s.access(w, r, id)
+	repo, commit, ok := s.accessRevision(w, r, id, rev)
 	if !ok {
-		return
-	}
-	commit, ok := repo.resolve(rev)
-	if !ok {
-		hubErr(w, http.StatusNotFound, "RevisionNotFound", "Invalid rev id: "+rev)
 		return
 	}
 	f := repo.File(file)
