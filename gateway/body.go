@@ -8,6 +8,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 // request is what the gateway reads of a request body: the model it names
@@ -160,7 +161,8 @@ func keyIs(_ []byte, key []byte, want string) bool {
 
 // unquote decodes a JSON string token.
 func unquote(raw []byte) string {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	// Invalid UTF-8 is decoded (to U+FFFD) as every JSON reader does.
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1])
 	}
 	var s string
