@@ -235,7 +235,7 @@ func (g *Gateway) send(ctx context.Context, r *http.Request, x *exchange, ag *ag
 			// A timer, not another context: one context less per request.
 			l.timer = time.AfterFunc(rt, func() { l.cancel(ag.timeoutErr) })
 		}
-		resp, err := g.client.do(ctx, ag.addr, g.upstreamRequest(r, ag, jsonBody), body)
+		resp, err := g.client.do(ctx, ag.ep, g.upstreamRequest(r, ag, jsonBody), body)
 		if err == nil {
 			return resp, nil
 		}
@@ -285,7 +285,7 @@ func (g *Gateway) upstreamRequest(r *http.Request, ag *agentRT, jsonBody bool) *
 		// so, which is what `curl -d` sends.
 		h["Content-Type"] = jsonContentType
 	}
-	return &outRequest{method: r.Method, uri: uri, host: ag.addr, header: h, orig: r}
+	return &outRequest{method: r.Method, uri: uri, host: ag.ep.Host(), header: h, orig: r}
 }
 
 func isDialError(err error) bool {
