@@ -53,37 +53,35 @@ func ValidRepoID(repo string) error {
 	return nil
 }
 
-// HubCache is the hub/ directory of a Hugging Face home: what
-// huggingface_hub (and so vLLM) reads with HF_HOME set.
-func HubCache(hfHome string) string { return filepath.Join(hfHome, "hub") }
-
-// RepoFolder is the cache folder of a model repository,
-// HF_HOME/hub/models--ORG--NAME.
-func RepoFolder(hfHome, repo string) string {
-	return filepath.Join(HubCache(hfHome), "models--"+strings.ReplaceAll(repo, "/", "--"))
+// RepoFolder is the cache folder of a model repository in a hub cache
+// (see Env.HubCache): HUB/models--ORG--NAME.
+func RepoFolder(hubCache, repo string) string {
+	return filepath.Join(hubCache, repoFolderName(repo))
 }
+
+func repoFolderName(repo string) string { return "models--" + strings.ReplaceAll(repo, "/", "--") }
 
 // lockDir holds huggingface_hub's per-blob lock files for repo; vagent
 // takes the same flock(2) locks, so a pull and a Python download of the
 // same blob never write it at once.
-func lockDir(hfHome, repo string) string {
-	return filepath.Join(HubCache(hfHome), ".locks", "models--"+strings.ReplaceAll(repo, "/", "--"))
+func lockDir(hubCache, repo string) string {
+	return filepath.Join(hubCache, ".locks", repoFolderName(repo))
 }
 
 // ResolveCommit reads the commit a revision points at in the cache: the
 // revision itself when it is a full commit hash, else refs/REVISION.
-func ResolveCommit(hfHome, repo, revision string) (string, error) {
+func ResolveCommit(hubCache, repo, revision string) (string, error) {
 	if revision == "" {
 		revision = DefaultRevision
 	}
 	if commitRE.MatchString(revision) {
 		return revision, nil
 	}
-	data, err := os.ReadFile(filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+	data, err := os.ReadFile(filepath.Join(RepoFolder(hubCache, repo), "refs", revision))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("%s@%s: %w (no %s)", repo, revision, ErrNotPulled,
-				filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+				filepath.Join(RepoFolder(hubCache, repo), "refs", revision))
 		}
 		return "", fmt.Errorf("%s@%s: %w", repo, revision, err)
 	}
@@ -95,12 +93,12 @@ func ResolveCommit(hfHome, repo, revision string) (string, error) {
 }
 
 // SnapshotDir returns the local directory a model loads from: for a Hub
-// repository the snapshot of revision ("" is main) in HF_HOME's cache, as
+// repository the snapshot of revision ("" is main) in the hub cache, as
 // vLLM resolves it with HF_HUB_OFFLINE=1; for a local model (see IsLocal)
 // the directory itself. The error wraps ErrNotPulled when the model is not
 // there; SnapshotDir does not check that every file is (vagentctl pull
 // writes the refs file only after all of them).
-func SnapshotDir(hfHome, repo, revision string) (string, error) {
+func SnapshotDir(hubCache, repo, revision string) (string, error) {
 	if IsLocal(repo) {
 		st, err := os.Stat(repo)
 		if err != nil {
@@ -117,11 +115,11 @@ func SnapshotDir(hfHome, repo, revision string) (string, error) {
 	if err := ValidRepoID(repo); err != nil {
 		return "", err
 	}
-	commit, err := ResolveCommit(hfHome, repo, revision)
+	commit, err := ResolveCommit(hubCache, repo, revision)
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(RepoFolder(hfHome, repo), "snapshots", commit)
+	dir := filepath.Join(RepoFolder(hubCache, repo), "snapshots", commit)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return "", fmt.Errorf("%s@%s: %w (no snapshot %s)", repo, revisionOr(revision), ErrNotPulled, dir)
 	}

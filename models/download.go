@@ -173,7 +173,7 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 	f := st.file
 	blob := filepath.Join(job.folder, "blobs", f.BlobID)
 	partial := blob + incompleteSuffix
-	unlock, err := lockBlob(ctx, lockDir(p.opts.HFHome, job.repo), f.BlobID)
+	unlock, err := lockBlob(ctx, lockDir(p.opts.HubCache, job.repo), f.BlobID)
 	if err != nil {
 		return false, fmt.Errorf("pull %s: %s: lock: %w", job.repo, f.Path, err)
 	}
