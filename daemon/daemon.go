@@ -211,7 +211,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	defer ctlLn.Close()
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	api := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	api := gw.Server(errLog)
+	apiLn = gw.Listener(apiLn)
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:
