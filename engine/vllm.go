@@ -34,7 +34,8 @@ func (VLLM) Endpoint(a *config.Agent) Endpoint { return TCP(vllmHost, a.Port) }
 // versions; help flags make it print and exit 0, which looks like a clean stop.
 var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
 
-// Binary is the engine's executable: the venv's vllm, or the simulator.
+// Binary is the engine's executable, the venv's vllm or the simulator, and
+// the field that configures it.
 func (v VLLM) Binary(c *config.Config) (bin, field string) {
 	if v.Sim {
 		return c.Engine.SimBinary, "engine.sim_binary"
