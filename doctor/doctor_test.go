@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/models"
@@ -599,4 +601,33 @@ func TestEngineImportIsBounded(t *testing.T) {
 	}
 	r := New(h.cfg, env).Run(context.Background())
 	expect(t, r, check{"engine", Pass, "vLLM 0.18.0", ""})
+}
+
+// TestPortHeldByAnotherEngineFails holds an agent's port with a real
+// listener that set SO_REUSEPORT, as vLLM does: a second vLLM would start
+// on it without error, so doctor must see it as taken.
+func TestPortHeldByAnotherEngineFails(t *testing.T) {
+	h := newHost(t, config.EngineSim, config.GPUBackendSim, nil)
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	h.cfg.Agent("dev").Port = port
+	env := h.env()
+	env.Listen = net.Listen
+	r := New(h.cfg, env).Run(context.Background())
+	res := find(r, "port dev")
+	want := fmt.Sprintf("127.0.0.1:%d is in use by another program (vagent@dev.service is inactive)", port)
+	if res == nil || res.Status != Fail || res.Finding != want {
+		t.Errorf("port dev: %+v, want Fail %q", res, want)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -33,7 +34,8 @@ func (VLLM) Endpoint(a *config.Agent) Endpoint { return TCP(vllmHost, a.Port) }
 // versions; help flags make it print and exit 0, which looks like a clean stop.
 var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
 
-// Binary is the engine's executable: the venv's vllm, or the simulator.
+// Binary is the engine's executable, the venv's vllm or the simulator, and
+// the field that configures it.
 func (v VLLM) Binary(c *config.Config) (bin, field string) {
 	if v.Sim {
 		return c.Engine.SimBinary, "engine.sim_binary"
@@ -289,20 +291,30 @@ func (VLLM) ControlRoute(path string) bool { return vllmControlRoutes[path] }
 // outside /v1/.
 func (VLLM) ModelRoute(path string) bool { return vllmModelRoutes[path] }
 
-// vllmMarkers are the words of the exceptions vLLM raises only to say that
-// the cause was logged above them.
-var vllmMarkers = []string{
-	"See root cause above",
-	"Engine core initialization failed",
-	"See stack trace for the root cause",
-	"see stack trace for root cause",
-	"Engine process failed to start",
-	"initialization failed due to an exception in a background process",
+// vllmLog is vLLM's log format.
+var vllmLog = LogFormat{
+	// "(EngineCore_DP0 pid=123) ", "(APIServer pid=1) ",
+	// "(VllmWorker rank=0 pid=9) ".
+	ProcessPrefix: regexp.MustCompile(`^\([^()]*\bpid=\d+\) ?`),
+	// "ERROR 11-29 15:51:30 [core.py:700] ", with optional milliseconds
+	// and a path in the brackets in later versions.
+	LevelPrefix: regexp.MustCompile(`^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? \[[^\]]*\] ?`),
+	// argparse's complaint before exit status 2:
+	// "vllm: error: unrecognized arguments: --foo".
+	UsageError: regexp.MustCompile(`^[\w.\- ]+: error: \S`),
+	Generic: []string{
+		"See root cause above",
+		"Engine core initialization failed",
+		"See stack trace for the root cause",
+		"see stack trace for root cause",
+		"Engine process failed to start",
+		"initialization failed due to an exception in a background process",
+	},
 }
 
-// LogMarkers are vLLM's summaries of a failed start ("RuntimeError: Engine
-// core initialization failed. See root cause above.").
-func (VLLM) LogMarkers() []string { return vllmMarkers }
+// Log is vLLM's log format: a failed start ends with "RuntimeError: Engine
+// core initialization failed. See root cause above."
+func (VLLM) Log() LogFormat { return vllmLog }
 
 // Client talks to vLLM's HTTP API at ep.
 func (VLLM) Client(ep Endpoint, key string) Client { return newVLLMClient(ep, key) }

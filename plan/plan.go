@@ -46,6 +46,7 @@ import (
 	"strings"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 const (
@@ -68,9 +69,6 @@ const (
 	NCCLBytes = 256 * mib
 	// DefaultMaxNumSeqs is vLLM's max_num_seqs when an agent sets none.
 	DefaultMaxNumSeqs = 256
-	// graphsInBudgetMinor is the first vLLM 0.x release that profiles CUDA
-	// graphs inside the budget.
-	graphsInBudgetMinor = 21
 )
 
 // ActivationBytes is the activation reserve for weightsPerGPU bytes of
@@ -93,21 +91,6 @@ func GraphsBytes(maxNumSeqs int) uint64 {
 	}
 	maxNumSeqs = min(maxNumSeqs, 512)
 	return 256*mib + gib*uint64(maxNumSeqs)/512
-}
-
-// GraphsInBudget reports whether vLLM version v counts CUDA graphs inside
-// its gpu_memory_utilization budget (0.21 and later).
-func GraphsInBudget(v string) bool {
-	parts := strings.SplitN(v, ".", 3)
-	if len(parts) < 2 {
-		return true
-	}
-	major, err1 := strconv.Atoi(parts[0])
-	minor, err2 := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
-	if err1 != nil || err2 != nil {
-		return true
-	}
-	return major > 0 || minor >= graphsInBudgetMinor
 }
 
 // KVDtypeBytes is the bytes of one KV cache element for agent a.
@@ -258,7 +241,7 @@ func Make(ctx context.Context, cfg *config.Config, totals map[int]uint64, totalS
 func Build(cfg *config.Config, totals map[int]uint64, totalSource string, facts map[string]*Facts) *Plan {
 	p := &Plan{
 		VLLMVersion:    cfg.Engine.VLLMVersion,
-		GraphsInBudget: GraphsInBudget(cfg.Engine.VLLMVersion),
+		GraphsInBudget: engine.GraphsInBudget(cfg.Engine.VLLMVersion),
 		TotalSource:    totalSource,
 		ReserveBytes:   cfg.GPU.ReserveMiB * mib,
 	}

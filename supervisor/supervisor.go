@@ -160,6 +160,38 @@ func (e *StartError) Error() string {
 	return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.Reason)
 }
 
+// PortError is an agent whose engine's endpoint something already holds.
+// vLLM binds with SO_REUSEPORT, so its engine would start there without an
+// error, and the kernel would split the connections between the two.
+type PortError struct {
+	Agent    string
+	Endpoint string // 127.0.0.1:8001
+	File     string // the agent's file, where its port is set
+	Err      error
+}
+
+func (e *PortError) Error() string {
+	return fmt.Sprintf("agent %s: %s is already in use by another program; an engine started there would share it without an error: stop that program, or change port in %s (ss -ltnp shows who listens)",
+		e.Agent, e.Endpoint, e.File)
+}
+
+func (e *PortError) Unwrap() error { return e.Err }
+
+// checkFree refuses to start a's engine where something already listens.
+func (s *Supervisor) checkFree(a *config.Agent) error {
+	ep := s.eng.Endpoint(a)
+	err := ep.CheckFree()
+	if errors.Is(err, engine.ErrInUse) {
+		return &PortError{Agent: a.Name, Endpoint: ep.String(), File: a.File, Err: err}
+	}
+	if err != nil {
+		// Not a listener in the way (a privilege, an address): the engine
+		// meets the same and its own error says more.
+		s.o.Log.Warn("cannot check the engine's port", "agent", a.Name, "err", err)
+	}
+	return nil
+}
+
 // FitError is an agent that cannot fit its GPU even after every allowed eviction.
 type FitError struct {
 	Agent string
@@ -343,6 +375,14 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		// Started by someone else (by hand, or systemd's own restart):
 		// wait for it rather than starting it twice.
 		return res, s.waitReady(ctx, a, time.Now())
+	}
+	if st.ActiveState != "deactivating" {
+		// Checked before anything is evicted for the start. (A unit still
+		// stopping may hold its own port: systemd queues the start after
+		// the stop.)
+		if err := s.checkFree(a); err != nil {
+			return res, err
+		}
 	}
 
 	victims, err := s.plan(ctx, a, evict, 0)
