@@ -141,11 +141,17 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 		return nil, nil, false, apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
 	}
 	x.ag = ag
-	prompt := ""
-	if r.URL.Path == "/v1/chat/completions" {
+	prompt, maxTokens := "", 0
+	chat := r.URL.Path == "/v1/chat/completions"
+	if chat {
 		prompt = ag.cfg.SystemPrompt
 	}
-	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt)
+	if (chat || r.URL.Path == "/v1/completions") && ag.cfg.Sampling.MaxTokens != nil {
+		// A default, never a cap: vLLM would take the smaller of a
+		// server-side max_new_tokens and the client's value.
+		maxTokens = *ag.cfg.Sampling.MaxTokens
+	}
+	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt, maxTokens, chat)
 	if rerr != nil {
 		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "bad request body: %v", rerr)
 	}
