@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -195,35 +196,103 @@ func (g *Gateway) readBody(r *http.Request) ([]byte, *APIError) {
 }
 
 // proxy waits for ag to take the request, sends it, and relays the answer.
+// A non-streamed answer the engine aborted (finish_reason "abort": it was
+// put to sleep or stopped under the request) was not sent to the client
+// yet: the request is sent once more, after waiting for the agent as a new
+// request would (a sleeping agent is woken first). A stream is relayed as it
+// comes, so an abort in it ends it with an error event instead (copyStream).
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, body []byte, jsonBody bool) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	l := &lease{cancel: cancel}
 	defer l.stopTimer()
-	resp, err := g.send(ctx, r, x, ag, l, body, jsonBody)
-	if err != nil {
-		if r.Context().Err() != nil {
-			x.status, x.errMsg = 499, "the client went away"
+	defer g.release(l)
+	for attempt := 0; ; attempt++ {
+		resp, err := g.send(ctx, r, x, ag, l, body, jsonBody)
+		if err != nil {
+			if r.Context().Err() != nil {
+				x.status, x.errMsg = 499, "the client went away"
+				return
+			}
+			x.fail(w, err)
 			return
 		}
-		x.fail(w, err)
+		if resp.StatusCode == http.StatusUnauthorized {
+			// The engine refused vagentd's own key: not the client's fault.
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			x.fail(w, apiErr(http.StatusBadGateway, typeBadGateway,
+				"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
+			return
+		}
+		if isEventStream(resp.Header.Get("Content-Type")) {
+			x.stream = true
+			g.copyStream(w, r, x, ag, ctx, resp)
+			resp.Body.Close()
+			return
+		}
+		if resp.ContentLength < 0 || resp.ContentLength > maxParsedBody {
+			g.copyThrough(w, r, x, ag, ctx, resp)
+			resp.Body.Close()
+			return
+		}
+		buf := make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, buf)
+		resp.Body.Close()
+		if err != nil {
+			g.upstreamFailed(w, r, x, ag, ctx, err)
+			return
+		}
+		if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" && aborted(buf) {
+			g.release(l)
+			if ctx.Err() != nil {
+				// The client left, or the gateway cut the request.
+				g.upstreamFailed(w, r, x, ag, ctx, context.Cause(ctx))
+				return
+			}
+			if attempt == 0 {
+				g.log.Info("the engine aborted the request (put to sleep or stopped): sending it again", "agent", ag.name)
+				continue
+			}
+			x.fail(w, errAborted(ag))
+			return
+		}
+		g.writeBody(w, x, ag, resp, buf)
 		return
 	}
-	defer g.release(l)
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		// The engine refused vagentd's own key: not the client's fault.
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		x.fail(w, apiErr(http.StatusBadGateway, typeBadGateway,
-			"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
-		return
+}
+
+// errAborted is what a client gets for an answer its engine aborted
+// (finish_reason "abort"), rather than the short answer.
+func errAborted(ag *agentRT) *APIError {
+	return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryDrained,
+		Message: "agent " + ag.name + "'s engine aborted this request before it finished (finish_reason \"abort\": the engine was put to sleep or stopped); send it again"}
+}
+
+var abortValue = []byte(`"abort"`)
+
+// aborted reports whether a completion (a whole JSON answer or one stream
+// chunk) has a choice with finish_reason "abort": vLLM's answer for a
+// request its engine dropped when it was put to sleep or stopped. The
+// bytes are searched first; only a match is decoded.
+func aborted(b []byte) bool {
+	if !bytes.Contains(b, abortValue) {
+		return false
 	}
-	if isEventStream(resp.Header.Get("Content-Type")) {
-		x.stream = true
-		g.copyStream(w, r, x, ag, ctx, resp)
-		return
+	var v struct {
+		Choices []struct {
+			FinishReason *string `json:"finish_reason"`
+		} `json:"choices"`
 	}
-	g.copyBody(w, r, x, ag, ctx, resp)
+	if json.Unmarshal(b, &v) != nil {
+		return false
+	}
+	for _, c := range v.Choices {
+		if c.FinishReason != nil && *c.FinishReason == "abort" {
+			return true
+		}
+	}
+	return false
 }
 
 // send waits until ag takes the request and sends it. A refused
@@ -325,36 +394,32 @@ func copyHeaders(dst, src http.Header) {
 	}
 }
 
-// copyBody relays a plain (non-SSE) response: read whole when small enough
-// so that a failure before its end is still a clean 502 and its usage can be
-// counted, else copied through (a failure then aborts the connection, so the
-// client sees an error rather than a short body).
-func (g *Gateway) copyBody(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
-	if resp.ContentLength >= 0 && resp.ContentLength <= maxParsedBody {
-		buf := make([]byte, resp.ContentLength)
-		if _, err := io.ReadFull(resp.Body, buf); err != nil {
-			g.upstreamFailed(w, r, x, ag, uctx, err)
-			return
-		}
-		copyHeaders(w.Header(), resp.Header)
-		w.Header().Set("X-Vagent-Agent", ag.name)
-		w.WriteHeader(resp.StatusCode)
-		x.status = resp.StatusCode
-		if resp.StatusCode >= 400 {
-			x.errMsg = "the engine answered " + http.StatusText(resp.StatusCode)
-		}
-		if _, err := w.Write(buf); err != nil {
-			x.status, x.errMsg = 499, "the client went away"
-			return
-		}
-		if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" {
-			if u, ok := findUsage(buf); ok {
-				ag.m.prompt.Add(float64(u.PromptTokens))
-				ag.m.completion.Add(float64(u.CompletionTokens))
-			}
-		}
+// writeBody sends a plain (non-SSE) response read whole, so that a failure
+// before its end was still a clean 502, and counts its usage.
+func (g *Gateway) writeBody(w http.ResponseWriter, x *exchange, ag *agentRT, resp *http.Response, buf []byte) {
+	copyHeaders(w.Header(), resp.Header)
+	w.Header().Set("X-Vagent-Agent", ag.name)
+	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
+	if resp.StatusCode >= 400 {
+		x.errMsg = "the engine answered " + http.StatusText(resp.StatusCode)
+	}
+	if _, err := w.Write(buf); err != nil {
+		x.status, x.errMsg = 499, "the client went away"
 		return
 	}
+	if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" {
+		if u, ok := findUsage(buf); ok {
+			ag.m.prompt.Add(float64(u.PromptTokens))
+			ag.m.completion.Add(float64(u.CompletionTokens))
+		}
+	}
+}
+
+// copyThrough relays a plain response too large (or of unknown length) to
+// read whole: a failure before its end aborts the connection, so the client
+// sees an error rather than a short body.
+func (g *Gateway) copyThrough(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
 	copyHeaders(w.Header(), resp.Header)
 	w.Header().Set("X-Vagent-Agent", ag.name)
 	w.WriteHeader(resp.StatusCode)
@@ -385,6 +450,9 @@ func (g *Gateway) copyBody(w http.ResponseWriter, r *http.Request, x *exchange, 
 		}
 	}
 }
+
+// errStreamAborted marks a stream that carried finish_reason "abort".
+var errStreamAborted = errors.New(`the engine aborted the stream (finish_reason "abort")`)
 
 var (
 	dataPrefix = []byte("data:")
@@ -437,6 +505,11 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 				}
 				if bytes.Equal(payload, doneMarker) {
 					sawDone = true
+				} else if err == nil && aborted(payload) {
+					// The engine dropped the request (put to sleep or
+					// stopped): never relay that as a finished answer.
+					rerr = errStreamAborted
+					break
 				} else if err == nil && bytes.Contains(payload, usageKey) {
 					if u, ok := findUsage(payload); ok {
 						usage, haveUsage = u, true
@@ -480,10 +553,16 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 		x.status, x.errMsg = 499, "the client went away"
 		return
 	}
-	if rerr == io.EOF {
+	var ae *APIError
+	switch {
+	case rerr == errStreamAborted && context.Cause(uctx) == nil:
+		ae = errAborted(ag)
+	case rerr == io.EOF:
 		rerr = errors.New("the stream ended without data: [DONE]")
+		fallthrough
+	default:
+		ae = upstreamError(ag, uctx, "the engine's stream broke off", rerr)
 	}
-	ae := upstreamError(ag, uctx, "the engine's stream broke off", rerr)
 	x.status, x.errMsg = ae.Status, ae.Message
 	var b bytes.Buffer
 	if !lineStart {
