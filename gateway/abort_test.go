@@ -115,3 +115,42 @@ func TestAbortInTextIsNotAnAbort(t *testing.T) {
 		t.Error("an abort not seen")
 	}
 }
+
+// TestAbortBySleepBehindTheGatewayWaitsForTheWake: an engine put to sleep
+// behind the gateway's back aborts its request; the gateway learns that it
+// sleeps before sending the request again, so the request waits for a wake
+// (a Switch) and is served, instead of going to the sleeping engine.
+func TestAbortBySleepBehindTheGatewayWaitsForTheWake(t *testing.T) {
+	e := newEnv(t, envOpts{modify: sleepMode})
+	if st, b := e.chat("a"); st != 200 {
+		t.Fatalf("chat: %d %s", st, b)
+	}
+	var n atomic.Int32
+	e.engines["a"].setHandler(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if n.Add(1) == 1 {
+			// Someone put the engine to sleep under this request.
+			e.sw.mu.Lock()
+			e.sw.running["a"] = false
+			e.sw.asleep["a"] = true
+			e.sw.mu.Unlock()
+			io.WriteString(w, abortedAnswer)
+			return
+		}
+		e.sw.mu.Lock()
+		asleep := e.sw.asleep["a"]
+		e.sw.mu.Unlock()
+		if asleep {
+			t.Error("a request reached the sleeping engine")
+		}
+		vllmLike(w, r, map[string]any{"model": "a"})
+	})
+	switches := e.sw.count("switch a")
+	st, b := e.chat("a")
+	if st != 200 || !strings.Contains(string(b), `"finish_reason":"stop"`) {
+		t.Fatalf("chat: %d %s; want the whole answer after the wake", st, b)
+	}
+	if e.sw.count("switch a") != switches+1 {
+		t.Errorf("switches %v: want one more switch to a (its wake)", e.sw.callList())
+	}
+}

@@ -93,6 +93,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -153,6 +154,7 @@ type Gateway struct {
 
 	base       context.Context // ends when Run ends: starts in progress are abandoned
 	baseCancel context.CancelFunc
+	resyncing  atomic.Bool // a sync after an aborted stream is running
 
 	mu      sync.Mutex
 	queued  int // waiters over all agents

@@ -252,6 +252,10 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag 
 			}
 			if attempt == 0 {
 				g.log.Info("the engine aborted the request (put to sleep or stopped): sending it again", "agent", ag.name)
+				// Its engine may sleep or be gone behind the gateway's back:
+				// learn that first, so the request waits for a wake or a
+				// start instead of going to a sleeping engine.
+				g.sync(ctx)
 				continue
 			}
 			x.fail(w, errAborted(ag))
@@ -260,6 +264,20 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag 
 		g.writeBody(w, x, ag, resp, buf)
 		return
 	}
+}
+
+// resyncSoon rebuilds the agents' states in the background, at most once
+// at a time: an engine that aborts requests may have been put to sleep or
+// stopped behind the gateway's back, and no request may go to it until the
+// gateway knows.
+func (g *Gateway) resyncSoon() {
+	if !g.resyncing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer g.resyncing.Store(false)
+		g.sync(g.base)
+	}()
 }
 
 // errAborted is what a client gets for an answer its engine aborted
@@ -557,6 +575,7 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 	switch {
 	case rerr == errStreamAborted && context.Cause(uctx) == nil:
 		ae = errAborted(ag)
+		g.resyncSoon()
 	case rerr == io.EOF:
 		rerr = errors.New("the stream ended without data: [DONE]")
 		fallthrough

@@ -289,3 +289,28 @@ func TestParseMemAvailable(t *testing.T) {
 		t.Error("no MemAvailable line: no error")
 	}
 }
+
+// TestSleepSwitchDrainsBeforeTheSleep: the gateway's drain hook runs for an
+// agent a switch puts to sleep, and before its engine is told to sleep (a
+// 0.18 engine would abort what still runs; a 0.12 one would run it on freed
+// memory).
+func TestSleepSwitchDrainsBeforeTheSleep(t *testing.T) {
+	cfg := testConfig(t, sleepAgent("po", 0.92, 10), sleepAgent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSleepSup(cfg, h, Options{BeforeEvict: func(_ context.Context, agent string) error {
+		h.mu.Lock()
+		h.log = append(h.log, "drain "+agent)
+		h.mu.Unlock()
+		return nil
+	}})
+	ctx := context.Background()
+	for _, n := range []string{"po", "dev", "po"} {
+		if _, err := s.Switch(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"drain po", "sleep vagent@po.service 1", "drain dev", "sleep vagent@dev.service 1"}
+	if got := h.calls("drain ", "sleep "); !slices.Equal(got, want) {
+		t.Errorf("calls %v; want %v", got, want)
+	}
+}
