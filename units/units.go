@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
 // TemplateName is the template unit every agent is an instance of.
