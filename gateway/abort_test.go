@@ -154,3 +154,44 @@ func TestAbortBySleepBehindTheGatewayWaitsForTheWake(t *testing.T) {
 		t.Errorf("switches %v: want one more switch to a (its wake)", e.sw.callList())
 	}
 }
+
+// TestAbortedStreamThenRequestWaitsForTheWake: once a stream's client has
+// heard of the abort, the gateway knows the engine sleeps: the client's
+// next request waits for a wake instead of going to the sleeping engine.
+func TestAbortedStreamThenRequestWaitsForTheWake(t *testing.T) {
+	e := newEnv(t, envOpts{modify: sleepMode})
+	if st, b := e.chat("a"); st != 200 {
+		t.Fatalf("chat: %d %s", st, b)
+	}
+	var n atomic.Int32
+	e.engines["a"].setHandler(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			e.sw.mu.Lock()
+			e.sw.running["a"] = false
+			e.sw.asleep["a"] = true
+			e.sw.mu.Unlock()
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Par\"}}]}\n\n")
+			io.WriteString(w, "data: "+abortChunk+"\n\ndata: [DONE]\n\n")
+			return
+		}
+		e.sw.mu.Lock()
+		asleep := e.sw.asleep["a"]
+		e.sw.mu.Unlock()
+		if asleep {
+			t.Error("a request reached the sleeping engine")
+		}
+		vllmLike(w, r, map[string]any{"model": "a"})
+	})
+	switches := e.sw.count("switch a")
+	st, evs, err := e.streamEvents(context.Background(), "a")
+	if err != nil || st != 200 || len(evs) != 3 {
+		t.Fatalf("stream: %d %q %v", st, evs, err)
+	}
+	if st, b := e.chat("a"); st != 200 {
+		t.Fatalf("chat after the abort: %d %s", st, b)
+	}
+	if e.sw.count("switch a") != switches+1 {
+		t.Errorf("switches %v: want one more switch to a (its wake)", e.sw.callList())
+	}
+}

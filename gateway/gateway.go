@@ -93,7 +93,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -154,7 +153,8 @@ type Gateway struct {
 
 	base       context.Context // ends when Run ends: starts in progress are abandoned
 	baseCancel context.CancelFunc
-	resyncing  atomic.Bool // a sync after an aborted stream is running
+	resyncMu   sync.Mutex
+	resyncing  chan struct{} // closed when the running resync ends; nil when none runs
 
 	mu      sync.Mutex
 	queued  int // waiters over all agents

@@ -255,7 +255,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag 
 				// Its engine may sleep or be gone behind the gateway's back:
 				// learn that first, so the request waits for a wake or a
 				// start instead of going to a sleeping engine.
-				g.sync(ctx)
+				g.resync(ctx)
 				continue
 			}
 			x.fail(w, errAborted(ag))
@@ -266,18 +266,30 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag 
 	}
 }
 
-// resyncSoon rebuilds the agents' states in the background, at most once
-// at a time: an engine that aborts requests may have been put to sleep or
-// stopped behind the gateway's back, and no request may go to it until the
-// gateway knows.
-func (g *Gateway) resyncSoon() {
-	if !g.resyncing.CompareAndSwap(false, true) {
-		return
+// resync rebuilds the agents' states from the supervisor and waits for
+// that (or ctx): an engine that aborts requests may have been put to sleep
+// or stopped behind the gateway's back, and no request may go to it until
+// the gateway knows. Callers at the same moment (every stream the sleep
+// aborted) share one rebuild.
+func (g *Gateway) resync(ctx context.Context) {
+	g.resyncMu.Lock()
+	ch := g.resyncing
+	if ch == nil {
+		ch = make(chan struct{})
+		g.resyncing = ch
+		go func() {
+			g.sync(g.base)
+			g.resyncMu.Lock()
+			g.resyncing = nil
+			g.resyncMu.Unlock()
+			close(ch)
+		}()
 	}
-	go func() {
-		defer g.resyncing.Store(false)
-		g.sync(g.base)
-	}()
+	g.resyncMu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // errAborted is what a client gets for an answer its engine aborted
@@ -575,7 +587,8 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 	switch {
 	case rerr == errStreamAborted && context.Cause(uctx) == nil:
 		ae = errAborted(ag)
-		g.resyncSoon()
+		// Before the client hears of it (and sends the request again).
+		g.resync(r.Context())
 	case rerr == io.EOF:
 		rerr = errors.New("the stream ended without data: [DONE]")
 		fallthrough
