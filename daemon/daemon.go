@@ -181,8 +181,9 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		BeforeEvict: func(ctx context.Context, agent string) error {
 			return gw.BeforeEvict(ctx, agent)
 		},
-		EngineKey:   engineKey,
-		HostWeights: plan.HostWeights(cfg),
+		EngineKey:     engineKey,
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
