@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -97,20 +96,12 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	return ExitOK
 }
 
-// NewLogger returns vagentd's logger: logfmt text on w. Under journald
-// (JOURNAL_STREAM set) the time is left out, since the journal stamps each
-// line itself.
+// NewLogger returns vagentd's logger: logfmt text on w. When w is stderr
+// and stderr is the journal's stream, records go to journald with their
+// level as priority and their attributes as fields (journal.LogHandler),
+// and without a time of their own, since the journal stamps each one.
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(journal.NewLogHandler(w, journal.DetectLogMode(w), level, "vagentd", nil))
 }
 
 // Options are Run's collaborators; the zero value uses the real ones.
