@@ -178,6 +178,21 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"env: VLLM_SERVER_DEV_MODE is set by vagent itself"},
 		},
 		{
+			name:   "revision climbing out of the Hub cache",
+			agents: map[string]string{"po": goodAgent + "revision = \"../../../../x\"\n"},
+			want:   []string{"agents/po.toml:3:", `agent "po"`, `revision: "../../../../x" must not contain ".."`},
+		},
+		{
+			name:   "absolute revision",
+			agents: map[string]string{"po": goodAgent + "revision = \"/etc/passwd\"\n"},
+			want:   []string{"agents/po.toml:3:", "revision: \"/etc/passwd\" must not start or end with '/'"},
+		},
+		{
+			name:   "overlong revision",
+			agents: map[string]string{"po": goodAgent + "revision = \"" + strings.Repeat("a", 300) + "\"\n"},
+			want:   []string{"agents/po.toml:3:", "revision: is 300 bytes long"},
+		},
+		{
 			name:   "sleep mode is a key, not an extra arg",
 			agents: map[string]string{"po": goodAgent + "extra_args = [\"--enable-sleep-mode\"]\n"},
 			want:   []string{"extra_args: entry 1 \"--enable-sleep-mode\" repeats a flag vagent sets"},
