@@ -193,6 +193,14 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"agents/po.toml:3:", "revision: is 300 bytes long"},
 		},
 		{
+			name: "gateway bounds",
+			main: "[gateway]\nmax_body_mib = 0\nbody_timeout = \"0s\"\nmax_connections = 0\nmax_requests_per_key = -1\n",
+			want: []string{"vagent.toml:2:", "gateway.max_body_mib: must be between 1 and 4096, not 0",
+				"vagent.toml:3:", "gateway.body_timeout: must be positive",
+				"vagent.toml:4:", "gateway.max_connections: must be at least 1",
+				"vagent.toml:5:", "gateway.max_requests_per_key: must be at least 1"},
+		},
+		{
 			name:   "sleep mode is a key, not an extra arg",
 			agents: map[string]string{"po": goodAgent + "extra_args = [\"--enable-sleep-mode\"]\n"},
 			want:   []string{"extra_args: entry 1 \"--enable-sleep-mode\" repeats a flag vagent sets"},

@@ -146,9 +146,20 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Gateway.QueueLength < 1 {
 		f.fail("gateway.queue_length", "must be at least 1")
 	}
+	if c.Gateway.MaxBodyMiB < 1 || c.Gateway.MaxBodyMiB > 4096 {
+		f.fail("gateway.max_body_mib", "must be between 1 and 4096, not %d", c.Gateway.MaxBodyMiB)
+	}
+	if c.Gateway.MaxConnections < 1 {
+		f.fail("gateway.max_connections", "must be at least 1")
+	}
+	if c.Gateway.MaxRequestsPerKey < 1 {
+		f.fail("gateway.max_requests_per_key", "must be at least 1")
+	}
 	for key, d := range map[string]Duration{
 		"gateway.max_wait": c.Gateway.MaxWait, "gateway.drain_timeout": c.Gateway.DrainTimeout,
 		"gateway.request_timeout": c.Gateway.RequestTimeout,
+		"gateway.header_timeout":  c.Gateway.HeaderTimeout, "gateway.body_timeout": c.Gateway.BodyTimeout,
+		"gateway.keepalive_timeout": c.Gateway.KeepaliveTimeout,
 	} {
 		if d.Duration <= 0 {
 			f.fail(key, "must be positive")

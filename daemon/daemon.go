@@ -67,13 +67,15 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vagentd %s\n", Version)
 		return ExitOK
 	}
+	// The flag package prints its own usage after a flag error; these
+	// errors get a hint to it instead.
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vagentd: unexpected arguments %q\n", fs.Args())
+		fmt.Fprintf(stderr, "vagentd: unexpected arguments %q\nhint: vagentd takes options only; vagentd -h lists them\n", fs.Args())
 		return ExitUsage
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "vagentd: --log-level: %v\n", err)
+		fmt.Fprintf(stderr, "vagentd: --log-level: %v\nhint: --log-level is one of debug, info, warn, error\n", err)
 		return ExitUsage
 	}
 	log := NewLogger(stderr, lv)
@@ -211,7 +213,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	defer ctlLn.Close()
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	api := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	api := gw.Server(errLog)
+	apiLn = gw.Listener(apiLn)
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:

@@ -45,6 +45,9 @@ type exchange struct {
 	waited time.Duration
 	ttft   time.Duration
 	errMsg string
+	// slot is the key whose request slot this request holds, when admitted.
+	slot     string
+	admitted bool
 }
 
 func (x *exchange) fail(w http.ResponseWriter, err error) {
@@ -55,6 +58,9 @@ func (x *exchange) fail(w http.ResponseWriter, err error) {
 
 // done writes the request's log line and counts it.
 func (x *exchange) done() {
+	if x.admitted {
+		x.g.keyLimits.release(x.slot)
+	}
 	d := time.Since(x.t0)
 	m := x.g.noAgent
 	agent := ""
@@ -121,7 +127,12 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, nil, false, apiErr(http.StatusMethodNotAllowed, typeInvalidRequest, "%s %s: use POST", r.Method, r.URL.Path)
 	}
-	body, aerr := g.readBody(r)
+	slot, aerr := g.admit(key)
+	if aerr != nil {
+		return nil, nil, false, aerr
+	}
+	x.slot, x.admitted = slot, true
+	body, aerr := g.readBody(w, r)
 	if aerr != nil {
 		return nil, nil, false, aerr
 	}
@@ -130,10 +141,10 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 		return nil, nil, false, aerr
 	}
 	if !req.hasModel {
-		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "the request names no model: set \"model\" to one of: %s", joinStrings(g.names))
+		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "the request names no model: set \"model\" to one of: %s", g.namesFor(key))
 	}
 	x.model = req.model
-	ag, aerr = g.resolve(req.model)
+	ag, aerr = g.resolve(req.model, key)
 	if aerr != nil {
 		return nil, nil, false, aerr
 	}
@@ -161,31 +172,6 @@ func joinStrings(s []string) string {
 		b.WriteString(v)
 	}
 	return b.String()
-}
-
-func (g *Gateway) readBody(r *http.Request) ([]byte, *APIError) {
-	limit := g.o.MaxBodyBytes
-	tooBig := func() *APIError {
-		return apiErr(http.StatusRequestEntityTooLarge, typeInvalidRequest, "request body larger than %d bytes", limit)
-	}
-	if r.ContentLength > limit {
-		return nil, tooBig()
-	}
-	if r.ContentLength >= 0 {
-		buf := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return nil, apiErr(http.StatusBadRequest, typeInvalidRequest, "reading the request body: %v", err)
-		}
-		return buf, nil
-	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		return nil, apiErr(http.StatusBadRequest, typeInvalidRequest, "reading the request body: %v", err)
-	}
-	if int64(len(buf)) > limit {
-		return nil, tooBig()
-	}
-	return buf, nil
 }
 
 // proxy waits for ag to take the request, sends it, and relays the answer.
@@ -235,7 +221,7 @@ func (g *Gateway) send(ctx context.Context, r *http.Request, x *exchange, ag *ag
 			// A timer, not another context: one context less per request.
 			l.timer = time.AfterFunc(rt, func() { l.cancel(ag.timeoutErr) })
 		}
-		resp, err := g.client.do(ctx, ag.addr, g.upstreamRequest(r, ag, jsonBody), body)
+		resp, err := g.client.do(ctx, ag.ep, g.upstreamRequest(r, ag, jsonBody), body)
 		if err == nil {
 			return resp, nil
 		}
@@ -285,7 +271,7 @@ func (g *Gateway) upstreamRequest(r *http.Request, ag *agentRT, jsonBody bool) *
 		// so, which is what `curl -d` sends.
 		h["Content-Type"] = jsonContentType
 	}
-	return &outRequest{method: r.Method, uri: uri, host: ag.addr, header: h, orig: r}
+	return &outRequest{method: r.Method, uri: uri, host: ag.ep.Host(), header: h, orig: r}
 }
 
 func isDialError(err error) bool {

@@ -25,13 +25,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // GPUMemory is one GPU's memory as the driver reports it.
@@ -64,9 +64,6 @@ type Options struct {
 	// aborts the switch before anything is stopped for it.
 	BeforeEvict func(ctx context.Context, agent string) error
 	Log         *slog.Logger
-	// HTTP probes engines' /health; a client with a short timeout is used
-	// when nil.
-	HTTP *http.Client
 	// EngineKey is the engines' API key, sent with the calls that need it
 	// (the warm-up completion after a wake); empty reads it from
 	// cfg.EngineKeyFile() when first needed.
@@ -93,9 +90,11 @@ type HostReporter interface {
 type Supervisor struct {
 	cfg *config.Config
 	o   Options
-	// engine calls the engines' control routes (sleep, wake), bounded by
-	// a context rather than a client timeout.
-	engine *http.Client
+	// eng is the engine the agents run; clients are their engines'
+	// clients by agent name (client).
+	eng       engine.Engine
+	clientsMu sync.Mutex
+	clients   map[string]engine.Client
 
 	keyOnce sync.Once
 	key     string
@@ -106,16 +105,13 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.HTTP == nil {
-		o.HTTP = &http.Client{Timeout: 2 * time.Second}
-	}
 	if o.RootCause == nil {
 		o.RootCause = func(context.Context, string, time.Time) string { return "" }
 	}
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
 	}
-	return &Supervisor{cfg: cfg, o: o, engine: &http.Client{Transport: o.HTTP.Transport}}
+	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -704,16 +700,7 @@ func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started tim
 }
 
 func (s *Supervisor) healthy(ctx context.Context, a *config.Agent) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", a.Port), nil)
-	if err != nil {
-		return false
-	}
-	resp, err := s.o.HTTP.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return s.client(a).Healthy(ctx)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

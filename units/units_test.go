@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
 const gib16 = uint64(16376) << 20 // what a "16 GB" card reports
