@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // DefaultRevision is the revision pulled when an agent names none, as
@@ -155,49 +157,53 @@ func safeRelPath(name string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file and a
-// rename, so that readers see the old content or the new, never a part.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// writeFileAtomic writes data to name in root through a temporary file and
+// a rename, so that readers see the old content or the new, never a part.
+// Every step goes through root: name cannot reach outside it, whatever it
+// holds.
+func writeFileAtomic(root *os.Root, name string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(name)
+	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp := filepath.Join(dir, "."+filepath.Base(name)+".tmp-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	fh, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
 	}
-	_, werr := tmp.Write(data)
-	cerr := tmp.Close()
+	_, werr := fh.Write(data)
+	cerr := fh.Close()
 	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
+		root.Remove(tmp)
 		return err
 	}
-	if err := os.Chmod(tmp.Name(), mode); err != nil {
-		os.Remove(tmp.Name())
+	if err := root.Chmod(tmp, mode); err != nil {
+		root.Remove(tmp)
 		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
 		return err
 	}
 	return nil
 }
 
-// symlinkAtomic makes path a symbolic link to target, replacing whatever
-// link was there in one rename.
-func symlinkAtomic(target, path string) error {
-	if cur, err := os.Readlink(path); err == nil && cur == target {
+// symlinkAtomic makes name in root a symbolic link to target, replacing
+// whatever link was there in one rename.
+func symlinkAtomic(root *os.Root, target, name string) error {
+	if cur, err := root.Readlink(name); err == nil && cur == target {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 		return err
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".link-tmp")
-	os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
+	tmp := filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+".link-tmp")
+	root.Remove(tmp)
+	if err := root.Symlink(target, tmp); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
 		return err
 	}
 	return nil

@@ -226,11 +226,24 @@ func (p *Puller) emit(e Event) {
 type pullJob struct {
 	agent, repo, revision, commit string
 	folder                        string
-	files                         []*fileState
-	totalSize                     int64
-	started                       time.Time
-	baseBytes                     int64           // present before this pull
-	early                         map[string]bool // fetched before the others (the shard index)
+	// root is the hub cache: every write of the pull goes through it, so
+	// that no name (revision, file, blob) can write outside the cache.
+	root      *os.Root
+	files     []*fileState
+	totalSize int64
+	started   time.Time
+	baseBytes int64           // present before this pull
+	early     map[string]bool // fetched before the others (the shard index)
+}
+
+// rel is abs, a path in the job's repository folder, relative to the hub
+// cache (the job's root).
+func (j *pullJob) rel(abs string) string {
+	r, err := filepath.Rel(j.root.Name(), abs)
+	if err != nil {
+		return abs // the root refuses it
+	}
+	return r
 }
 
 func (j *pullJob) present() int64 {
@@ -279,6 +292,13 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 	}
 	files := info.Files
 	job := &pullJob{agent: agent, repo: model, revision: revision, commit: info.Commit, folder: RepoFolder(p.opts.HubCache, model)}
+	if err := os.MkdirAll(p.opts.HubCache, 0o755); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", model, err)
+	}
+	if job.root, err = os.OpenRoot(p.opts.HubCache); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", model, err)
+	}
+	defer job.root.Close()
 	if !p.opts.AllFiles {
 		files = SelectFiles(files)
 		if files, err = p.dropUnindexed(ctx, job, files); err != nil {
@@ -305,7 +325,7 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 	}
 	job.baseBytes = job.present()
 	blobs := filepath.Join(job.folder, "blobs")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
+	if err := job.root.MkdirAll(job.rel(blobs), 0o755); err != nil {
 		return nil, fmt.Errorf("pull %s: %w", model, err)
 	}
 	if free, err := p.opts.FreeSpace(blobs); err != nil {
@@ -488,11 +508,11 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 	for _, st := range job.files {
 		f := st.file
 		link := filepath.Join(snap, filepath.FromSlash(f.Path))
-		if err := symlinkAtomic(blobRel(f.Path, f.BlobID), link); err != nil {
+		if err := symlinkAtomic(job.root, blobRel(f.Path, f.BlobID), job.rel(link)); err != nil {
 			return "", fmt.Errorf("pull %s: snapshot %s: %w", job.repo, f.Path, err)
 		}
 	}
-	if err := os.MkdirAll(snap, 0o755); err != nil {
+	if err := job.root.MkdirAll(job.rel(snap), 0o755); err != nil {
 		return "", fmt.Errorf("pull %s: %w", job.repo, err)
 	}
 	if p.opts.Durable {
@@ -503,7 +523,7 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 		}
 	}
 	if job.revision != job.commit {
-		if err := writeFileAtomic(filepath.Join(job.folder, "refs", filepath.FromSlash(job.revision)), []byte(job.commit), 0o644); err != nil {
+		if err := writeFileAtomic(job.root, job.rel(filepath.Join(job.folder, "refs", filepath.FromSlash(job.revision))), []byte(job.commit), 0o644); err != nil {
 			return "", fmt.Errorf("pull %s: ref %s: %w", job.repo, job.revision, err)
 		}
 	}

@@ -712,3 +712,28 @@ func TestPullOffline(t *testing.T) {
 		t.Errorf("offline pulls made %d requests to the Hub: %+v", n, srv.Requests())
 	}
 }
+
+// TestPullRevisionCannotWriteOutsideTheCache: a revision that climbs out
+// of refs/ (config refuses it; here the pull is called directly, as if that
+// check were bypassed, against a Hub that serves such a ref) writes nothing
+// outside the hub cache: every write goes through an os.Root.
+func TestPullRevisionCannotWriteOutsideTheCache(t *testing.T) {
+	repo := testRepo()
+	evil := "../../../../escaped"
+	repo.Refs = append(repo.Refs, evil)
+	srv := hubtest.New(repo)
+	defer srv.Close()
+	top := t.TempDir()
+	home := filepath.Join(top, "a", "b", "hf")
+	p, _ := newPuller(t, srv, home, nil)
+	_, err := pull(t, p, repo.ID, evil)
+	if err == nil || !strings.Contains(err.Error(), "path escapes from parent") {
+		t.Errorf("pull of revision %q: %v, want the root's refusal", evil, err)
+	}
+	filepath.WalkDir(top, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(path, filepath.Join(home, "hub")+"/") {
+			t.Errorf("wrote %s outside the hub cache", path)
+		}
+		return nil
+	})
+}
