@@ -354,14 +354,6 @@ func (c *Config) Agent(name string) *Agent {
 	return nil
 }
 
-// EngineBinary is the executable every unit's ExecStart runs.
-func (c *Config) EngineBinary() string {
-	if c.Engine.Kind == EngineSim {
-		return c.Engine.SimBinary
-	}
-	return c.Engine.Venv + "/bin/vllm"
-}
-
 // EngineKeyFile is the environment file holding the engines' API key
 // (VLLM_API_KEY), readable only by root and the engine user.
 func (c *Config) EngineKeyFile() string { return c.Paths.StateDir + "/engine-key.env" }

@@ -221,8 +221,8 @@ func (a *Agent) validate(data []byte) Errors {
 	case !hubIDRE.MatchString(a.Model):
 		f.fail("model", "%q is neither a Hugging Face repo id (ORG/NAME) nor an existing directory", a.Model)
 	}
-	if a.Revision == "" || !tokenRE.MatchString(a.Revision) {
-		f.fail("revision", "must be a branch, tag or commit, not %q", a.Revision)
+	if err := CheckRevision(a.Revision); err != nil {
+		f.fail("revision", "%v", err)
 	}
 	for i, n := range a.ServedNames {
 		if !tokenRE.MatchString(n) {
