@@ -177,14 +177,19 @@ func hasSystemMessage(arr []byte) bool {
 			return
 		}
 		el := arr[es:ee]
+		// The last "role" wins, as in every JSON reader (vLLM's too).
+		role := ""
 		topLevel(el, func(key []byte, vs, ve int) {
-			if keyIs(el, key, "role") && el[vs] == '"' {
-				switch unquote(el[vs:ve]) {
-				case "system", "developer":
-					found = true
+			if keyIs(el, key, "role") {
+				role = ""
+				if el[vs] == '"' {
+					role = unquote(el[vs:ve])
 				}
 			}
 		})
+		if role == "system" || role == "developer" {
+			found = true
+		}
 	})
 	return found
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"mime"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,8 @@ import (
 // must not panic; what it accepts as JSON must be a JSON object whose
 // "model" is what it read; and the rewrite for an engine must be JSON
 // again, with the model replaced, the system prompt first when one was
-// missing, and every other member as the client sent it. Multipart forms
+// missing, the default max_tokens when the request sets no length, and
+// every other member as the client sent it. Multipart forms
 // must rewrite to a form naming the served model. Seeds: f.Add below and
 // testdata/fuzz/FuzzParseRequest.
 func FuzzParseRequest(f *testing.F) {
@@ -28,6 +30,8 @@ func FuzzParseRequest(f *testing.F) {
 		{`{"model":7}`, js},
 		{`[1,2]`, js},
 		{`{"model":"dev","messages":{"role":"user"}}`, ""},
+		{`{"model":"dev","max_tokens":null,"max_completion_tokens":5,"messages":[{"role":"system","role":"user"}]}`, js},
+		{`{"model":"dev","max_tokens":12,"prompt":"x"}`, js},
 		{`{"a":{"model":"x"},"b":["model"],"model":"\"\\"}`, "text/plain"},
 		{"", js},
 		{"{", js},
@@ -46,7 +50,7 @@ func FuzzParseRequest(f *testing.F) {
 			}
 			return
 		}
-		const served, prompt = "served/model", "be brief"
+		const served, prompt, maxTokens = "served/model", "be brief", 64
 		if p.boundary != "" {
 			checkMultipart(t, p, body, ct, served)
 			return
@@ -66,7 +70,10 @@ func FuzzParseRequest(f *testing.F) {
 		if err := json.Unmarshal(raw, &model); err != nil || model != p.model {
 			t.Fatalf("read model %q, the body says %s", p.model, raw)
 		}
-		out, err := p.rewrite(body, served, prompt)
+		// Chat or plain completion, from the input, so that both kinds of
+		// length default are fuzzed without a third argument.
+		chat := len(body)%2 == 0
+		out, err := p.rewrite(body, served, prompt, maxTokens, chat)
 		if err != nil {
 			t.Fatalf("rewrite: %v", err)
 		}
@@ -77,11 +84,16 @@ func FuzzParseRequest(f *testing.F) {
 		if m, _ := got["model"]; string(m) != `"`+served+`"` {
 			t.Fatalf("rewritten model %s", m)
 		}
+		setsLength := func(k string) bool { v, ok := doc[k]; return ok && string(v) != "null" }
+		addMax := !setsLength("max_tokens") && !(chat && setsLength("max_completion_tokens"))
+		if m := got["max_tokens"]; addMax && string(m) != strconv.Itoa(maxTokens) {
+			t.Fatalf("a request that sets no length got max_tokens %s, want %d", m, maxTokens)
+		}
 		var msgs []json.RawMessage
 		isArray := json.Unmarshal(doc["messages"], &msgs) == nil && msgs != nil
 		for k, v := range doc {
 			switch {
-			case k == "model":
+			case k == "model", k == "max_tokens" && addMax:
 			case k == "messages" && isArray && !hasSystem(msgs):
 				var gm []json.RawMessage
 				if err := json.Unmarshal(got[k], &gm); err != nil || len(gm) != len(msgs)+1 {
@@ -101,6 +113,9 @@ func FuzzParseRequest(f *testing.F) {
 					t.Fatalf("member %q %s became %s", k, v, got[k])
 				}
 			}
+		}
+		if _, had := doc["max_tokens"]; addMax && !had {
+			delete(got, "max_tokens")
 		}
 		if len(got) != len(doc) {
 			t.Fatalf("%d members became %d", len(doc), len(got))
@@ -138,7 +153,7 @@ func checkMultipart(t *testing.T, p *request, body []byte, ct, served string) {
 	if _, params, err := mime.ParseMediaType(ct); err != nil || params["boundary"] != p.boundary {
 		t.Fatalf("boundary %q from Content-Type %q", p.boundary, ct)
 	}
-	out, err := p.rewrite(body, served, "")
+	out, err := p.rewrite(body, served, "", 64, false)
 	if err != nil {
 		return // a form the parser could skim but not copy: the client gets 400
 	}
