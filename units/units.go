@@ -147,13 +147,32 @@ func (u *unitFile) line(format string, args ...any) {
 	u.b.WriteByte('\n')
 }
 
-func (u *unitFile) tooLong() bool {
+// longLine finds the first directive systemd would refuse to read, and
+// its length: one of its lines reaches maxLine (read_line's limit), or its
+// continuation lines add up to more (conf-parser's). It returns "" when
+// every line can be read.
+func (u *unitFile) longLine() (key string, n int) {
+	sum := 0
 	for _, l := range strings.Split(u.b.String(), "\n") {
-		if len(l) >= maxLine {
-			return true
+		if sum == 0 {
+			key, _, _ = strings.Cut(l, "=")
+		}
+		sum += len(l)
+		if len(l) >= maxLine || sum > maxLine {
+			return key, max(sum, len(l))
+		}
+		if !strings.HasSuffix(l, "\\") {
+			sum = 0
 		}
 	}
-	return false
+	return "", 0
+}
+
+// checkLines records an error for a unit file systemd could not read.
+func (u *unitFile) checkLines(fail func(format string, args ...any)) {
+	if key, n := u.longLine(); key != "" {
+		fail("%s= would be %d bytes, longer than systemd reads (LONG_LINE_MAX, %d)", key, n, maxLine)
+	}
 }
 
 // template renders vagent@.service. It has no ExecStart=: each agent's
@@ -195,8 +214,10 @@ func (r *renderer) template() []byte {
 	// The key travels in a file read by systemd, never on the command line
 	// where ps shows it. Required (no "-"): vagentctl apply creates it, and an
 	// engine started without it would serve without a key.
-	if key := c.EngineKeyFile(); !filepath.IsAbs(key) {
-		r.mainErr("paths.state_dir", "must be an absolute path, not %q", c.Paths.StateDir)
+	// A path systemd finds not normalized or too long would be ignored
+	// with a warning, and the engine would start without its key.
+	if key := c.EngineKeyFile(); config.CheckPath(key) != nil {
+		r.mainErr("paths.state_dir", "the engine key file in it (engine-key.env) %v", config.CheckPath(key))
 	} else if v, err := plainValue(key); err != nil {
 		r.mainErr("paths.state_dir", "%v", err)
 	} else {
@@ -218,6 +239,7 @@ func (r *renderer) template() []byte {
 	u.line("")
 	u.line("[Install]")
 	u.line("WantedBy=multi-user.target")
+	u.checkLines(func(format string, args ...any) { r.mainErr("", "the template: "+format, args...) })
 	return []byte(u.b.String())
 }
 
@@ -261,12 +283,8 @@ func (r *renderer) hardening(u *unitFile) {
 			continue
 		}
 		seen[p.dir] = true
-		if !filepath.IsAbs(p.dir) {
-			r.mainErr(p.field, "must be an absolute path, not %q", p.dir)
-			continue
-		}
-		// Quoted: a path may hold spaces, and ReadWritePaths= splits words.
-		w, err := quoteWord("-"+filepath.Clean(p.dir), false, false)
+		// "-": a directory that does not exist yet is no error.
+		w, err := pathWord("-", p.dir)
 		if err != nil {
 			r.mainErr(p.field, "%v", err)
 			continue
@@ -382,6 +400,10 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 				u.b.WriteByte(' ')
 			}
 		}
+		if len(x.val) > maxArg {
+			r.agentErr(a, x.field, "an argument of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", len(x.val), maxArg)
+			continue
+		}
 		// The binary is not subject to $VAR expansion (only its arguments
 		// are), so its '$' is refused in argv rather than doubled.
 		w, err := quoteWord(x.val, i > 0, false)
@@ -393,6 +415,10 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 	}
 	u.b.WriteByte('\n')
 	for _, kv := range env {
+		if n := len(kv.key) + 1 + len(kv.val); n > maxArg {
+			r.agentErr(a, kv.field, "%s: a variable of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", kv.key, n, maxArg)
+			continue
+		}
 		// Quoted whole, so that a space in the value cannot start a
 		// second assignment.
 		w, err := quoteWord(kv.key+"="+kv.val, false, true)
@@ -402,24 +428,16 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		}
 		u.line("Environment=%s", w)
 	}
-	if u.tooLong() {
-		r.agentErr(a, "", "a rendered line is longer than systemd reads (1 MiB)")
-	}
+	u.checkLines(func(format string, args ...any) { r.agentErr(a, "", format, args...) })
 	if len(r.errs) > before {
 		return nil
 	}
 	return []byte(u.b.String())
 }
 
-// isFlag reports whether a command-line word is an option rather than a
-// value: it starts with '-' and is not a negative number or a lone "-".
-func isFlag(s string) bool {
-	if len(s) < 2 || s[0] != '-' {
-		return false
-	}
-	_, err := strconv.ParseFloat(s, 64)
-	return err != nil
-}
+// isFlag reports whether vllm serve reads a command-line word as an option
+// rather than a value (config.IsOption: argparse's rule and vLLM's).
+func isFlag(s string) bool { return config.IsOption(s) }
 
 // argv is the engine's command line: binary, "serve", model, then flags
 // from the typed fields and the extra_args verbatim.
@@ -467,6 +485,10 @@ func (r *renderer) argv(a *config.Agent) []arg {
 
 	if a.Model == "" {
 		r.agentErr(a, "model", "must be set")
+	} else if err := config.CheckPath(a.Model); config.IsLocalModel(a.Model) && err != nil {
+		// The engine runs from "/": config.Load makes a relative model
+		// directory absolute against its agent file.
+		r.agentErr(a, "model", "a local model directory %v", err)
 	} else if value("model", a.Model) {
 		args = append(args, arg{a.Model, "model"})
 	}
@@ -556,7 +578,9 @@ func (r *renderer) argv(a *config.Agent) []arg {
 			continue
 		}
 		name, _, _ := strings.Cut(x, "=")
-		switch {
+		switch err := config.CheckExtraArg(a.ExtraArgs, i); {
+		case err != nil:
+			r.agentErr(a, "extra_args", "%v", err)
 		case contains(neverFlags, name):
 			r.agentErr(a, "extra_args", "entry %d %q: vagent never passes %s to vLLM", i+1, x, name)
 		case contains(config.ManagedFlags, name):
