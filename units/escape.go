@@ -115,6 +115,31 @@ func plainValue(s string) (string, error) {
 	return strings.ReplaceAll(s, "%", "%%"), nil
 }
 
+// envFilePath renders the path p as the value of EnvironmentFile=: taken
+// literally apart from specifiers (as plainValue), then, when the unit
+// starts, expanded as a glob(3) pattern (exec_context_load_environment), so
+// that '*', '?', '[' and '\\' are backslash-escaped: unescaped, a path
+// holding them names no file (the engine would not start) or other files.
+// A path systemd would ignore is refused (config.CheckPath): the engine
+// would start without its key.
+func envFilePath(p string) (string, error) {
+	if err := config.CheckPath(p); err != nil {
+		return "", err
+	}
+	v, err := plainValue(p)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if strings.IndexByte(`*?[\`, v[i]) >= 0 {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String(), nil
+}
+
 // pathWord renders prefix+p, for an absolute path p, as one word of a
 // path-list directive (ReadWritePaths= and the other namespace path lists).
 // systemd splits those with extract_first_word(EXTRACT_UNQUOTE) alone: no C

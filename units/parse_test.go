@@ -338,3 +338,23 @@ func systemdPathOK(p string) error {
 	}
 	return nil
 }
+
+// unglob is glob(3) without GLOB_NOESCAPE on a pattern vagent means as one
+// literal path, as EnvironmentFile= is expanded when a unit starts: a
+// backslash keeps the byte after it, and an unescaped '*', '?' or '[' is an
+// error (the path would match other files, or none).
+func unglob(p string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '\\' && i+1 < len(p):
+			i++
+			b.WriteByte(p[i])
+		case strings.IndexByte(`*?[\`, c) >= 0:
+			return "", fmt.Errorf("glob pattern %q: unescaped %q", p, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String(), nil
+}

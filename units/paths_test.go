@@ -19,6 +19,7 @@ var awkwardDirs = []string{
 	`/srv/back\slash $HOME ${X}`,
 	`/srv/#not-a-comment ;x`,
 	"/srv/ünïcödé",
+	`/srv/glob*?[a]`,
 }
 
 func templateDirectives(t *testing.T, files Files) *unit {
@@ -60,6 +61,9 @@ func TestReadWritePathsReadBack(t *testing.T) {
 				t.Fatalf("EnvironmentFile= %q", ef)
 			}
 			key, err := unspecify(ef[0])
+			if err == nil {
+				key, err = unglob(key)
+			}
 			if err != nil || key != dir+"/engine-key.env" || systemdPathOK(key) != nil {
 				t.Errorf("EnvironmentFile=%s reads back as %q (%v), want %q", ef[0], key, err, dir+"/engine-key.env")
 			}

@@ -216,10 +216,8 @@ func (r *renderer) template() []byte {
 	// engine started without it would serve without a key.
 	// A path systemd finds not normalized or too long would be ignored
 	// with a warning, and the engine would start without its key.
-	if key := c.EngineKeyFile(); config.CheckPath(key) != nil {
-		r.mainErr("paths.state_dir", "the engine key file in it (engine-key.env) %v", config.CheckPath(key))
-	} else if v, err := plainValue(key); err != nil {
-		r.mainErr("paths.state_dir", "%v", err)
+	if v, err := envFilePath(c.EngineKeyFile()); err != nil {
+		r.mainErr("paths.state_dir", "the engine key file in it (engine-key.env) %v", err)
 	} else {
 		u.line("EnvironmentFile=%s", v)
 	}
