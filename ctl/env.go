@@ -91,7 +91,8 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		RootCause: rootCause(engine.Of(cfg).Log()),
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		// The engine key is read from its file when a wake needs it.
-		HostWeights: plan.HostWeights(cfg),
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	return h, nil
 }

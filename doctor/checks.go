@@ -15,6 +15,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/models"
 	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/units"
 )
@@ -24,7 +25,7 @@ var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 func (d *Doctor) checkModels(ctx context.Context) {
 	for _, a := range d.cfg.Agents {
 		check := "model " + a.Name
-		if plan.IsLocal(a.Model) {
+		if models.IsLocal(a.Model) {
 			d.checkModelDir(check, a)
 			continue
 		}
@@ -35,7 +36,7 @@ func (d *Doctor) checkModels(ctx context.Context) {
 			missing = Warn
 		}
 		fix := "vagentctl pull " + a.Name
-		snap, commit, err := d.snapshot(a.Model, a.Revision)
+		snap, commit, err := d.snapshot(a, a.Model, a.Revision)
 		if err != nil {
 			d.add(check, missing, fix, "%s%s", err, d.simNote())
 			continue
@@ -108,9 +109,10 @@ func (d *Doctor) checkModelDir(check string, a *config.Agent) {
 	d.add(check, Pass, "", "local directory %s: config.json and %d weight files", a.Model, len(files))
 }
 
-// snapshot finds a repo's cached snapshot through the injected file access.
-func (d *Doctor) snapshot(repo, rev string) (string, string, error) {
-	dir := plan.RepoDir(d.cfg.Paths.HFHome, repo)
+// snapshot finds a repo's cached snapshot through the injected file access,
+// in the cache agent a's engine loads from.
+func (d *Doctor) snapshot(a *config.Agent, repo, rev string) (string, string, error) {
+	dir := models.RepoFolder(models.HubCacheOf(d.cfg, a), repo)
 	commit := rev
 	if !commitRE.MatchString(rev) {
 		b, err := d.env.ReadFile(filepath.Join(dir, "refs", filepath.FromSlash(rev)))

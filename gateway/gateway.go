@@ -52,6 +52,15 @@
 // gateway.drain_timeout to finish; then they are cut, and their clients
 // get a 503 (a stream: an error event and [DONE]).
 //
+// An engine put to sleep or stopped under a request (behind the gateway's
+// back: by hand, or vLLM 0.18 pausing its scheduler) ends it with HTTP 200
+// and finish_reason "abort". That is never relayed as an answer: a
+// non-streamed one, which the client has not seen yet, is sent once more
+// (waiting for the agent like a new request, so a sleeping agent is woken
+// first), and a 503 with Retry-After if it is aborted again; a stream,
+// whose first chunks are already out, ends with an error event (503) and
+// [DONE] in place of the abort chunk.
+//
 // # Logs
 //
 // Every inference request ends with one log line, msg "request": agent,
@@ -121,8 +130,6 @@ type Options struct {
 	// Switcher.Status, to see engines that died or were started by hand
 	// (default 5s).
 	SyncInterval time.Duration
-	// MaxBodyBytes bounds a request body (default 64 MiB).
-	MaxBodyBytes int64
 }
 
 // Gateway is the OpenAI-compatible front and its scheduler.
@@ -142,8 +149,13 @@ type Gateway struct {
 	created   int64
 	engineKey []string // the Authorization header value for engines
 
+	conns     chan struct{} // one token per open client connection (Listener)
+	keyLimits *keyLimits
+
 	base       context.Context // ends when Run ends: starts in progress are abandoned
 	baseCancel context.CancelFunc
+	resyncMu   sync.Mutex
+	resyncing  chan struct{} // closed when the running resync ends; nil when none runs
 
 	mu      sync.Mutex
 	queued  int // waiters over all agents
@@ -167,9 +179,6 @@ func New(o Options) (*Gateway, error) {
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = 5 * time.Second
 	}
-	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 64 << 20
-	}
 	g := &Gateway{
 		o: o, cfg: o.Config, log: o.Log,
 		byName: map[string]*agentRT{}, byAgent: map[string]*agentRT{},
@@ -177,6 +186,9 @@ func New(o Options) (*Gateway, error) {
 		created: time.Now().Unix(),
 		client:  newEngineClient(),
 		eng:     engine.Of(o.Config),
+
+		conns:     make(chan struct{}, max(o.Config.Gateway.MaxConnections, 1)),
+		keyLimits: newKeyLimits(max(o.Config.Gateway.MaxRequestsPerKey, 1)),
 	}
 	if o.EngineKey != "" {
 		g.engineKey = []string{"Bearer " + o.EngineKey}
@@ -370,11 +382,32 @@ func (g *Gateway) authenticate(r *http.Request) (*keyEntry, *APIError) {
 }
 
 // resolve finds the agent a client names (agent name, served name or alias).
-func (g *Gateway) resolve(model string) (*agentRT, *APIError) {
+func (g *Gateway) resolve(model string, key *keyEntry) (*agentRT, *APIError) {
 	if ag := g.byName[model]; ag != nil {
 		return ag, nil
 	}
-	return nil, apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", model, strings.Join(g.names, ", "))
+	return nil, g.noSuchModel(model, key)
+}
+
+// noSuchModel is the 404 for a model nobody serves. It lists the names
+// key may use (all without keys): a key limited to some agents learns
+// nothing of the others.
+func (g *Gateway) noSuchModel(model string, key *keyEntry) *APIError {
+	return apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", model, g.namesFor(key))
+}
+
+// namesFor lists the names a client with key may use, comma-separated.
+func (g *Gateway) namesFor(key *keyEntry) string {
+	if key == nil {
+		return strings.Join(g.names, ", ")
+	}
+	var names []string
+	for _, n := range g.names {
+		if key.allows(g.byName[n].cfg) {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // Run does the gateway's background work until ctx ends: it rebuilds the

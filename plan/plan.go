@@ -93,6 +93,28 @@ func GraphsBytes(maxNumSeqs int) uint64 {
 	return 256*mib + gib*uint64(maxNumSeqs)/512
 }
 
+// SleepResidualBytes is what agent a's engine keeps on each of its GPUs
+// once asleep: vLLM's sleep frees the weights and the KV cache only, so
+// the CUDA context (with NCCL's buffers under tensor parallelism) and the
+// CUDA graphs (none with enforce_eager) stay.
+func SleepResidualBytes(a *config.Agent) uint64 {
+	r := ContextBytes
+	if a.TensorParallelSize > 1 {
+		r += NCCLBytes
+	}
+	if !a.EnforceEager {
+		r += GraphsBytes(a.MaxNumSeqs)
+	}
+	return r
+}
+
+// SleepResidual is the supervisor's estimate of what a sleeping agent
+// holds, summed over its GPUs (as the GPU reports agents' memory), until a
+// sleep of its engine has been measured.
+func SleepResidual(a *config.Agent) uint64 {
+	return SleepResidualBytes(a) * uint64(max(len(a.GPUs), 1))
+}
+
 // KVDtypeBytes is the bytes of one KV cache element for agent a.
 func KVDtypeBytes(a *config.Agent) uint64 {
 	switch {
@@ -151,6 +173,10 @@ type Estimate struct {
 	// PeakBytes is what the engine holds at most: the budget, plus CUDA
 	// graphs when they are outside it.
 	PeakBytes uint64 `json:"peak_bytes"`
+	// SleepResidualBytes, for a sleep agent, is what it keeps on each GPU
+	// while asleep (SleepResidualBytes): an estimate made before anything
+	// ran; the supervisor counts the measured figure after a first sleep.
+	SleepResidualBytes uint64 `json:"sleep_residual_bytes,omitempty"`
 
 	Status Status `json:"status"`
 	// Why explains the verdict in one sentence.
@@ -257,6 +283,9 @@ func estimate(cfg *config.Config, a *config.Agent, totals map[int]uint64, f *Fac
 	e := Estimate{
 		Agent: a.Name, Model: a.Model, GPUs: a.GPUs, TP: tp, Utilization: a.GPUMemoryUtilization,
 		GraphsInBudget: graphsIn, Facts: f, MaxModelLen: a.MaxModelLen, KVPinned: a.KVCacheMemoryBytes > 0,
+	}
+	if cfg.Sleeps(a) {
+		e.SleepResidualBytes = SleepResidualBytes(a)
 	}
 	for i, g := range a.GPUs {
 		t, ok := totals[g]

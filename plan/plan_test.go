@@ -467,3 +467,44 @@ func TestUnknownGPUAndModel(t *testing.T) {
 		t.Errorf("text:\n%s", buf.String())
 	}
 }
+
+// TestSleepResidualEstimate: a sleep agent's estimate says what it keeps on
+// the GPU while asleep: the CUDA context and graphs, only the context with
+// enforce_eager; a restart agent's says nothing of it.
+func TestSleepResidualEstimate(t *testing.T) {
+	cfg := loadShipped(t, "configs")
+	cfg.Supervisor.SwitchMode = config.SwitchSleep
+	cfg.Agent("po").EnforceEager = true
+	cfg.Agent("architect").SwitchMode = config.SwitchRestart
+	p := Make(context.Background(), cfg, totalMiB(16376), "test", offline(t))
+	dev, po, arch := p.Agent("dev"), p.Agent("po"), p.Agent("architect")
+	if want := ContextBytes + GraphsBytes(cfg.Agent("dev").MaxNumSeqs); dev.SleepResidualBytes != want || dev.SleepResidualBytes != SleepResidual(cfg.Agent("dev")) {
+		t.Errorf("dev's residual %d, want %d (context + graphs)", dev.SleepResidualBytes, want)
+	}
+	if po.SleepResidualBytes != ContextBytes {
+		t.Errorf("po (enforce_eager) residual %d, want the context alone, %d", po.SleepResidualBytes, ContextBytes)
+	}
+	if arch.SleepResidualBytes != 0 {
+		t.Errorf("architect (restart) residual %d", arch.SleepResidualBytes)
+	}
+	var b bytes.Buffer
+	p.WriteText(&b)
+	out := b.String()
+	for _, want := range []string{
+		"  asleep: keeps " + GiB(dev.SleepResidualBytes) + " on the GPU (CUDA context + CUDA graphs), estimated before it ran",
+		"  asleep: keeps " + GiB(ContextBytes) + " on the GPU (CUDA context; no graphs with enforce_eager)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan text lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "  asleep: ") != 2 {
+		t.Errorf("plan text: want two asleep lines:\n%s", out)
+	}
+	// Two GPUs: the supervisor's figure is summed over them.
+	a := cfg.Agent("dev")
+	a.GPUs, a.TensorParallelSize = []int{0, 1}, 2
+	if got, want := SleepResidual(a), 2*(ContextBytes+NCCLBytes+GraphsBytes(a.MaxNumSeqs)); got != want {
+		t.Errorf("SleepResidual with tp 2: %d, want %d", got, want)
+	}
+}

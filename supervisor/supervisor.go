@@ -14,8 +14,12 @@
 // 1-token warm-up) in a fraction of a cold start; a wake that fails
 // restarts the unit cold. Sleeping agents' weights must fit the host RAM
 // budget: past it, the least recently used sleeper is stopped for real.
-// Their residual counts against the GPU as measured, and a sleeper is
-// stopped for real when its residual is in the way. The level each sleep
+// A sleep frees the weights and the KV cache only: the CUDA context and
+// graphs stay (the residual). Sleepers' residuals count against the GPU as
+// measured; a plan that puts an agent to sleep counts the residual its
+// last sleep left, measured from the GPU right after it, or before a first
+// sleep Options.SleepResidual's estimate. A sleeper is stopped for real
+// when its residual is in the way. The level each sleep
 // used is noted in the run directory, keyed by the unit's invocation, so
 // that the wake knows whether the weights need reloading.
 package supervisor
@@ -75,6 +79,12 @@ type Options struct {
 	// MemAvailable reads the host's available memory for the default host
 	// RAM budget; nil reads MemAvailable from /proc/meminfo.
 	MemAvailable func() (uint64, error)
+	// SleepResidual estimates what agent a keeps on the GPU once asleep,
+	// summed over its GPUs: the CUDA context and graphs (plan.SleepResidual).
+	// It stands in until a sleep of the engine has been measured; nil
+	// counts a sleep as freeing everything, and makeRoom then stops
+	// sleepers whose residual turns out to be in the way.
+	SleepResidual func(a *config.Agent) uint64
 }
 
 // HostReporter is implemented by a GPU view that knows the host memory
@@ -98,6 +108,17 @@ type Supervisor struct {
 
 	keyOnce sync.Once
 	key     string
+
+	// residuals are the residuals measured after sleeps, by agent, valid
+	// for the unit invocation they were measured in.
+	resMu     sync.Mutex
+	residuals map[string]measured
+}
+
+// measured is a residual measured from the GPU after a sleep.
+type measured struct {
+	invocation string
+	bytes      uint64
 }
 
 // New returns a supervisor for cfg.
@@ -111,7 +132,7 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
 	}
-	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}}
+	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}, residuals: map[string]measured{}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -144,6 +165,10 @@ type Sleep struct {
 	// (weights dropped).
 	Level    int           `json:"level"`
 	Duration time.Duration `json:"duration_ns"`
+	// ResidualBytes is what the engine still holds on the GPU after the
+	// sleep, as the GPU reports it (CUDA context and graphs), summed over
+	// its GPUs.
+	ResidualBytes uint64 `json:"residual_bytes"`
 }
 
 // StartError is a failed start, with the root cause from the engine's log.
@@ -550,6 +575,9 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		}
 	}
 	// Then more, in rank order, until a's budget fits every one of its GPUs.
+	// A sleep frees all but the engine's residual (free); stopping the
+	// sleepers, which makeRoom does when the residuals are in the way,
+	// frees the rest (most).
 	for _, g := range a.GPUs {
 		m := mem[g]
 		need := a.Budget(m.Total, 0) + reserve
@@ -558,10 +586,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		} else {
 			need -= own
 		}
-		free := m.Free
+		free, most := m.Free, m.Free
 		for _, r := range others {
 			if chosen[r.agent.Name] && onGPU(r.agent, g) {
-				free += perGPU(r)
+				free += s.freedBySleep(r)
+				most += perGPU(r)
 			}
 		}
 		for _, r := range others {
@@ -577,9 +606,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 			if err := take(r); err != nil {
 				return nil, err
 			}
-			free += perGPU(r)
+			free += s.freedBySleep(r)
+			most += perGPU(r)
 		}
-		if free < need {
+		if most < need {
+			free = most
 			fe := &FitError{Agent: a.Name, GPU: g, Need: need, Free: free}
 			for _, r := range others {
 				if !chosen[r.agent.Name] && onGPU(r.agent, g) {
@@ -632,6 +663,33 @@ func onGPU(a *config.Agent, g int) bool {
 // perGPU spreads an agent's measured use evenly over its GPUs, as tensor
 // parallelism does.
 func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
+
+// freedBySleep is what evicting r frees on each of its GPUs: all it holds
+// when it is stopped, all but its residual when an awake sleep agent is put
+// to sleep.
+func (s *Supervisor) freedBySleep(r running) uint64 {
+	if r.asleep || !s.cfg.Sleeps(r.agent) {
+		return perGPU(r)
+	}
+	res := s.residual(r.agent, r.state) / uint64(len(r.agent.GPUs))
+	return perGPU(r) - min(res, perGPU(r))
+}
+
+// residual is what a keeps on the GPU once asleep, summed over its GPUs:
+// as measured after its last sleep in this invocation of its unit, else
+// Options.SleepResidual's estimate, else 0.
+func (s *Supervisor) residual(a *config.Agent, st UnitState) uint64 {
+	s.resMu.Lock()
+	m, ok := s.residuals[a.Name]
+	s.resMu.Unlock()
+	if ok && m.invocation == st.InvocationID {
+		return m.bytes
+	}
+	if s.o.SleepResidual != nil {
+		return s.o.SleepResidual(a)
+	}
+	return 0
+}
 
 // checkFits re-reads the GPU after evictions: memory can be taken by
 // processes vagent does not manage while it works, and a sleeping engine
