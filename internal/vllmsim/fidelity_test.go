@@ -742,3 +742,71 @@ func newLinter(page string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// TestAPIShapesPerVersion: the answers vagent reads besides completions —
+// the 401 of the key check (on /v1 only, scheme "bearer" in any case), the
+// 404 of an unknown model (0.18 names the parameter), FastAPI's 404 and
+// 405, /v1/models, /tokenize, /version, /load, /ping, /health.
+func TestAPIShapesPerVersion(t *testing.T) {
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			p := execSim(t, procEnv(tempLedger(t), v, nil), freePort(t), model7B, "--served-model-name", "po", "--api-key", "k3y")
+			p.waitHealthy(t)
+			auth := []string{"Authorization", "bearer k3y"}
+			for _, hdr := range [][]string{nil, {"Authorization", "Bearer nope"}, {"Authorization", "Basic k3y"}} {
+				if r := p.do(t, http.MethodGet, "/v1/models", "", "", hdr...); r.status != 401 || string(r.body) != `{"error":"Unauthorized"}` {
+					t.Errorf("/v1/models with %q: %d %s", hdr, r.status, r.body)
+				}
+			}
+			param := "null"
+			if v == "0.18.0" {
+				param = `"model"`
+			}
+			r := p.postJSON(t, "/v1/chat/completions", `{"model":"x","messages":[{"role":"user","content":"hi"}]}`, auth...)
+			if want := "{\"error\":{\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\",\"param\":" + param + ",\"code\":404}}"; r.status != 404 || string(r.body) != want {
+				t.Errorf("unknown model: %d %s, want %s", r.status, r.body, want)
+			}
+			if r := p.do(t, http.MethodGet, "/nope", "", ""); r.status != 404 || string(r.body) != `{"detail":"Not Found"}` {
+				t.Errorf("unknown route: %d %s", r.status, r.body)
+			}
+			if r := p.do(t, http.MethodGet, "/v1/completions", "", "", auth...); r.status != 405 || string(r.body) != `{"detail":"Method Not Allowed"}` {
+				t.Errorf("GET /v1/completions: %d %s", r.status, r.body)
+			}
+			r = p.do(t, http.MethodGet, "/v1/models", "", "", auth...)
+			var models struct {
+				Object string `json:"object"`
+				Data   []map[string]any
+			}
+			decode(t, r.body, &models)
+			if models.Object != "list" || len(models.Data) != 1 {
+				t.Fatalf("/v1/models: %s", r.body)
+			}
+			for _, k := range []string{"id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"} {
+				if _, ok := models.Data[0][k]; !ok {
+					t.Errorf("/v1/models entry lacks %s: %s", k, r.body)
+				}
+			}
+			if m := models.Data[0]; m["id"] != "po" || m["root"] != model7B || m["owned_by"] != "vllm" || m["max_model_len"] != float64(32768) {
+				t.Errorf("/v1/models entry: %v", m)
+			}
+			r = p.postJSON(t, "/tokenize", `{"model":"po","prompt":"three small words"}`)
+			if !strings.HasPrefix(string(r.body), `{"count":3,"max_model_len":32768,"tokens":[`) {
+				t.Errorf("/tokenize: %s", r.body)
+			}
+			if r := p.do(t, http.MethodGet, "/version", "", ""); string(r.body) != `{"version":"`+v+`"}` {
+				t.Errorf("/version: %s", r.body)
+			}
+			if r := p.do(t, http.MethodGet, "/load", "", ""); string(r.body) != `{"server_load":0}` {
+				t.Errorf("/load: %s", r.body)
+			}
+			for _, m := range []string{http.MethodGet, http.MethodPost} {
+				if r := p.do(t, m, "/ping", "", ""); r.status != 200 || len(r.body) != 0 {
+					t.Errorf("%s /ping: %d %q", m, r.status, r.body)
+				}
+			}
+			if r := p.do(t, http.MethodGet, "/health", "", ""); r.status != 200 || len(r.body) != 0 {
+				t.Errorf("/health: %d %q", r.status, r.body)
+			}
+		})
+	}
+}

@@ -387,9 +387,12 @@ func (e *engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	if len(e.opts.apiKeys) > 0 && r.Method != http.MethodOptions && strings.HasPrefix(r.URL.Path, "/v1") {
+		// AuthenticationMiddleware.verify_token: "<scheme> <key>", the
+		// scheme "bearer" in any case.
+		scheme, key, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		ok := false
 		for _, k := range e.opts.apiKeys {
-			if r.Header.Get("Authorization") == "Bearer "+k {
+			if strings.EqualFold(scheme, "bearer") && key == k {
 				ok = true
 			}
 		}
@@ -481,8 +484,13 @@ func (e *engine) checkModel(w http.ResponseWriter, name string) (string, bool) {
 			return name, true
 		}
 	}
-	param := "model"
-	apiError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", name), &param)
+	// 0.18 names the parameter; 0.12 leaves it null.
+	var param *string
+	if e.env.v18 {
+		m := "model"
+		param = &m
+	}
+	apiError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", name), param)
 	return "", false
 }
 
