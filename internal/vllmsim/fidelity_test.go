@@ -381,7 +381,7 @@ func TestDevRoutesWithoutSleepMode(t *testing.T) {
 			p.waitHealthy(t)
 			held := entriesFor(readLedger(t, path), p.port)[0].Bytes
 			for _, route := range []string{"/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/reset_mm_cache"} {
-				if !strings.Contains(p.stdout.String(), "Route: "+route+", Methods: POST") {
+				if !strings.Contains(p.stdout.String(), "Route: "+route+", Methods: POST") || !strings.Contains(p.stdout.String(), "SECURITY WARNING: Development endpoints are enabled!") {
 					t.Errorf("route %s not served", route)
 				}
 			}

@@ -92,6 +92,9 @@ func (s *sim) serve(ctx context.Context, loadTime time.Duration) int {
 			lg.info("serving_completion.py:74", "Using default completion sampling params from %s: %s", "model", pyRepr(e.defaults))
 		}
 	}
+	if s.env.v18 && s.env.devMode {
+		lg.warn(procAPI, "__init__.py:15", "SECURITY WARNING: Development endpoints are enabled! This should NOT be used in production!")
+	}
 	if s.env.v18 {
 		lg.info("api_server.py:576", "Supported tasks: ('generate',)")
 		lg.info("api_server.py:580", "Starting vLLM server on http://%s:%d", s.sock.host, s.sock.port)

@@ -296,6 +296,10 @@ func (s *sim) run(ctx context.Context) int {
 		lg.info("utils.py:297", "\n       █     █     █▄   ▄█\n ▄▄ ▄█ █     █     █ ▀▄▀ █  version %s\n  █▄█▀ █     █     █     █  model   %s\n   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀\n", se.version, o.model)
 		lg.info("utils.py:233", "non-default args: %s", nonDefaultArgs(s.cmd))
 	} else {
+		if se.devMode {
+			// api_server.py warns when the module is imported.
+			lg.warn(procAPI, "api_server.py:858", "SECURITY WARNING: Development endpoints are enabled! This should NOT be used in production!")
+		}
 		lg.info("api_server.py:1772", "vLLM API server version %s", se.version)
 		lg.info("utils.py:253", "non-default args: %s", nonDefaultArgs(s.cmd))
 	}
