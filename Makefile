@@ -19,10 +19,10 @@ GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testd
 
 all: build
 
-## build: compile every command into $(BIN)/
+## build: compile the shipped commands into $(BIN)/ (cmd/mandoc-gen is a build tool packaging runs)
 build:
 	mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/vagentd ./cmd/vagentctl ./cmd/vllm-sim
 
 ## test: lint, the dependency check, unit tests, the e2e suite, then the package install test (root); fails if e2e skipped
 test: lint vulncheck unit e2e install-test

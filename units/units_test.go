@@ -513,7 +513,7 @@ func TestRenderedFlags(t *testing.T) {
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--tensor-parallel-size", "2",
 		"--enforce-eager", "--chat-template=-{{ messages }}", "--revision", "v1.0", "--trust-remote-code",
 		"--reasoning-parser", "deepseek_r1",
-		"--override-generation-config", `{"max_new_tokens":512,"temperature":0,"top_k":40}`}
+		"--override-generation-config", `{"temperature":0,"top_k":40}`}
 	if !reflect.DeepEqual(u.argv, want) {
 		t.Errorf("argv\n got %q\nwant %q", u.argv, want)
 	}
