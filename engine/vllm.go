@@ -98,6 +98,10 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 
 	if a.Model == "" {
 		agentErr("model", "must be set")
+	} else if err := config.CheckPath(a.Model); config.IsLocalModel(a.Model) && err != nil {
+		// The engine runs from "/": config.Load makes a relative model
+		// directory absolute against its agent file.
+		agentErr("model", "a local model directory %v", err)
 	} else if value("model", a.Model) {
 		args = append(args, Arg{a.Model, "model"})
 	}
@@ -187,7 +191,9 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 			continue
 		}
 		name, _, _ := strings.Cut(x, "=")
-		switch {
+		switch err := config.CheckExtraArg(a.ExtraArgs, i); {
+		case err != nil:
+			agentErr("extra_args", "%v", err)
 		case contains(neverFlags, name):
 			agentErr("extra_args", "entry %d %q: vagent never passes %s to vLLM", i+1, x, name)
 		case contains(config.ManagedFlags, name):
@@ -203,13 +209,7 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 
 // isFlag reports whether a command-line word is an option rather than a
 // value: it starts with '-' and is not a negative number or a lone "-".
-func isFlag(s string) bool {
-	if len(s) < 2 || s[0] != '-' {
-		return false
-	}
-	_, err := strconv.ParseFloat(s, 64)
-	return err != nil
-}
+func isFlag(s string) bool { return config.IsOption(s) }
 
 func contains(set []string, s string) bool {
 	for _, x := range set {

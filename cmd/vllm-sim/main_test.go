@@ -89,7 +89,7 @@ func TestUnknownFlagExitsTwo(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit: %v", err)
 	}
-	if want := "usage: vllm serve [model_tag] [options]\nvllm: error: unrecognized arguments: --foo\n"; errw.String() != want {
+	if want := "usage: vllm serve [model_tag] [options]\nvllm serve: error: unrecognized arguments: --foo\n"; errw.String() != want {
 		t.Errorf("stderr %q, want %q", errw.String(), want)
 	}
 }
