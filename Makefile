@@ -16,7 +16,7 @@ SHELL := /bin/bash
 
 GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './$(E2E_DIR)/*')
 
-.PHONY: all build test test-deps unit e2e lint vet fmt-check bench demo demo-keep docs clean
+.PHONY: all build test test-deps unit e2e lint vet fmt-check vulncheck bench demo demo-keep docs clean
 
 all: build
 
@@ -25,10 +25,10 @@ build:
 	mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: install what the tests need, then lint, unit tests, the e2e suite, the package install test (root); fails if e2e skipped
+## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test (root); fails if e2e skipped
 # The packages come first, before anything that needs them, even under -j.
 test: test-deps
-	$(MAKE) --no-print-directory lint unit e2e install-test
+	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test
 
 ## test-deps: install the Debian packages the tests need, only those missing (root)
 test-deps:
@@ -53,6 +53,10 @@ vet:
 fmt-check:
 	@out="$$($(GOFMT) -l $(GO_FILES))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+## vulncheck: govulncheck offline against a database built from golang.org/x/vulndb; fails on a vulnerable module (standard-library findings are only reported)
+vulncheck:
+	GO=$(GO) scripts/vulncheck.sh
 
 ## bench: run the benchmarks present (no tests)
 bench:

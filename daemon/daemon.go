@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
@@ -165,14 +166,15 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	sup := supervisor.New(cfg, supervisor.Options{
 		Systemd:   sd,
 		GPU:       view,
-		RootCause: rootCause,
+		RootCause: rootCause(engine.Of(cfg).Log()),
 		Log:       log,
 		LastUsed:  func(agent string) time.Time { return gw.LastUsed(agent) },
 		BeforeEvict: func(ctx context.Context, agent string) error {
 			return gw.BeforeEvict(ctx, agent)
 		},
-		EngineKey:   engineKey,
-		HostWeights: plan.HostWeights(cfg),
+		EngineKey:     engineKey,
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -204,7 +206,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	defer ctlLn.Close()
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	api := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	api := gw.Server(errLog)
+	apiLn = gw.Listener(apiLn)
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:
@@ -319,10 +322,13 @@ func Loopback(listen string) (bool, error) {
 
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
-func rootCause(ctx context.Context, unit string, since time.Time) string {
-	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-	if err != nil {
-		return ""
+// f is how its engine writes the log.
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
+	return func(ctx context.Context, unit string, since time.Time) string {
+		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+		if err != nil {
+			return ""
+		}
+		return journal.RootCause(entries, f)
 	}
-	return journal.RootCause(entries)
 }

@@ -347,8 +347,8 @@ func startVagentd(t testing.TB, cfg *config.Config, o gateway.Options) *vagentd 
 	if err != nil {
 		t.Fatal(err)
 	}
-	apiSrv := &http.Server{Handler: gw.Handler()}
-	go apiSrv.Serve(al)
+	apiSrv := gw.Server(nil)
+	go apiSrv.Serve(gw.Listener(al))
 	t.Cleanup(func() {
 		ctlSrv.Close()
 		apiSrv.Close()

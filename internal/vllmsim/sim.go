@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/internal/ledger"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
 // Defaults of the simulator's environment.
