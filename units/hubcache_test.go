@@ -31,3 +31,4 @@ func TestRenderedHubCacheIsModelsHubCache(t *testing.T) {
 		}
 	}
 }
+
