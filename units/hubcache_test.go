@@ -31,4 +31,3 @@ func TestRenderedHubCacheIsModelsHubCache(t *testing.T) {
 		}
 	}
 }
-
