@@ -15,7 +15,7 @@ SHELL := /bin/bash
 
 GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './$(E2E_DIR)/*')
 
-.PHONY: all build test unit e2e lint vet fmt-check bench demo docs clean
+.PHONY: all build test unit e2e lint vet fmt-check vulncheck bench demo docs clean
 
 all: build
 
@@ -24,8 +24,8 @@ build:
 	mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: lint, unit tests, the e2e suite, then the package install test (root); fails if e2e skipped
-test: lint unit e2e install-test
+## test: lint, the dependency check, unit tests, the e2e suite, then the package install test (root); fails if e2e skipped
+test: lint vulncheck unit e2e install-test
 
 ## unit: tests of every package but the e2e suite (no root needed)
 unit:
@@ -46,6 +46,10 @@ vet:
 fmt-check:
 	@out="$$($(GOFMT) -l $(GO_FILES))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+## vulncheck: govulncheck offline against a database built from golang.org/x/vulndb; fails on a vulnerable module (standard-library findings are only reported)
+vulncheck:
+	GO=$(GO) scripts/vulncheck.sh
 
 ## bench: run the benchmarks present (no tests)
 bench:

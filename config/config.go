@@ -129,6 +129,27 @@ type Gateway struct {
 	FairnessWindow Duration `toml:"fairness_window"`
 	// RequestTimeout bounds one request to an engine once it is running.
 	RequestTimeout Duration `toml:"request_timeout"`
+
+	// The gateway's own bounds, so that no client can starve it.
+
+	// MaxBodyMiB bounds a request body; past it: 413.
+	MaxBodyMiB int64 `toml:"max_body_mib"`
+	// HeaderTimeout bounds how long a client may take to send a request's
+	// headers; past it the connection is closed.
+	HeaderTimeout Duration `toml:"header_timeout"`
+	// BodyTimeout bounds how long a client may take to send a request's
+	// body once its headers arrived; past it: 408.
+	BodyTimeout Duration `toml:"body_timeout"`
+	// KeepaliveTimeout closes a client connection idle this long between
+	// requests.
+	KeepaliveTimeout Duration `toml:"keepalive_timeout"`
+	// MaxConnections bounds open client connections on the listen address;
+	// connections past it wait in the kernel's backlog until one closes.
+	MaxConnections int `toml:"max_connections"`
+	// MaxRequestsPerKey bounds the inference requests one key has open at
+	// once (waiting, sending its body or being served); past it: 429.
+	// Without a keys file all clients share one anonymous key.
+	MaxRequestsPerKey int `toml:"max_requests_per_key"`
 }
 
 // Units holds settings rendered into every agent's unit.
@@ -331,14 +352,6 @@ func (c *Config) Agent(name string) *Agent {
 		}
 	}
 	return nil
-}
-
-// EngineBinary is the executable every unit's ExecStart runs.
-func (c *Config) EngineBinary() string {
-	if c.Engine.Kind == EngineSim {
-		return c.Engine.SimBinary
-	}
-	return c.Engine.Venv + "/bin/vllm"
 }
 
 // EngineKeyFile is the environment file holding the engines' API key

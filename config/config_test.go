@@ -178,6 +178,29 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"env: VLLM_SERVER_DEV_MODE is set by vagent itself"},
 		},
 		{
+			name:   "revision climbing out of the Hub cache",
+			agents: map[string]string{"po": goodAgent + "revision = \"../../../../x\"\n"},
+			want:   []string{"agents/po.toml:3:", `agent "po"`, `revision: "../../../../x" must not contain ".."`},
+		},
+		{
+			name:   "absolute revision",
+			agents: map[string]string{"po": goodAgent + "revision = \"/etc/passwd\"\n"},
+			want:   []string{"agents/po.toml:3:", "revision: \"/etc/passwd\" must not start or end with '/'"},
+		},
+		{
+			name:   "overlong revision",
+			agents: map[string]string{"po": goodAgent + "revision = \"" + strings.Repeat("a", 300) + "\"\n"},
+			want:   []string{"agents/po.toml:3:", "revision: is 300 bytes long"},
+		},
+		{
+			name: "gateway bounds",
+			main: "[gateway]\nmax_body_mib = 0\nbody_timeout = \"0s\"\nmax_connections = 0\nmax_requests_per_key = -1\n",
+			want: []string{"vagent.toml:2:", "gateway.max_body_mib: must be between 1 and 4096, not 0",
+				"vagent.toml:3:", "gateway.body_timeout: must be positive",
+				"vagent.toml:4:", "gateway.max_connections: must be at least 1",
+				"vagent.toml:5:", "gateway.max_requests_per_key: must be at least 1"},
+		},
+		{
 			name:   "sleep mode is a key, not an extra arg",
 			agents: map[string]string{"po": goodAgent + "extra_args = [\"--enable-sleep-mode\"]\n"},
 			want:   []string{"extra_args: entry 1 \"--enable-sleep-mode\" repeats a flag vagent sets"},

@@ -95,6 +95,13 @@ func Defaults() Config {
 			DrainTimeout:   Duration{60 * time.Second},
 			FairnessWindow: Duration{30 * time.Second},
 			RequestTimeout: Duration{30 * time.Minute},
+
+			MaxBodyMiB:        64,
+			HeaderTimeout:     Duration{10 * time.Second},
+			BodyTimeout:       Duration{60 * time.Second},
+			KeepaliveTimeout:  Duration{2 * time.Minute},
+			MaxConnections:    4096,
+			MaxRequestsPerKey: 1024,
 		},
 		Units: Units{
 			RestartSec:         Duration{5 * time.Second},

@@ -115,9 +115,20 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Gateway.QueueLength < 1 {
 		f.fail("gateway.queue_length", "must be at least 1")
 	}
+	if c.Gateway.MaxBodyMiB < 1 || c.Gateway.MaxBodyMiB > 4096 {
+		f.fail("gateway.max_body_mib", "must be between 1 and 4096, not %d", c.Gateway.MaxBodyMiB)
+	}
+	if c.Gateway.MaxConnections < 1 {
+		f.fail("gateway.max_connections", "must be at least 1")
+	}
+	if c.Gateway.MaxRequestsPerKey < 1 {
+		f.fail("gateway.max_requests_per_key", "must be at least 1")
+	}
 	for key, d := range map[string]Duration{
 		"gateway.max_wait": c.Gateway.MaxWait, "gateway.drain_timeout": c.Gateway.DrainTimeout,
 		"gateway.request_timeout": c.Gateway.RequestTimeout,
+		"gateway.header_timeout":  c.Gateway.HeaderTimeout, "gateway.body_timeout": c.Gateway.BodyTimeout,
+		"gateway.keepalive_timeout": c.Gateway.KeepaliveTimeout,
 	} {
 		if d.Duration <= 0 {
 			f.fail(key, "must be positive")
@@ -171,8 +182,8 @@ func (a *Agent) validate(data []byte) Errors {
 	case !hubIDRE.MatchString(a.Model):
 		f.fail("model", "%q is neither a Hugging Face repo id (ORG/NAME) nor an existing directory", a.Model)
 	}
-	if a.Revision == "" || !tokenRE.MatchString(a.Revision) {
-		f.fail("revision", "must be a branch, tag or commit, not %q", a.Revision)
+	if err := CheckRevision(a.Revision); err != nil {
+		f.fail("revision", "%v", err)
 	}
 	for i, n := range a.ServedNames {
 		if !tokenRE.MatchString(n) {

@@ -25,13 +25,70 @@ const (
 	ExitUsage   = 2
 )
 
-// usageError is a command used wrongly: exit status 2.
-type usageError struct{ msg string }
+// usageError is a command used wrongly: exit status 2. cmd is the command
+// line's command ("vagentctl switch"), for the hint; suggest a near-miss
+// command name.
+type usageError struct{ msg, cmd, suggest string }
 
 func (e *usageError) Error() string { return e.msg }
 
+// unknownCommandKey is where CommandNotFound leaves the name it was given
+// (in the root's Metadata), since urfave/cli returns no error for it.
+const unknownCommandKey = "vagentctl.unknown-command"
+
+// unknownCommand is the usage error for a command name root does not have.
+func unknownCommand(root *cli.Command, name string) error {
+	var names []string
+	for _, c := range root.VisibleCommands() {
+		names = append(names, c.Name)
+	}
+	return &usageError{msg: fmt.Sprintf("unknown command %q", name), suggest: closest(name, names)}
+}
+
+// closest returns the candidate nearest to name, if at most one edit in
+// three letters away or name is its prefix; else "".
+func closest(name string, candidates []string) string {
+	best, bestD := "", -1
+	for _, c := range candidates {
+		d := editDistance(name, c)
+		if name != "" && strings.HasPrefix(c, name) {
+			d = 1
+		}
+		if 3*d <= max(len(name), len(c)) && (bestD < 0 || d < bestD) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the edit distance between a and b, a swap of two
+// neighbouring letters counting as one edit (optimal string alignment).
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
+
 func usagef(format string, args ...any) error {
-	return &usageError{fmt.Sprintf(format, args...)}
+	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
 // Main runs vagentctl with args (args[0] is the program name) and returns
@@ -40,6 +97,9 @@ func usagef(format string, args ...any) error {
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := App(stdout, stderr)
 	err := app.Run(ctx, args)
+	if name, ok := app.Metadata[unknownCommandKey].(string); ok && err == nil {
+		err = unknownCommand(app, name)
+	}
 	if err == nil {
 		return ExitOK
 	}
@@ -76,7 +136,14 @@ func hint(err error) string {
 	case errors.As(err, &dbe):
 		return "vagentctl drives systemd over the system D-Bus: run it on the host as root (members of group vagent go through vagentd when it runs)"
 	case errors.As(err, &ue):
-		return "see vagentctl --help"
+		cmd := ue.cmd
+		if cmd == "" {
+			cmd = "vagentctl"
+		}
+		if ue.suggest != "" {
+			return fmt.Sprintf("did you mean %q? %s --help lists the commands", ue.suggest, cmd)
+		}
+		return fmt.Sprintf("see %s --help", cmd)
 	}
 	return ""
 }
@@ -103,11 +170,23 @@ func App(stdout, stderr io.Writer) *cli.Command {
 		},
 		// Errors are printed once, by Main, with the exit status it chooses.
 		ExitErrHandler: func(context.Context, *cli.Command, error) {},
-		OnUsageError: func(_ context.Context, _ *cli.Command, err error, _ bool) error {
-			return &usageError{err.Error()}
+		OnUsageError:   subUsageError,
+		// Without a command vagentctl shows its help; with an unknown one
+		// (urfave/cli hands it to the root's action) it is a usage error.
+		Action: func(_ context.Context, cmd *cli.Command) error {
+			if cmd.Args().Present() {
+				return unknownCommand(cmd, cmd.Args().First())
+			}
+			return cli.ShowRootCommandHelp(cmd)
 		},
+		// "vagentctl help NAME" with an unknown NAME ends here, and
+		// urfave/cli returns no error: Main makes it one.
 		CommandNotFound: func(_ context.Context, cmd *cli.Command, name string) {
-			fmt.Fprintf(stderr, "vagentctl: unknown command %q\n", name)
+			root := cmd.Root()
+			if root.Metadata == nil {
+				root.Metadata = map[string]any{}
+			}
+			root.Metadata[unknownCommandKey] = name
 		},
 		Commands: []*cli.Command{
 			renderCmd(), applyCmd(),
@@ -115,27 +194,27 @@ func App(stdout, stderr io.Writer) *cli.Command {
 			lifecycleCmd("switch", "make an agent run, stopping what does not fit beside it"),
 			lifecycleCmd("restart", "stop an agent, wait for its memory, start it again"),
 			stopCmd(), statusCmd(), logsCmd(), gpuCmd(), testCmd(), installCmd(), pullCmd(),
-			planCmd(), doctorCmd(), setupCmd(),
+			planCmd(), doctorCmd(), setupCmd(), completionCmd(),
 		},
 	}
 }
 
-// subUsageError makes a subcommand's flag errors usage errors too.
-func subUsageError(_ context.Context, _ *cli.Command, err error, _ bool) error {
-	return &usageError{err.Error()}
+// subUsageError makes a command's flag errors usage errors too.
+func subUsageError(_ context.Context, cmd *cli.Command, err error, _ bool) error {
+	return &usageError{msg: err.Error(), cmd: cmd.FullName()}
 }
 
 // oneAgent returns the single AGENT argument.
 func oneAgent(cmd *cli.Command) (string, error) {
 	if cmd.Args().Len() != 1 {
-		return "", usagef("%s takes exactly one AGENT, got %d arguments", cmd.Name, cmd.Args().Len())
+		return "", &usageError{msg: fmt.Sprintf("%s takes exactly one AGENT, got %d arguments", cmd.Name, cmd.Args().Len()), cmd: cmd.FullName()}
 	}
 	return cmd.Args().First(), nil
 }
 
 func noArgs(cmd *cli.Command) error {
 	if cmd.Args().Len() != 0 {
-		return usagef("%s takes no arguments, got %q", cmd.Name, cmd.Args().Slice())
+		return &usageError{msg: fmt.Sprintf("%s takes no arguments, got %q", cmd.Name, cmd.Args().Slice()), cmd: cmd.FullName()}
 	}
 	return nil
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/models"
@@ -28,7 +26,9 @@ func pullCmd() *cli.Command {
 			"vLLM loads are fetched (*.safetensors, else *.bin; never original/), unless --all-files. A model that " +
 			"is a local directory (starting with / or ./) is only checked for a config.json.\n\n" +
 			"The Hub is $HF_ENDPOINT (default " + models.DefaultEndpoint + "); gated and private repositories need " +
-			"$HF_TOKEN (or the token file in paths.hf_home).\n\n" +
+			"$HF_TOKEN (or $HUGGING_FACE_HUB_TOKEN, or the file $HF_TOKEN_PATH, default the token file in paths.hf_home). " +
+			"With $HF_HUB_OFFLINE=1 nothing is downloaded: a model fully in the cache passes, any other fails. " +
+			"Each model goes to the cache its agent's engine reads: $HF_HUB_CACHE of the agent's env or engine.env, else paths.hf_home/hub.\n\n" +
 			"--source URL --dest NAME fetches a model that is not on the Hub through go-getter instead: an archive " +
 			"(https://host/m.tar.gz?checksum=sha256:HEX), a git repository (git::https://host/repo.git?ref=TAG) or a " +
 			"local directory, into paths.hf_home/local/NAME (or the absolute path given); set the agent's model to " +
@@ -84,34 +84,43 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 	if cmd.Bool("json") {
 		progress = models.JSONProgress(out)
 	} else {
-		tty, width := terminal(out)
-		text = models.NewTextProgress(out, tty)
-		text.Width = width
+		text = models.NewTerminalProgress(out)
+		defer text.Close()
 		progress = text.Event
-		if tty {
+		if text.TTY() {
 			interval = 100 * time.Millisecond
 		}
 	}
-	p, err := models.New(models.Options{
-		HFHome:    cfg.Paths.HFHome,
-		Endpoint:  models.EndpointFromEnv(os.Getenv),
-		Token:     models.TokenFromEnv(os.Getenv, cfg.Paths.HFHome),
-		UserAgent: "vagent/" + Version,
-		Jobs:      jobs,
-		Verify:    cmd.Bool("verify"),
-		AllFiles:  cmd.Bool("all-files"),
-		Durable:   true,
-		Progress:  progress,
+	// Each agent's model goes to the cache its engine will read (its unit's
+	// HF_HOME and [env]); pullers are shared by agents with the same Hub
+	// settings.
+	pullers := map[models.Env]*models.Puller{}
+	puller := func(e models.Env) (*models.Puller, error) {
+		if p, ok := pullers[e]; ok {
+			return p, nil
+		}
+		p, err := models.New(models.Options{
+			HFHome:    cfg.Paths.HFHome,
+			HubCache:  e.HubCache,
+			Endpoint:  e.Endpoint,
+			Token:     e.Token,
+			Offline:   e.Offline,
+			UserAgent: "vagent/" + Version,
+			Jobs:      jobs,
+			Verify:    cmd.Bool("verify"),
+			AllFiles:  cmd.Bool("all-files"),
+			Durable:   true,
+			Progress:  progress,
 
-		ProgressInterval: interval,
-	})
+			ProgressInterval: interval,
+		})
+		pullers[e] = p
+		return p, err
+	}
+	p, err := puller(models.ForAgent(cfg, nil, os.Getenv))
 	if err != nil {
 		return err
 	}
-	if text != nil {
-		defer text.Close()
-	}
-
 	if src != "" {
 		res, err := p.PullSource(ctx, "", src, dest)
 		if err != nil {
@@ -127,6 +136,7 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 	type target struct {
 		names           []string
 		model, revision string
+		env             models.Env
 	}
 	var targets []*target
 	seen := map[string]*target{}
@@ -135,12 +145,13 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 		if rev == "" {
 			rev = models.DefaultRevision
 		}
-		key := a.Model + "@" + rev
+		env := models.ForAgent(cfg, a, os.Getenv)
+		key := env.HubCache + "\x00" + a.Model + "@" + rev
 		if t, ok := seen[key]; ok {
 			t.names = append(t.names, a.Name)
 			continue
 		}
-		t := &target{names: []string{a.Name}, model: a.Model, revision: rev}
+		t := &target{names: []string{a.Name}, model: a.Model, revision: rev, env: env}
 		seen[key] = t
 		targets = append(targets, t)
 	}
@@ -149,7 +160,11 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if _, err := p.Pull(ctx, strings.Join(t.names, ","), t.model, t.revision); err != nil {
+		p, err := puller(t.env)
+		if err == nil {
+			_, err = p.Pull(ctx, strings.Join(t.names, ","), t.model, t.revision)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("agent %s: %w", strings.Join(t.names, ","), interrupted(ctx, err)))
 		}
 	}
@@ -162,19 +177,4 @@ func interrupted(ctx context.Context, err error) error {
 		return fmt.Errorf("interrupted: partial downloads are kept and resume on the next pull")
 	}
 	return err
-}
-
-// terminal reports whether w is a terminal, and its width.
-func terminal(w io.Writer) (bool, int) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false, 0
-	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
-		return false, 0
-	}
-	if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 20 {
-		return true, int(ws.Col)
-	}
-	return true, 0
 }

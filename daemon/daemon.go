@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
@@ -67,13 +67,15 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vagentd %s\n", Version)
 		return ExitOK
 	}
+	// The flag package prints its own usage after a flag error; these
+	// errors get a hint to it instead.
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vagentd: unexpected arguments %q\n", fs.Args())
+		fmt.Fprintf(stderr, "vagentd: unexpected arguments %q\nhint: vagentd takes options only; vagentd -h lists them\n", fs.Args())
 		return ExitUsage
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "vagentd: --log-level: %v\n", err)
+		fmt.Fprintf(stderr, "vagentd: --log-level: %v\nhint: --log-level is one of debug, info, warn, error\n", err)
 		return ExitUsage
 	}
 	log := NewLogger(stderr, lv)
@@ -94,20 +96,12 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	return ExitOK
 }
 
-// NewLogger returns vagentd's logger: logfmt text on w. Under journald
-// (JOURNAL_STREAM set) the time is left out, since the journal stamps each
-// line itself.
+// NewLogger returns vagentd's logger: logfmt text on w. When w is stderr
+// and stderr is the journal's stream, records go to journald with their
+// level as priority and their attributes as fields (journal.LogHandler),
+// and without a time of their own, since the journal stamps each one.
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(journal.NewLogHandler(w, journal.DetectLogMode(w), level, "vagentd", nil))
 }
 
 // Options are Run's collaborators; the zero value uses the real ones.
@@ -172,14 +166,15 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	sup := supervisor.New(cfg, supervisor.Options{
 		Systemd:   sd,
 		GPU:       view,
-		RootCause: rootCause,
+		RootCause: rootCause(engine.Of(cfg).Log()),
 		Log:       log,
 		LastUsed:  func(agent string) time.Time { return gw.LastUsed(agent) },
 		BeforeEvict: func(ctx context.Context, agent string) error {
 			return gw.BeforeEvict(ctx, agent)
 		},
-		EngineKey:   engineKey,
-		HostWeights: plan.HostWeights(cfg),
+		EngineKey:     engineKey,
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -211,7 +206,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	defer ctlLn.Close()
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	api := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	api := gw.Server(errLog)
+	apiLn = gw.Listener(apiLn)
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:
@@ -326,10 +322,13 @@ func Loopback(listen string) (bool, error) {
 
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
-func rootCause(ctx context.Context, unit string, since time.Time) string {
-	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-	if err != nil {
-		return ""
+// f is how its engine writes the log.
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
+	return func(ctx context.Context, unit string, since time.Time) string {
+		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+		if err != nil {
+			return ""
+		}
+		return journal.RootCause(entries, f)
 	}
-	return journal.RootCause(entries)
 }

@@ -121,8 +121,24 @@ func TestListenControl(t *testing.T) {
 
 func TestMainUsage(t *testing.T) {
 	var out bytes.Buffer
-	if code := Main(context.Background(), []string{"vagentd", "--bogus"}, &out); code != ExitUsage {
-		t.Errorf("--bogus: exit %d, want %d", code, ExitUsage)
+	// Every usage error exits 2 at once, before the configuration is read,
+	// and says where to look.
+	for _, args := range [][]string{
+		{"--bogus"},
+		{"-config"},
+		{"--version=maybe"},
+		{"serve"},
+		{"--log-level", "loud"},
+		{"--config", "/nonexistent/vagent.toml", "extra"},
+	} {
+		out.Reset()
+		code := Main(context.Background(), append([]string{"vagentd"}, args...), &out)
+		if code != ExitUsage {
+			t.Errorf("vagentd %q: exit %d, want %d\n%s", args, code, ExitUsage, out.String())
+		}
+		if !strings.Contains(out.String(), "Usage of vagentd") && !strings.Contains(out.String(), "\nhint: ") {
+			t.Errorf("vagentd %q: no usage and no hint:\n%s", args, out.String())
+		}
 	}
 	out.Reset()
 	if code := Main(context.Background(), []string{"vagentd", "--config", filepath.Join(t.TempDir(), "none.toml")}, &out); code != ExitFailure {

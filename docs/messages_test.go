@@ -312,6 +312,44 @@ var producers = map[string]func(t *testing.T) string{
 		return fmt.Sprintf("HTTP %d\n%s\nHTTP %d\n%s", code1, body1, code2, body2)
 	},
 	"gateway-drain-cut": drainCut,
+	"gateway-bounds": func(t *testing.T) string {
+		cfg := loadConfig(t, installConfig(t, "configs", map[string]any{
+			"gateway.max_body_mib": 1, "gateway.body_timeout": "100ms", "gateway.max_requests_per_key": 1}, nil))
+		sw := &fakeSwitcher{cfg: cfg, block: make(chan struct{})}
+		defer close(sw.block)
+		v := startVagentd(t, cfg, gateway.Options{Switcher: sw})
+		code1, _, body1 := v.post(t, "/v1/chat/completions", "", strings.Repeat(" ", 1<<20+1))
+		code2, body2 := slowBody(t, v)
+		go func() {
+			// Waits for dev's start, which never ends: it holds the one slot.
+			if resp, err := http.Post(v.base+"/v1/chat/completions", "application/json", strings.NewReader(chat("dev", false))); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		waitQueued(t, v, 1)
+		code3, retry3, body3 := v.post(t, "/v1/chat/completions", "", chat("po", false))
+		return fmt.Sprintf("HTTP %d\n%s\nHTTP %d\n%s\nHTTP %d Retry-After: %s\n%s", code1, body1, code2, body2, code3, retry3, body3)
+	},
+}
+
+// slowBody sends v a request whose body never comes, and returns the
+// answer's status and body.
+func slowBody(t *testing.T, v *vagentd) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(v.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // startFailure is what vagentctl prints when a switch through vagentd

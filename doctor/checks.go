@@ -10,12 +10,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/models"
 	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/units"
 )
@@ -25,7 +25,7 @@ var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 func (d *Doctor) checkModels(ctx context.Context) {
 	for _, a := range d.cfg.Agents {
 		check := "model " + a.Name
-		if plan.IsLocal(a.Model) {
+		if models.IsLocal(a.Model) {
 			d.checkModelDir(check, a)
 			continue
 		}
@@ -36,7 +36,7 @@ func (d *Doctor) checkModels(ctx context.Context) {
 			missing = Warn
 		}
 		fix := "vagentctl pull " + a.Name
-		snap, commit, err := d.snapshot(a.Model, a.Revision)
+		snap, commit, err := d.snapshot(a, a.Model, a.Revision)
 		if err != nil {
 			d.add(check, missing, fix, "%s%s", err, d.simNote())
 			continue
@@ -109,9 +109,10 @@ func (d *Doctor) checkModelDir(check string, a *config.Agent) {
 	d.add(check, Pass, "", "local directory %s: config.json and %d weight files", a.Model, len(files))
 }
 
-// snapshot finds a repo's cached snapshot through the injected file access.
-func (d *Doctor) snapshot(repo, rev string) (string, string, error) {
-	dir := plan.RepoDir(d.cfg.Paths.HFHome, repo)
+// snapshot finds a repo's cached snapshot through the injected file access,
+// in the cache agent a's engine loads from.
+func (d *Doctor) snapshot(a *config.Agent, repo, rev string) (string, string, error) {
+	dir := models.RepoFolder(models.HubCacheOf(d.cfg, a), repo)
 	commit := rev
 	if !commitRE.MatchString(rev) {
 		b, err := d.env.ReadFile(filepath.Join(dir, "refs", filepath.FromSlash(rev)))
@@ -247,16 +248,18 @@ func (d *Doctor) checkSystemd(ctx context.Context) {
 
 func (d *Doctor) checkPorts(ctx context.Context) {
 	for _, a := range d.cfg.Agents {
-		d.checkPort(ctx, "port "+a.Name, net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)), a.Unit(),
+		ep := d.eng.Endpoint(a)
+		d.checkPort(ctx, "port "+a.Name, ep.Network(), ep.Address(), a.Unit(),
 			fmt.Sprintf("change port in %s", a.File))
 	}
-	d.checkPort(ctx, "port gateway", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path))
+	d.checkPort(ctx, "port gateway", "tcp", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path))
 }
 
 // checkPort tries to bind addr; a busy port passes only when owner, the
-// unit that should hold it, is running.
-func (d *Doctor) checkPort(ctx context.Context, check, addr, owner, change string) {
-	l, err := d.env.Listen("tcp", addr)
+// unit that should hold it, is running. The bind sets no SO_REUSEPORT, so
+// an engine that set it (vLLM does) still shows as holding the port.
+func (d *Doctor) checkPort(ctx context.Context, check, network, addr, owner, change string) {
+	l, err := d.env.Listen(network, addr)
 	if err == nil {
 		l.Close()
 		d.add(check, Pass, "", "%s is free", addr)

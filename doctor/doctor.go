@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
@@ -128,6 +129,7 @@ var EngineTimeout = 3 * time.Minute
 type Doctor struct {
 	cfg *config.Config
 	env Env
+	eng engine.Engine
 
 	// Filled as the checks run.
 	info    *gpu.Info
@@ -140,7 +142,7 @@ type Doctor struct {
 
 // New returns a doctor for cfg on env.
 func New(cfg *config.Config, env Env) *Doctor {
-	return &Doctor{cfg: cfg, env: env}
+	return &Doctor{cfg: cfg, env: env, eng: engine.Of(cfg)}
 }
 
 // Report is every check's result.
@@ -380,7 +382,7 @@ func (d *Doctor) checkEngine(ctx context.Context) {
 		d.add("engine", Fail, "vagentctl install", "no vLLM engine: %s is missing (%s)", py, errText(err))
 		return
 	}
-	out, err := d.env.Run(ctx, py, "-c", "import vllm; print(vllm.__version__)")
+	out, err := d.env.Run(ctx, py, "-c", engine.VLLMVersionScript)
 	if err != nil {
 		d.add("engine", Fail, "vagentctl install (builds a fresh engine), or vagentctl install --rollback",
 			"vLLM in %s does not import: %s", c.Engine.Venv, lastLine(out))

@@ -13,8 +13,11 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
+	"github.com/vagent-dev/vagent/models"
 	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
 	"github.com/vagent-dev/vagent/units"
@@ -188,7 +191,7 @@ func (h *host) pull(repo string, n int) string {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	dir := plan.RepoDir(h.cfg.Paths.HFHome, repo)
+	dir := models.RepoFolder(filepath.Join(h.cfg.Paths.HFHome, "hub"), repo)
 	snap := filepath.Join(dir, "snapshots", commit)
 	os.MkdirAll(filepath.Join(dir, "refs"), 0o755)
 	os.MkdirAll(snap, 0o755)
@@ -452,7 +455,9 @@ func TestChecks(t *testing.T) {
 			},
 			want: []check{{"engine", Fail, "--version failed: exit status 2: vllm-sim: VLLM_SIM_VERSION: unknown", "reinstall"}}},
 		{name: "model not pulled, simulator", engine: sim, gpuKnd: simGPU,
-			breakIt: func(h *host) { os.RemoveAll(plan.RepoDir(h.cfg.Paths.HFHome, "Qwen/Qwen2.5-7B-Instruct-AWQ")) },
+			breakIt: func(h *host) {
+				os.RemoveAll(models.RepoFolder(filepath.Join(h.cfg.Paths.HFHome, "hub"), "Qwen/Qwen2.5-7B-Instruct-AWQ"))
+			},
 			want: []check{
 				{"model po", Warn, "Qwen/Qwen2.5-7B-Instruct-AWQ@main is not pulled", "vagentctl pull po"},
 				{"model po", Warn, "the simulator does not need it", ""},
@@ -465,11 +470,25 @@ func TestChecks(t *testing.T) {
 			want:    []check{{"model architect", Fail, "is not pulled", "vagentctl pull architect"}, {"model po", Fail, "HF_HUB_OFFLINE=1", ""}}},
 		{name: "snapshot incomplete", engine: vllm, gpuKnd: nvml,
 			breakIt: func(h *host) {
-				snap := filepath.Join(plan.RepoDir(h.cfg.Paths.HFHome, "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ"), "snapshots", commit)
+				snap := filepath.Join(models.RepoFolder(filepath.Join(h.cfg.Paths.HFHome, "hub"), "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ"), "snapshots", commit)
 				os.Remove(filepath.Join(snap, "model-00002-of-00003.safetensors"))
 				os.Remove(filepath.Join(snap, "config.json"))
 			},
 			want: []check{{"model dev", Fail, "snapshot 0123456789ab is incomplete: config.json is missing; 1 of 3 weight files missing (model-00002-of-00003.safetensors)", "vagentctl pull dev (resumes)"}}},
+		{name: "model in the agent's own HF_HUB_CACHE", engine: vllm, gpuKnd: nvml,
+			agents: map[string]string{
+				"own": "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\nport = 8010\ngpu_memory_utilization = 0.9\nmax_model_len = 4096\n[env]\nHF_HUB_CACHE = \"DIR/elsewhere\"\n",
+			},
+			breakIt: func(h *host) {
+				// The engine of "own" reads DIR/elsewhere (its unit sets
+				// HF_HUB_CACHE): the model is there, not in HF_HOME/hub.
+				from := models.RepoFolder(filepath.Join(h.cfg.Paths.HFHome, "hub"), "Qwen/Qwen2.5-7B-Instruct-AWQ")
+				os.MkdirAll(filepath.Join(h.dir, "elsewhere"), 0o755)
+				if err := os.Rename(from, models.RepoFolder(filepath.Join(h.dir, "elsewhere"), "Qwen/Qwen2.5-7B-Instruct-AWQ")); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+			want: []check{{"model own", Pass, "Qwen/Qwen2.5-7B-Instruct-AWQ@main snapshot", ""}}},
 		{name: "local model directory", engine: vllm, gpuKnd: nvml,
 			agents: map[string]string{
 				"loc":  "model = \"DIR/models/loc\"\nserved_names = [\"loc\"]\nport = 8010\ngpu_memory_utilization = 0.9\nmax_model_len = 4096\n",
@@ -582,4 +601,33 @@ func TestEngineImportIsBounded(t *testing.T) {
 	}
 	r := New(h.cfg, env).Run(context.Background())
 	expect(t, r, check{"engine", Pass, "vLLM 0.18.0", ""})
+}
+
+// TestPortHeldByAnotherEngineFails holds an agent's port with a real
+// listener that set SO_REUSEPORT, as vLLM does: a second vLLM would start
+// on it without error, so doctor must see it as taken.
+func TestPortHeldByAnotherEngineFails(t *testing.T) {
+	h := newHost(t, config.EngineSim, config.GPUBackendSim, nil)
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	h.cfg.Agent("dev").Port = port
+	env := h.env()
+	env.Listen = net.Listen
+	r := New(h.cfg, env).Run(context.Background())
+	res := find(r, "port dev")
+	want := fmt.Sprintf("127.0.0.1:%d is in use by another program (vagent@dev.service is inactive)", port)
+	if res == nil || res.Status != Fail || res.Finding != want {
+		t.Errorf("port dev: %+v, want Fail %q", res, want)
+	}
 }

@@ -93,7 +93,7 @@ func TestE2EPull(t *testing.T) {
 		if summary.Snapshot != want {
 			t.Errorf("snapshot %q, want %q", summary.Snapshot, want)
 		}
-		if dir, err := models.SnapshotDir(hfHome, po.ID, ""); err != nil || dir != want {
+		if dir, err := models.SnapshotDir(filepath.Join(hfHome, "hub"), po.ID, ""); err != nil || dir != want {
 			t.Errorf("SnapshotDir: %q, %v", dir, err)
 		}
 		var resumed bool

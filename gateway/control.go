@@ -235,7 +235,7 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request, key *keyEn
 	g.mu.Unlock()
 	if one != "" {
 		if len(list.Data) == 0 {
-			writeError(w, apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", one, joinStrings(g.names)))
+			writeError(w, g.noSuchModel(one, key))
 			return
 		}
 		writeJSON(w, http.StatusOK, list.Data[0])

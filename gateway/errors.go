@@ -30,6 +30,7 @@ const (
 	retryQueueFull = 1
 	retryMaxWait   = 5
 	retryDrained   = 1
+	retryKeyLimit  = 1
 )
 
 // APIError is a failure the gateway reports to a client in OpenAI's error

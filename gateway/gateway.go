@@ -52,6 +52,15 @@
 // gateway.drain_timeout to finish; then they are cut, and their clients
 // get a 503 (a stream: an error event and [DONE]).
 //
+// An engine put to sleep or stopped under a request (behind the gateway's
+// back: by hand, or vLLM 0.18 pausing its scheduler) ends it with HTTP 200
+// and finish_reason "abort". That is never relayed as an answer: a
+// non-streamed one, which the client has not seen yet, is sent once more
+// (waiting for the agent like a new request, so a sleeping agent is woken
+// first), and a 503 with Retry-After if it is aborted again; a stream,
+// whose first chunks are already out, ends with an error event (503) and
+// [DONE] in place of the abort chunk.
+//
 // # Logs
 //
 // Every inference request ends with one log line, msg "request": agent,
@@ -78,10 +87,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -90,6 +97,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -122,8 +130,6 @@ type Options struct {
 	// Switcher.Status, to see engines that died or were started by hand
 	// (default 5s).
 	SyncInterval time.Duration
-	// MaxBodyBytes bounds a request body (default 64 MiB).
-	MaxBodyBytes int64
 }
 
 // Gateway is the OpenAI-compatible front and its scheduler.
@@ -136,14 +142,20 @@ type Gateway struct {
 	byAgent   map[string]*agentRT // agent names only
 	names     []string            // every name a client may use, for error messages
 	client    *engineClient
+	eng       engine.Engine
 	m         *metrics
 	noAgent   *agentMetrics
 	promH     http.Handler
 	created   int64
 	engineKey []string // the Authorization header value for engines
 
+	conns     chan struct{} // one token per open client connection (Listener)
+	keyLimits *keyLimits
+
 	base       context.Context // ends when Run ends: starts in progress are abandoned
 	baseCancel context.CancelFunc
+	resyncMu   sync.Mutex
+	resyncing  chan struct{} // closed when the running resync ends; nil when none runs
 
 	mu      sync.Mutex
 	queued  int // waiters over all agents
@@ -167,15 +179,16 @@ func New(o Options) (*Gateway, error) {
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = 5 * time.Second
 	}
-	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 64 << 20
-	}
 	g := &Gateway{
 		o: o, cfg: o.Config, log: o.Log,
 		byName: map[string]*agentRT{}, byAgent: map[string]*agentRT{},
 		m:       newMetrics(),
 		created: time.Now().Unix(),
 		client:  newEngineClient(),
+		eng:     engine.Of(o.Config),
+
+		conns:     make(chan struct{}, max(o.Config.Gateway.MaxConnections, 1)),
+		keyLimits: newKeyLimits(max(o.Config.Gateway.MaxRequestsPerKey, 1)),
 	}
 	if o.EngineKey != "" {
 		g.engineKey = []string{"Bearer " + o.EngineKey}
@@ -184,12 +197,11 @@ func New(o Options) (*Gateway, error) {
 	for _, a := range o.Config.Agents {
 		ag := &agentRT{
 			cfg: a, name: a.Name,
-			addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)),
+			ep:      g.eng.Endpoint(a),
 			active:  map[*lease]struct{}{},
 			changed: make(chan struct{}),
 			m:       g.m.forAgent(a.Name),
 		}
-		ag.upstream = "http://" + ag.addr
 		ag.timeoutErr = &APIError{Status: http.StatusGatewayTimeout, Type: typeTimeout,
 			Message: fmt.Sprintf("agent %s: request timed out after %s (gateway.request_timeout)", a.Name, o.Config.Gateway.RequestTimeout.Duration)}
 		g.agents = append(g.agents, ag)
@@ -281,32 +293,12 @@ func (g *Gateway) Handler() http.Handler { return http.HandlerFunc(g.serveHTTP) 
 // socket, which its file permissions guard.
 func (g *Gateway) ControlHandler() http.Handler { return http.HandlerFunc(g.serveControl) }
 
-// rootRoutes are vLLM's model-taking routes outside /v1/.
-var rootRoutes = map[string]bool{
-	"/tokenize": true, "/detokenize": true, "/pooling": true, "/classify": true,
-	"/score": true, "/rerank": true, "/v2/rerank": true, "/invocations": true,
-}
-
-// engineOnlyRoutes are vLLM routes that drive the engine instead of
-// serving a model: sleep mode, weight reloads, cache resets, profiling,
-// LoRA loading. vLLM checks its API key on /v1/* only, and sleep agents run
-// in vLLM's dev mode, so these are open to anyone who reaches the engine:
-// the engine listens on 127.0.0.1, and the gateway never forwards them.
-// Only vagent's supervisor calls them.
-var engineOnlyRoutes = map[string]bool{
-	"/sleep": true, "/wake_up": true, "/is_sleeping": true, "/collective_rpc": true,
-	"/reset_prefix_cache": true, "/reset_mm_cache": true, "/server_info": true,
-	"/start_profile": true, "/stop_profile": true, "/scale_elastic_ep": true, "/is_scaling_elastic_ep": true,
-	"/pause": true, "/resume": true, "/is_paused": true, "/update_weights": true,
-	"/v1/load_lora_adapter": true, "/v1/unload_lora_adapter": true,
-}
-
 // refusePath refuses what the gateway must never forward: an engine-only
 // route, or a path an engine could resolve to another one (dot segments,
 // empty segments, backslashes, escaped slashes), since the request line is
 // forwarded as the client sent it. It applies before the key check: these
 // are refused whoever asks.
-func refusePath(r *http.Request) *APIError {
+func (g *Gateway) refusePath(r *http.Request) *APIError {
 	p := r.URL.Path
 	raw := strings.ToLower(r.URL.RawPath)
 	if strings.HasPrefix(p, "/v1/models/") {
@@ -318,7 +310,7 @@ func refusePath(r *http.Request) *APIError {
 		(p != "/" && path.Clean(p) != strings.TrimSuffix(p, "/")) {
 		return apiErr(http.StatusBadRequest, typeInvalidRequest, "the path %q is not in canonical form (no '.', '..' or empty segments, no escaped slashes)", p)
 	}
-	if engineOnlyRoutes[strings.ToLower(strings.TrimSuffix(p, "/"))] {
+	if g.eng.ControlRoute(strings.ToLower(strings.TrimSuffix(p, "/"))) {
 		return apiErr(http.StatusNotFound, typeNotFound, "%s is an engine control route: the gateway never forwards it (vagent drives its engines itself)", p)
 	}
 	return nil
@@ -326,7 +318,7 @@ func refusePath(r *http.Request) *APIError {
 
 func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
-	if aerr := refusePath(r); aerr != nil {
+	if aerr := g.refusePath(r); aerr != nil {
 		writeError(w, aerr)
 		return
 	}
@@ -365,7 +357,7 @@ func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			key = k
 		}
 		g.serveModels(w, r, key)
-	case strings.HasPrefix(p, "/v1/") || rootRoutes[p]:
+	case strings.HasPrefix(p, "/v1/") || g.eng.ModelRoute(p):
 		g.serveInference(w, r)
 	default:
 		writeError(w, apiErr(http.StatusNotFound, typeNotFound, "no route %s %s: the gateway serves /v1/* (OpenAI API), /vagent/v1/* (control), /metrics and /healthz", r.Method, p))
@@ -390,11 +382,32 @@ func (g *Gateway) authenticate(r *http.Request) (*keyEntry, *APIError) {
 }
 
 // resolve finds the agent a client names (agent name, served name or alias).
-func (g *Gateway) resolve(model string) (*agentRT, *APIError) {
+func (g *Gateway) resolve(model string, key *keyEntry) (*agentRT, *APIError) {
 	if ag := g.byName[model]; ag != nil {
 		return ag, nil
 	}
-	return nil, apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", model, strings.Join(g.names, ", "))
+	return nil, g.noSuchModel(model, key)
+}
+
+// noSuchModel is the 404 for a model nobody serves. It lists the names
+// key may use (all without keys): a key limited to some agents learns
+// nothing of the others.
+func (g *Gateway) noSuchModel(model string, key *keyEntry) *APIError {
+	return apiErr(http.StatusNotFound, typeNotFound, "The model `%s` does not exist. Available models: %s", model, g.namesFor(key))
+}
+
+// namesFor lists the names a client with key may use, comma-separated.
+func (g *Gateway) namesFor(key *keyEntry) string {
+	if key == nil {
+		return strings.Join(g.names, ", ")
+	}
+	var names []string
+	for _, n := range g.names {
+		if key.allows(g.byName[n].cfg) {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // Run does the gateway's background work until ctx ends: it rebuilds the

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -49,8 +50,7 @@ const (
 type agentRT struct {
 	cfg        *config.Agent
 	name       string
-	addr       string // the engine's host:port
-	upstream   string // the engine's base URL
+	ep         engine.Endpoint // where the engine serves
 	m          *agentMetrics
 	timeoutErr *APIError
 

@@ -11,9 +11,11 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vagent-dev/vagent/engine"
 )
 
-// engineClient talks HTTP/1.1 to the engines on 127.0.0.1 over pooled
+// engineClient talks HTTP/1.1 to the engines at their endpoints over pooled
 // connections, on the calling goroutine. net/http's Transport would spend
 // two goroutines and a write buffer on every connection and hand each
 // request and response between goroutines; with hundreds of streams open,
@@ -24,7 +26,7 @@ type engineClient struct {
 	idleTimeout time.Duration // below the engines' keep-alive (uvicorn: 5s)
 
 	mu   sync.Mutex
-	idle map[string][]*engineConn
+	idle map[engine.Endpoint][]*engineConn
 }
 
 type engineConn struct {
@@ -44,19 +46,19 @@ func newEngineClient() *engineClient {
 		dialer:      net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		maxIdle:     1024,
 		idleTimeout: 3 * time.Second,
-		idle:        map[string][]*engineConn{},
+		idle:        map[engine.Endpoint][]*engineConn{},
 	}
 }
 
-// do sends req to the engine at addr and returns its response. Ending ctx
+// do sends req to the engine at ep and returns its response. Ending ctx
 // aborts the exchange, the body's reads included; the connection then is
 // not reused. A failure on a reused connection before any answer (the
 // engine closed it meanwhile) is retried once on a new one: completions
 // have no side effects besides their compute. Dial failures are returned
 // as *net.OpError with Op "dial".
-func (ec *engineClient) do(ctx context.Context, addr string, req *outRequest, body []byte) (*http.Response, error) {
+func (ec *engineClient) do(ctx context.Context, ep engine.Endpoint, req *outRequest, body []byte) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
-		c, err := ec.get(ctx, addr)
+		c, err := ec.get(ctx, ep)
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +75,7 @@ func (ec *engineClient) do(ctx context.Context, addr string, req *outRequest, bo
 			}
 			return nil, err
 		}
-		resp.Body = &engineBody{rc: resp.Body, c: c, ec: ec, addr: addr, stop: stop,
+		resp.Body = &engineBody{rc: resp.Body, c: c, ec: ec, ep: ep, stop: stop,
 			eof: resp.ContentLength == 0, keep: !resp.Close}
 		return resp, nil
 	}
@@ -139,19 +141,19 @@ func writeRequest(bw *bufio.Writer, req *outRequest, body []byte) error {
 	return bw.Flush()
 }
 
-// get takes an idle connection to addr that is still open, or dials one.
-func (ec *engineClient) get(ctx context.Context, addr string) (*engineConn, error) {
+// get takes an idle connection to ep that is still open, or dials one.
+func (ec *engineClient) get(ctx context.Context, ep engine.Endpoint) (*engineConn, error) {
 	now := time.Now()
 	for {
 		ec.mu.Lock()
-		list := ec.idle[addr]
+		list := ec.idle[ep]
 		if len(list) == 0 {
 			ec.mu.Unlock()
 			break
 		}
 		c := list[len(list)-1]
 		list[len(list)-1] = nil
-		ec.idle[addr] = list[:len(list)-1]
+		ec.idle[ep] = list[:len(list)-1]
 		ec.mu.Unlock()
 		if now.Sub(c.idleAt) < ec.idleTimeout && c.open() {
 			c.reused = true
@@ -159,7 +161,7 @@ func (ec *engineClient) get(ctx context.Context, addr string) (*engineConn, erro
 		}
 		c.nc.Close()
 	}
-	nc, err := ec.dialer.DialContext(ctx, "tcp", addr)
+	nc, err := ep.Dial(ctx, &ec.dialer)
 	if err != nil {
 		return nil, err
 	}
@@ -192,11 +194,11 @@ func (c *engineConn) open() bool {
 	return err == nil && alive
 }
 
-func (ec *engineClient) put(addr string, c *engineConn) {
+func (ec *engineClient) put(ep engine.Endpoint, c *engineConn) {
 	c.idleAt = time.Now()
 	ec.mu.Lock()
-	if len(ec.idle[addr]) < ec.maxIdle {
-		ec.idle[addr] = append(ec.idle[addr], c)
+	if len(ec.idle[ep]) < ec.maxIdle {
+		ec.idle[ep] = append(ec.idle[ep], c)
 		c = nil
 	}
 	ec.mu.Unlock()
@@ -209,7 +211,7 @@ func (ec *engineClient) put(addr string, c *engineConn) {
 func (ec *engineClient) closeIdle() {
 	ec.mu.Lock()
 	idle := ec.idle
-	ec.idle = map[string][]*engineConn{}
+	ec.idle = map[engine.Endpoint][]*engineConn{}
 	ec.mu.Unlock()
 	for _, list := range idle {
 		for _, c := range list {
@@ -224,7 +226,7 @@ type engineBody struct {
 	rc   io.ReadCloser
 	c    *engineConn
 	ec   *engineClient
-	addr string
+	ep   engine.Endpoint
 	stop func() bool
 	eof  bool
 	keep bool
@@ -247,7 +249,7 @@ func (b *engineBody) Close() error {
 	// stop is false when ctx ended: the deadline may be poisoned.
 	reusable := b.stop() && b.eof && b.keep
 	if reusable {
-		b.ec.put(b.addr, b.c)
+		b.ec.put(b.ep, b.c)
 		return nil
 	}
 	return b.c.nc.Close()

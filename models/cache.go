@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // DefaultRevision is the revision pulled when an agent names none, as
@@ -53,37 +55,35 @@ func ValidRepoID(repo string) error {
 	return nil
 }
 
-// HubCache is the hub/ directory of a Hugging Face home: what
-// huggingface_hub (and so vLLM) reads with HF_HOME set.
-func HubCache(hfHome string) string { return filepath.Join(hfHome, "hub") }
-
-// RepoFolder is the cache folder of a model repository,
-// HF_HOME/hub/models--ORG--NAME.
-func RepoFolder(hfHome, repo string) string {
-	return filepath.Join(HubCache(hfHome), "models--"+strings.ReplaceAll(repo, "/", "--"))
+// RepoFolder is the cache folder of a model repository in a hub cache
+// (see Env.HubCache): HUB/models--ORG--NAME.
+func RepoFolder(hubCache, repo string) string {
+	return filepath.Join(hubCache, repoFolderName(repo))
 }
+
+func repoFolderName(repo string) string { return "models--" + strings.ReplaceAll(repo, "/", "--") }
 
 // lockDir holds huggingface_hub's per-blob lock files for repo; vagent
 // takes the same flock(2) locks, so a pull and a Python download of the
 // same blob never write it at once.
-func lockDir(hfHome, repo string) string {
-	return filepath.Join(HubCache(hfHome), ".locks", "models--"+strings.ReplaceAll(repo, "/", "--"))
+func lockDir(hubCache, repo string) string {
+	return filepath.Join(hubCache, ".locks", repoFolderName(repo))
 }
 
 // ResolveCommit reads the commit a revision points at in the cache: the
 // revision itself when it is a full commit hash, else refs/REVISION.
-func ResolveCommit(hfHome, repo, revision string) (string, error) {
+func ResolveCommit(hubCache, repo, revision string) (string, error) {
 	if revision == "" {
 		revision = DefaultRevision
 	}
 	if commitRE.MatchString(revision) {
 		return revision, nil
 	}
-	data, err := os.ReadFile(filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+	data, err := os.ReadFile(filepath.Join(RepoFolder(hubCache, repo), "refs", revision))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("%s@%s: %w (no %s)", repo, revision, ErrNotPulled,
-				filepath.Join(RepoFolder(hfHome, repo), "refs", revision))
+				filepath.Join(RepoFolder(hubCache, repo), "refs", revision))
 		}
 		return "", fmt.Errorf("%s@%s: %w", repo, revision, err)
 	}
@@ -95,12 +95,12 @@ func ResolveCommit(hfHome, repo, revision string) (string, error) {
 }
 
 // SnapshotDir returns the local directory a model loads from: for a Hub
-// repository the snapshot of revision ("" is main) in HF_HOME's cache, as
+// repository the snapshot of revision ("" is main) in the hub cache, as
 // vLLM resolves it with HF_HUB_OFFLINE=1; for a local model (see IsLocal)
 // the directory itself. The error wraps ErrNotPulled when the model is not
 // there; SnapshotDir does not check that every file is (vagentctl pull
 // writes the refs file only after all of them).
-func SnapshotDir(hfHome, repo, revision string) (string, error) {
+func SnapshotDir(hubCache, repo, revision string) (string, error) {
 	if IsLocal(repo) {
 		st, err := os.Stat(repo)
 		if err != nil {
@@ -117,11 +117,11 @@ func SnapshotDir(hfHome, repo, revision string) (string, error) {
 	if err := ValidRepoID(repo); err != nil {
 		return "", err
 	}
-	commit, err := ResolveCommit(hfHome, repo, revision)
+	commit, err := ResolveCommit(hubCache, repo, revision)
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(RepoFolder(hfHome, repo), "snapshots", commit)
+	dir := filepath.Join(RepoFolder(hubCache, repo), "snapshots", commit)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return "", fmt.Errorf("%s@%s: %w (no snapshot %s)", repo, revisionOr(revision), ErrNotPulled, dir)
 	}
@@ -157,49 +157,53 @@ func safeRelPath(name string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file and a
-// rename, so that readers see the old content or the new, never a part.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// writeFileAtomic writes data to name in root through a temporary file and
+// a rename, so that readers see the old content or the new, never a part.
+// Every step goes through root: name cannot reach outside it, whatever it
+// holds.
+func writeFileAtomic(root *os.Root, name string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(name)
+	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp := filepath.Join(dir, "."+filepath.Base(name)+".tmp-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	fh, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
 	}
-	_, werr := tmp.Write(data)
-	cerr := tmp.Close()
+	_, werr := fh.Write(data)
+	cerr := fh.Close()
 	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
+		root.Remove(tmp)
 		return err
 	}
-	if err := os.Chmod(tmp.Name(), mode); err != nil {
-		os.Remove(tmp.Name())
+	if err := root.Chmod(tmp, mode); err != nil {
+		root.Remove(tmp)
 		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
 		return err
 	}
 	return nil
 }
 
-// symlinkAtomic makes path a symbolic link to target, replacing whatever
-// link was there in one rename.
-func symlinkAtomic(target, path string) error {
-	if cur, err := os.Readlink(path); err == nil && cur == target {
+// symlinkAtomic makes name in root a symbolic link to target, replacing
+// whatever link was there in one rename.
+func symlinkAtomic(root *os.Root, target, name string) error {
+	if cur, err := root.Readlink(name); err == nil && cur == target {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 		return err
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".link-tmp")
-	os.Remove(tmp)
-	if err := os.Symlink(target, tmp); err != nil {
+	tmp := filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+".link-tmp")
+	root.Remove(tmp)
+	if err := root.Symlink(target, tmp); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
 		return err
 	}
 	return nil

@@ -137,11 +137,11 @@ func verifyBlob(path string, f File) (ok bool, got string, err error) {
 
 // lockBlob takes huggingface_hub's lock for one blob (flock on
 // .locks/models--X/ID.lock), waiting while ctx allows.
-func lockBlob(ctx context.Context, dir, blobID string) (unlock func(), err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+func lockBlob(ctx context.Context, root *os.Root, dir, blobID string) (unlock func(), err error) {
+	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	fh, err := os.OpenFile(filepath.Join(dir, blobID+".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	fh, err := root.OpenFile(filepath.Join(dir, blobID+".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +173,7 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 	f := st.file
 	blob := filepath.Join(job.folder, "blobs", f.BlobID)
 	partial := blob + incompleteSuffix
-	unlock, err := lockBlob(ctx, lockDir(p.opts.HFHome, job.repo), f.BlobID)
+	unlock, err := lockBlob(ctx, job.root, job.rel(lockDir(p.opts.HubCache, job.repo)), f.BlobID)
 	if err != nil {
 		return false, fmt.Errorf("pull %s: %s: lock: %w", job.repo, f.Path, err)
 	}
@@ -183,7 +183,7 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 		switch {
 		case fi.Size() != f.Size:
 			p.emit(job.event(EventError, f.Path, fmt.Sprintf("cached blob is %d bytes, want %d: fetching it again", fi.Size(), f.Size), true))
-			os.Remove(blob)
+			job.root.Remove(job.rel(blob))
 		case p.opts.Verify:
 			ok, got, err := verifyBlob(blob, f)
 			if err != nil {
@@ -194,7 +194,7 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 				return false, nil
 			}
 			p.emit(job.event(EventError, f.Path, fmt.Sprintf("cached blob has checksum %s, want %s: fetching it again", got, f.BlobID), true))
-			os.Remove(blob)
+			job.root.Remove(job.rel(blob))
 		default:
 			st.bytes.Store(f.Size)
 			return false, nil
@@ -214,12 +214,12 @@ func (p *Puller) fetchFile(ctx context.Context, job *pullJob, st *fileState) (fe
 					return true, fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err)
 				}
 			}
-			if err := os.Rename(partial, blob); err != nil {
+			if err := job.root.Rename(job.rel(partial), job.rel(blob)); err != nil {
 				return true, fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err)
 			}
 			return true, nil
 		}
-		os.Remove(partial)
+		job.root.Remove(job.rel(partial))
 		st.bytes.Store(0)
 		if refetched {
 			return true, &ChecksumError{Repo: job.repo, File: f.Path, Algo: algo, Want: want, Got: got}
@@ -288,10 +288,10 @@ type hashState struct {
 // downloads, not before asking for it.
 func (p *Puller) downloadOnce(ctx context.Context, job *pullJob, st *fileState, partial string, hs *hashState) (sum string, synced bool, err error) {
 	f := st.file
-	if err := os.MkdirAll(filepath.Dir(partial), 0o755); err != nil {
+	if err := job.root.MkdirAll(job.rel(filepath.Dir(partial)), 0o755); err != nil {
 		return "", false, permanent(fmt.Errorf("pull %s: %w", job.repo, err))
 	}
-	fh, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
+	fh, err := job.root.OpenFile(job.rel(partial), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return "", false, permanent(fmt.Errorf("pull %s: %s: %w", job.repo, f.Path, err))
 	}

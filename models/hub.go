@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,36 +16,6 @@ import (
 
 // DefaultEndpoint is the Hugging Face Hub, used when HF_ENDPOINT is unset.
 const DefaultEndpoint = "https://huggingface.co"
-
-// EndpointFromEnv is the Hub to pull from: $HF_ENDPOINT (a mirror), else
-// DefaultEndpoint.
-func EndpointFromEnv(getenv func(string) string) string {
-	if e := strings.TrimSpace(getenv("HF_ENDPOINT")); e != "" {
-		return strings.TrimRight(e, "/")
-	}
-	return DefaultEndpoint
-}
-
-// TokenFromEnv finds the Hub token as huggingface_hub does: $HF_TOKEN, then
-// the older $HUGGING_FACE_HUB_TOKEN, then the file $HF_TOKEN_PATH or
-// HF_HOME/token (what `hf auth login` writes). "" when there is none.
-func TokenFromEnv(getenv func(string) string, hfHome string) string {
-	for _, k := range []string{"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"} {
-		if t := strings.TrimSpace(getenv(k)); t != "" {
-			return t
-		}
-	}
-	p := getenv("HF_TOKEN_PATH")
-	if p == "" && hfHome != "" {
-		p = filepath.Join(hfHome, "token")
-	}
-	if p != "" {
-		if data, err := os.ReadFile(p); err == nil {
-			return strings.TrimSpace(string(data))
-		}
-	}
-	return ""
-}
 
 // apiTimeout bounds one Hub API call (not a download, which is bounded by
 // its stall timeout instead).

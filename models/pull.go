@@ -102,12 +102,19 @@ type Event struct {
 
 // Options configure a Puller.
 type Options struct {
-	// HFHome is the Hugging Face home the cache lives in (HF_HOME).
+	// HFHome is the Hugging Face home (HF_HOME): sources pulled by name go
+	// to its local/ directory.
 	HFHome string
+	// HubCache is the hub cache Hub models go to (see Env); HFHome/hub
+	// when empty.
+	HubCache string
 	// Endpoint is the Hub (HF_ENDPOINT); DefaultEndpoint when empty.
 	Endpoint string
 	// Token is sent as a bearer token (HF_TOKEN) for gated and private repos.
 	Token string
+	// Offline never calls the Hub (HF_HUB_OFFLINE): a revision already in
+	// the cache is checked there, anything else fails.
+	Offline bool
 	// UserAgent of the requests.
 	UserAgent string
 	// Jobs is how many files download at once; 4 when 0.
@@ -167,6 +174,9 @@ func New(opts Options) (*Puller, error) {
 	if opts.HFHome == "" {
 		return nil, errors.New("models: no HF home (paths.hf_home)")
 	}
+	if opts.HubCache == "" {
+		opts.HubCache = filepath.Join(opts.HFHome, "hub")
+	}
 	if opts.Jobs <= 0 {
 		opts.Jobs = 4
 	}
@@ -194,6 +204,9 @@ func New(opts Options) (*Puller, error) {
 	return &Puller{opts: opts, hub: &hub{endpoint: ep, token: opts.Token, userAgent: opts.UserAgent, client: client}}, nil
 }
 
+// HubCache is the hub cache the puller writes Hub models to.
+func (p *Puller) HubCache() string { return p.opts.HubCache }
+
 // Endpoint is the Hub the puller talks to.
 func (p *Puller) Endpoint() string { return p.opts.Endpoint }
 
@@ -213,11 +226,24 @@ func (p *Puller) emit(e Event) {
 type pullJob struct {
 	agent, repo, revision, commit string
 	folder                        string
-	files                         []*fileState
-	totalSize                     int64
-	started                       time.Time
-	baseBytes                     int64           // present before this pull
-	early                         map[string]bool // fetched before the others (the shard index)
+	// root is the hub cache: every write of the pull goes through it, so
+	// that no name (revision, file, blob) can write outside the cache.
+	root      *os.Root
+	files     []*fileState
+	totalSize int64
+	started   time.Time
+	baseBytes int64           // present before this pull
+	early     map[string]bool // fetched before the others (the shard index)
+}
+
+// rel is abs, a path in the job's repository folder, relative to the hub
+// cache (the job's root).
+func (j *pullJob) rel(abs string) string {
+	r, err := filepath.Rel(j.root.Name(), abs)
+	if err != nil {
+		return abs // the root refuses it
+	}
+	return r
 }
 
 func (j *pullJob) present() int64 {
@@ -255,6 +281,9 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 	if revision == "" {
 		revision = DefaultRevision
 	}
+	if p.opts.Offline {
+		return p.pullOffline(agent, model, revision)
+	}
 	t0 := time.Now()
 	info, err := p.hub.repoInfo(ctx, model, revision)
 	if err != nil {
@@ -262,7 +291,14 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 		return nil, err
 	}
 	files := info.Files
-	job := &pullJob{agent: agent, repo: model, revision: revision, commit: info.Commit, folder: RepoFolder(p.opts.HFHome, model)}
+	job := &pullJob{agent: agent, repo: model, revision: revision, commit: info.Commit, folder: RepoFolder(p.opts.HubCache, model)}
+	if err := os.MkdirAll(p.opts.HubCache, 0o755); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", model, err)
+	}
+	if job.root, err = os.OpenRoot(p.opts.HubCache); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", model, err)
+	}
+	defer job.root.Close()
 	if !p.opts.AllFiles {
 		files = SelectFiles(files)
 		if files, err = p.dropUnindexed(ctx, job, files); err != nil {
@@ -289,7 +325,7 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 	}
 	job.baseBytes = job.present()
 	blobs := filepath.Join(job.folder, "blobs")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
+	if err := job.root.MkdirAll(job.rel(blobs), 0o755); err != nil {
 		return nil, fmt.Errorf("pull %s: %w", model, err)
 	}
 	if free, err := p.opts.FreeSpace(blobs); err != nil {
@@ -325,6 +361,50 @@ func (p *Puller) Pull(ctx context.Context, agent, model, revision string) (*Resu
 		sum.Rate = math.Round(float64(res.FetchedBytes) / res.Duration.Seconds())
 	}
 	p.emit(sum)
+	return res, nil
+}
+
+// OfflineMessage is huggingface_hub's own text for a snapshot missing
+// with HF_HUB_OFFLINE set (_snapshot_download.py, snapshot_download), so
+// that the fix reads the same from vagent and from Python.
+const OfflineMessage = "Cannot find an appropriate cached snapshot folder for the specified revision on the local disk " +
+	"and outgoing traffic has been disabled. To enable repo look-ups and downloads online, set 'HF_HUB_OFFLINE=0' as environment variable."
+
+// ErrOffline is wrapped by a pull that needed the Hub with HF_HUB_OFFLINE
+// set.
+var ErrOffline = errors.New(OfflineMessage)
+
+// pullOffline accepts a revision the cache holds in full (its ref, its
+// snapshot, and every file of the snapshot resolving to a blob) without a
+// call to the Hub.
+func (p *Puller) pullOffline(agent, model, revision string) (*Result, error) {
+	fail := func(err error) (*Result, error) {
+		p.emit(Event{Event: EventError, Agent: agent, Source: SourceHub, Repo: model, Revision: revision, Error: err.Error()})
+		return nil, err
+	}
+	dir, err := SnapshotDir(p.opts.HubCache, model, revision)
+	if err != nil {
+		return fail(fmt.Errorf("pull %s@%s: %w (%v)", model, revision, ErrOffline, err))
+	}
+	res := &Result{Agent: agent, Source: SourceHub, Repo: model, Revision: revision, Commit: filepath.Base(dir), Dir: dir}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		st, err := os.Stat(path) // follows the link to its blob
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		res.Files++
+		res.Skipped++
+		res.TotalBytes += st.Size()
+		return nil
+	})
+	if err != nil {
+		return fail(fmt.Errorf("pull %s@%s: %w (snapshot incomplete: %v)", model, revision, ErrOffline, err))
+	}
+	p.emit(Event{Event: EventSummary, Agent: agent, Source: SourceHub, Repo: model, Revision: revision, Commit: res.Commit,
+		Files: res.Files, SkippedFiles: res.Skipped, Size: res.TotalBytes, Bytes: res.TotalBytes, Snapshot: dir})
 	return res, nil
 }
 
@@ -428,11 +508,11 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 	for _, st := range job.files {
 		f := st.file
 		link := filepath.Join(snap, filepath.FromSlash(f.Path))
-		if err := symlinkAtomic(blobRel(f.Path, f.BlobID), link); err != nil {
+		if err := symlinkAtomic(job.root, blobRel(f.Path, f.BlobID), job.rel(link)); err != nil {
 			return "", fmt.Errorf("pull %s: snapshot %s: %w", job.repo, f.Path, err)
 		}
 	}
-	if err := os.MkdirAll(snap, 0o755); err != nil {
+	if err := job.root.MkdirAll(job.rel(snap), 0o755); err != nil {
 		return "", fmt.Errorf("pull %s: %w", job.repo, err)
 	}
 	if p.opts.Durable {
@@ -443,7 +523,7 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 		}
 	}
 	if job.revision != job.commit {
-		if err := writeFileAtomic(filepath.Join(job.folder, "refs", filepath.FromSlash(job.revision)), []byte(job.commit), 0o644); err != nil {
+		if err := writeFileAtomic(job.root, job.rel(filepath.Join(job.folder, "refs", filepath.FromSlash(job.revision))), []byte(job.commit), 0o644); err != nil {
 			return "", fmt.Errorf("pull %s: ref %s: %w", job.repo, job.revision, err)
 		}
 	}

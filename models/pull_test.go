@@ -153,10 +153,10 @@ func TestPullLayoutLikeHuggingFaceHub(t *testing.T) {
 	if redirects != 2 || cdn != 2 {
 		t.Errorf("%d redirects and %d CDN downloads, want 2 each", redirects, cdn)
 	}
-	if dir, err := models.SnapshotDir(home, repo.ID, ""); err != nil || dir != snap {
+	if dir, err := models.SnapshotDir(filepath.Join(home, "hub"), repo.ID, ""); err != nil || dir != snap {
 		t.Errorf("SnapshotDir = %q, %v; want %s", dir, err, snap)
 	}
-	if dir, err := models.SnapshotDir(home, repo.ID, repo.Commit); err != nil || dir != snap {
+	if dir, err := models.SnapshotDir(filepath.Join(home, "hub"), repo.ID, repo.Commit); err != nil || dir != snap {
 		t.Errorf("SnapshotDir by commit = %q, %v", dir, err)
 	}
 	sum := ev.of(models.EventSummary)
@@ -316,7 +316,7 @@ func TestPullFailsOnTwoCorruptedDownloads(t *testing.T) {
 			t.Errorf("%s exists after a rejected download", p)
 		}
 	}
-	if _, err := models.SnapshotDir(home, repo.ID, ""); !errors.Is(err, models.ErrNotPulled) {
+	if _, err := models.SnapshotDir(filepath.Join(home, "hub"), repo.ID, ""); !errors.Is(err, models.ErrNotPulled) {
 		t.Errorf("SnapshotDir after a failed pull: %v", err)
 	}
 }
@@ -451,7 +451,7 @@ func TestPullDiskFullMidWrite(t *testing.T) {
 	if err != nil || fi.Size() == 0 {
 		t.Fatalf("partial file not kept: %v", err)
 	}
-	if _, err := models.SnapshotDir(home, repo.ID, ""); !errors.Is(err, models.ErrNotPulled) {
+	if _, err := models.SnapshotDir(filepath.Join(home, "hub"), repo.ID, ""); !errors.Is(err, models.ErrNotPulled) {
 		t.Errorf("a failed pull left a usable snapshot: %v", err)
 	}
 	if out, err := exec.Command("mount", "-o", "remount,size=16m", home).CombinedOutput(); err != nil {
@@ -607,21 +607,21 @@ func TestPullLocalDirectory(t *testing.T) {
 
 func TestSnapshotDir(t *testing.T) {
 	home := t.TempDir()
-	if _, err := models.SnapshotDir(home, "Qwen/X-7B", ""); !errors.Is(err, models.ErrNotPulled) {
+	if _, err := models.SnapshotDir(filepath.Join(home, "hub"), "Qwen/X-7B", ""); !errors.Is(err, models.ErrNotPulled) {
 		t.Errorf("missing: %v", err)
 	}
 	folder := filepath.Join(home, "hub", "models--Qwen--X-7B")
 	commit := strings.Repeat("ab", 20)
 	os.MkdirAll(filepath.Join(folder, "refs"), 0o755)
 	os.WriteFile(filepath.Join(folder, "refs", "main"), []byte(commit), 0o644)
-	if _, err := models.SnapshotDir(home, "Qwen/X-7B", "main"); !errors.Is(err, models.ErrNotPulled) {
+	if _, err := models.SnapshotDir(filepath.Join(home, "hub"), "Qwen/X-7B", "main"); !errors.Is(err, models.ErrNotPulled) {
 		t.Errorf("ref without snapshot: %v", err)
 	}
 	os.MkdirAll(filepath.Join(folder, "snapshots", commit), 0o755)
-	if d, err := models.SnapshotDir(home, "Qwen/X-7B", ""); err != nil || d != filepath.Join(folder, "snapshots", commit) {
+	if d, err := models.SnapshotDir(filepath.Join(home, "hub"), "Qwen/X-7B", ""); err != nil || d != filepath.Join(folder, "snapshots", commit) {
 		t.Errorf("pulled: %q, %v", d, err)
 	}
-	if d, err := models.SnapshotDir(home, home, ""); err != nil || d != home {
+	if d, err := models.SnapshotDir(filepath.Join(home, "hub"), home, ""); err != nil || d != home {
 		t.Errorf("local dir: %q %v", d, err)
 	}
 }
@@ -642,23 +642,6 @@ func TestSelectFiles(t *testing.T) {
 	in = []models.File{{Path: "config.json"}, {Path: "pytorch_model-00001-of-00002.bin"}, {Path: "flax_model.msgpack"}}
 	if got := names(models.SelectFiles(in)); got != "config.json pytorch_model-00001-of-00002.bin" {
 		t.Errorf("with bin: %s", got)
-	}
-}
-
-func TestTokenAndEndpointFromEnv(t *testing.T) {
-	home := t.TempDir()
-	env := map[string]string{}
-	get := func(k string) string { return env[k] }
-	if models.TokenFromEnv(get, home) != "" || models.EndpointFromEnv(get) != models.DefaultEndpoint {
-		t.Error("defaults")
-	}
-	os.WriteFile(filepath.Join(home, "token"), []byte("hf_file\n"), 0o600)
-	if got := models.TokenFromEnv(get, home); got != "hf_file" {
-		t.Errorf("token file: %q", got)
-	}
-	env["HF_TOKEN"], env["HF_ENDPOINT"] = "hf_env", "http://mirror.local/"
-	if models.TokenFromEnv(get, home) != "hf_env" || models.EndpointFromEnv(get) != "http://mirror.local" {
-		t.Error("env")
 	}
 }
 
@@ -691,4 +674,66 @@ func TestPullSkipsShardsTheIndexDoesNotName(t *testing.T) {
 	if res, err := pull(t, p, repo.ID, ""); err != nil || res.Files != 7 {
 		t.Errorf("--all-files: %+v, %v", res, err)
 	}
+}
+
+// TestPullOffline: with HF_HUB_OFFLINE a fully cached revision succeeds
+// without one request to the Hub; a missing one fails with
+// huggingface_hub's own text, also without a request.
+func TestPullOffline(t *testing.T) {
+	repo := testRepo()
+	srv := hubtest.New(repo)
+	defer srv.Close()
+	home := t.TempDir()
+	p, _ := newPuller(t, srv, home, nil)
+	want, err := pull(t, p, repo.ID, "v1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.ResetLog()
+	off, ev := newPuller(t, srv, home, func(o *models.Options) { o.Offline = true })
+	res, err := pull(t, off, repo.ID, "v1.0")
+	if err != nil || res.Dir != want.Dir || res.Commit != repo.Commit || res.Files != want.Files {
+		t.Errorf("offline pull of a cached model: %+v, %v; want dir %s, %d files", res, err, want.Dir, want.Files)
+	}
+	if s := ev.of(models.EventSummary); len(s) != 1 || s[0].Snapshot != want.Dir {
+		t.Errorf("summary %+v", s)
+	}
+	_, err = pull(t, off, repo.ID, "main")
+	if !errors.Is(err, models.ErrOffline) || !strings.Contains(err.Error(), "set 'HF_HUB_OFFLINE=0' as environment variable") {
+		t.Errorf("offline pull of an uncached revision: %v", err)
+	}
+	// A snapshot whose blob went missing is not "fully cached".
+	os.Remove(filepath.Join(want.Dir, "config.json"))
+	os.Symlink("../../blobs/gone", filepath.Join(want.Dir, "config.json"))
+	if _, err := pull(t, off, repo.ID, "v1.0"); !errors.Is(err, models.ErrOffline) {
+		t.Errorf("offline pull of a broken snapshot: %v", err)
+	}
+	if n := len(srv.Requests()); n != 0 {
+		t.Errorf("offline pulls made %d requests to the Hub: %+v", n, srv.Requests())
+	}
+}
+
+// TestPullRevisionCannotWriteOutsideTheCache: a revision that climbs out
+// of refs/ (config refuses it; here the pull is called directly, as if that
+// check were bypassed, against a Hub that serves such a ref) writes nothing
+// outside the hub cache: every write goes through an os.Root.
+func TestPullRevisionCannotWriteOutsideTheCache(t *testing.T) {
+	repo := testRepo()
+	evil := "../../../../escaped"
+	repo.Refs = append(repo.Refs, evil)
+	srv := hubtest.New(repo)
+	defer srv.Close()
+	top := t.TempDir()
+	home := filepath.Join(top, "a", "b", "hf")
+	p, _ := newPuller(t, srv, home, nil)
+	_, err := pull(t, p, repo.ID, evil)
+	if err == nil || !strings.Contains(err.Error(), "path escapes from parent") {
+		t.Errorf("pull of revision %q: %v, want the root's refusal", evil, err)
+	}
+	filepath.WalkDir(top, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(path, filepath.Join(home, "hub")+"/") {
+			t.Errorf("wrote %s outside the hub cache", path)
+		}
+		return nil
+	})
 }

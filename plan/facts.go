@@ -6,18 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/models"
 )
 
 // Source says where a figure came from, so that a user can tell a measured
@@ -147,16 +146,19 @@ func ParseConfig(data []byte) (*Arch, error) {
 }
 
 // Resolver finds a model's facts: from a local model directory, else from
-// the HF cache under HFHome, else from the Hub API, else from the built-in
+// the agent's HF cache, else from the Hub API, else from the built-in
 // table, taking the architecture and the weights each from the first source
 // that has them.
 type Resolver struct {
 	// HFHome is vagent's Hugging Face home (paths.hf_home): the cache is
-	// HFHome/hub.
+	// HFHome/hub unless Cache says otherwise.
 	HFHome string
-	// Endpoint is the Hub ($HF_ENDPOINT, default https://huggingface.co).
+	// Cache is the hub cache of an agent's engine (models.HubCacheOf);
+	// nil: HFHome/hub for every agent.
+	Cache func(a *config.Agent) string
+	// Endpoint is the Hub (models.Env.Endpoint).
 	Endpoint string
-	// Token is sent as a bearer token ($HF_TOKEN) for gated repos.
+	// Token is sent as a bearer token for gated repos (models.Env.Token).
 	Token string
 	// Offline skips the Hub ($HF_HUB_OFFLINE=1, or --offline).
 	Offline bool
@@ -170,57 +172,38 @@ type Resolver struct {
 }
 
 // DefaultEndpoint is the Hub when $HF_ENDPOINT is unset.
-const DefaultEndpoint = "https://huggingface.co"
+const DefaultEndpoint = models.DefaultEndpoint
 
 // ResolverFromEnv is the resolver for cfg with the Hub settings of the
-// environment (getenv is os.Getenv outside tests).
+// environment (getenv is os.Getenv outside tests), resolved by models as
+// huggingface_hub resolves them.
 func ResolverFromEnv(cfg *config.Config, getenv func(string) string) *Resolver {
-	r := &Resolver{HFHome: cfg.Paths.HFHome, Endpoint: getenv("HF_ENDPOINT"), Token: getenv("HF_TOKEN")}
-	if r.Endpoint == "" {
-		r.Endpoint = cfg.Engine.Env["HF_ENDPOINT"]
-	}
-	switch strings.ToLower(getenv("HF_HUB_OFFLINE")) {
-	case "1", "true", "yes", "on":
-		r.Offline = true
-	}
-	return r
+	e := models.ForAgent(cfg, nil, getenv)
+	return &Resolver{HFHome: cfg.Paths.HFHome, Endpoint: e.Endpoint, Token: e.Token, Offline: e.Offline,
+		Cache: func(a *config.Agent) string { return models.HubCacheOf(cfg, a) }}
 }
 
-// RepoDir is the cache directory of a Hub repo: HFHome/hub/models--ORG--NAME.
-func RepoDir(hfHome, repo string) string {
-	return filepath.Join(hfHome, "hub", "models--"+strings.ReplaceAll(repo, "/", "--"))
+func (r *Resolver) cache(a *config.Agent) string {
+	if r.Cache != nil {
+		return r.Cache(a)
+	}
+	return filepath.Join(r.HFHome, "hub")
 }
-
-var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
 // SnapshotDir is the cached snapshot of repo at revision (a branch, tag or
-// commit), read through refs/REVISION for names. It fails when the revision
-// was never pulled.
-func SnapshotDir(hfHome, repo, revision string) (string, string, error) {
-	dir := RepoDir(hfHome, repo)
-	commit := revision
-	if !commitRE.MatchString(revision) {
-		b, err := os.ReadFile(filepath.Join(dir, "refs", filepath.FromSlash(revision)))
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return "", "", fmt.Errorf("%s@%s is not in the HF cache (%s)", repo, revision, dir)
-			}
-			return "", "", err
-		}
-		commit = strings.TrimSpace(string(b))
+// commit) in hubCache, and its commit. It fails when the revision was never
+// pulled.
+func SnapshotDir(hubCache, repo, revision string) (string, string, error) {
+	snap, err := models.SnapshotDir(hubCache, repo, revision)
+	if err != nil {
+		return "", "", err
 	}
-	snap := filepath.Join(dir, "snapshots", commit)
-	if st, err := os.Stat(snap); err != nil || !st.IsDir() {
-		return "", "", fmt.Errorf("%s@%s: snapshot %s is missing from the HF cache", repo, revision, commit)
-	}
-	return snap, commit, nil
+	return snap, filepath.Base(snap), nil
 }
 
 // IsLocal reports whether an agent's model is a directory rather than a Hub
-// repo id (config's rule: a path starts with / or .).
-func IsLocal(model string) bool {
-	return strings.HasPrefix(model, "/") || strings.HasPrefix(model, ".")
-}
+// repo id (models.IsLocal).
+func IsLocal(model string) bool { return models.IsLocal(model) }
 
 // Facts resolves the facts of agent a's model.
 func (r *Resolver) Facts(ctx context.Context, a *config.Agent) *Facts {
@@ -228,7 +211,7 @@ func (r *Resolver) Facts(ctx context.Context, a *config.Agent) *Facts {
 	if IsLocal(a.Model) {
 		r.fromDir(f, a.Model, SourceLocal)
 	} else {
-		snap, commit, err := SnapshotDir(r.HFHome, a.Model, a.Revision)
+		snap, commit, err := SnapshotDir(r.cache(a), a.Model, a.Revision)
 		if err != nil {
 			f.Notes = append(f.Notes, err.Error())
 		} else {

@@ -3,6 +3,7 @@ package plan
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/models"
 )
 
 func readTestdata(t *testing.T, name string) []byte {
@@ -76,7 +78,7 @@ const commit7B = "a4b4e3ef8d4a5c5ef3e8c2b8c0d1e2f3a4b5c6d7"
 // Shard files are sparse, so their sizes cost no disk.
 func hfCache(t *testing.T, home, repo, ref, commit string, files map[string]int64, config []byte) string {
 	t.Helper()
-	dir := RepoDir(home, repo)
+	dir := models.RepoFolder(filepath.Join(home, "hub"), repo)
 	snap := filepath.Join(dir, "snapshots", commit)
 	for _, d := range []string{filepath.Join(dir, "refs"), filepath.Join(dir, "blobs"), snap} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -321,16 +323,42 @@ func TestResolverFromEnv(t *testing.T) {
 
 func TestSnapshotDir(t *testing.T) {
 	home := t.TempDir()
+	hub := filepath.Join(home, "hub")
 	hfCache(t, home, "org/m", "main", commit7B, nil, []byte("{}"))
-	if snap, commit, err := SnapshotDir(home, "org/m", "main"); err != nil || commit != commit7B || filepath.Base(snap) != commit7B {
+	if snap, commit, err := SnapshotDir(hub, "org/m", "main"); err != nil || commit != commit7B || filepath.Base(snap) != commit7B {
 		t.Errorf("main: %s %s %v", snap, commit, err)
 	}
-	if _, _, err := SnapshotDir(home, "org/m", "v2"); err == nil || !strings.Contains(err.Error(), "org/m@v2 is not in the HF cache") {
+	if _, _, err := SnapshotDir(hub, "org/m", "v2"); !errors.Is(err, models.ErrNotPulled) || !strings.Contains(err.Error(), "org/m@v2") {
 		t.Errorf("missing ref: %v", err)
 	}
-	os.WriteFile(filepath.Join(RepoDir(home, "org/m"), "refs", "stale"), []byte(strings.Repeat("b", 40)), 0o644)
-	if _, _, err := SnapshotDir(home, "org/m", "stale"); err == nil || !strings.Contains(err.Error(), "is missing from the HF cache") {
+	os.WriteFile(filepath.Join(models.RepoFolder(hub, "org/m"), "refs", "stale"), []byte(strings.Repeat("b", 40)), 0o644)
+	if _, _, err := SnapshotDir(hub, "org/m", "stale"); !errors.Is(err, models.ErrNotPulled) || !strings.Contains(err.Error(), "no snapshot") {
 		t.Errorf("stale ref: %v", err)
+	}
+}
+
+// TestResolverUsesTheAgentsCacheAndEveryTokenVariable: plan reads the
+// cache the agent's unit points its engine at ([env] HF_HUB_CACHE), and
+// finds a token through HUGGING_FACE_HUB_TOKEN and HF_TOKEN_PATH as pull
+// does.
+func TestResolverUsesTheAgentsCacheAndEveryTokenVariable(t *testing.T) {
+	home, other := t.TempDir(), t.TempDir()
+	hfCache(t, other, "org/m", "main", commit7B, nil, []byte(`{"architectures":["X"]}`))
+	cfg := &config.Config{Paths: config.Paths{HFHome: home}}
+	a := agent("dev", "org/m", 0.9, 4096)
+	a.Env = map[string]string{"HF_HUB_CACHE": filepath.Join(other, "hub")}
+	r := ResolverFromEnv(cfg, func(k string) string { return map[string]string{"HUGGING_FACE_HUB_TOKEN": "legacy"}[k] })
+	r.Offline = true
+	if f := r.Facts(context.Background(), a); f.SnapshotCommit != commit7B {
+		t.Errorf("the agent's cache was not read: %+v", f)
+	}
+	if r.Token != "legacy" {
+		t.Errorf("HUGGING_FACE_HUB_TOKEN ignored: %q", r.Token)
+	}
+	tok := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tok, []byte("from-file\n"), 0o600)
+	if r := ResolverFromEnv(cfg, func(k string) string { return map[string]string{"HF_TOKEN_PATH": tok}[k] }); r.Token != "from-file" {
+		t.Errorf("HF_TOKEN_PATH ignored: %q", r.Token)
 	}
 }
 

@@ -2,13 +2,10 @@ package supervisor
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/internal/enginekey"
 )
 
@@ -66,7 +64,7 @@ func (s *Supervisor) wakeLocked(ctx context.Context, a *config.Agent, st UnitSta
 // wake runs vLLM's wake sequence on a's engine.
 func (s *Supervisor) wake(ctx context.Context, a *config.Agent, st UnitState) error {
 	level := s.sleepNote(a, st)
-	if err := s.engineCall(ctx, a, http.MethodPost, "/wake_up", nil, nil); err != nil {
+	if err := s.engineCall(ctx, func(ctx context.Context) error { return s.client(a).Wake(ctx) }); err != nil {
 		return err
 	}
 	asleep, err := s.isSleeping(ctx, a)
@@ -74,26 +72,21 @@ func (s *Supervisor) wake(ctx context.Context, a *config.Agent, st UnitState) er
 		return err
 	}
 	if asleep {
-		return errors.New("/is_sleeping still says true after /wake_up")
+		return errors.New("the engine still says it sleeps after the wake")
 	}
 	if level != 1 {
 		// Level 2 dropped the weights (or the level is unknown: the engine
 		// was put to sleep by someone else): reload them from disk, and
 		// drop prefix-cache entries computed with the old ones.
-		if err := s.engineCall(ctx, a, http.MethodPost, "/collective_rpc", map[string]any{"method": "reload_weights"}, nil); err != nil {
-			return err
-		}
-		if err := s.engineCall(ctx, a, http.MethodPost, "/reset_prefix_cache", nil, nil); err != nil {
+		if err := s.engineCall(ctx, s.client(a).Reload); err != nil {
 			return err
 		}
 	}
 	s.clearSleepNote(a)
 	// The first request after a wake is slow (lazy allocations, kernels);
 	// one token here keeps that off a client's request.
-	err = s.engineCall(ctx, a, http.MethodPost, "/v1/completions",
-		map[string]any{"model": a.ServedName(), "prompt": "Hi", "max_tokens": 1, "temperature": 0}, nil)
-	var he *engineHTTPError
-	if errors.As(err, &he) && he.status == http.StatusUnauthorized {
+	err = s.engineCall(ctx, func(ctx context.Context) error { return s.client(a).WarmUp(ctx, a.ServedName()) })
+	if engine.IsUnauthorized(err) {
 		// No engine key here (vagentctl without access to the key file):
 		// the engine is awake; only the warm-up is skipped.
 		s.o.Log.Warn("warm-up skipped: the engine key is not readable here", "agent", a.Name, "file", s.cfg.EngineKeyFile())
@@ -127,14 +120,25 @@ func (s *Supervisor) sleepLocked(ctx context.Context, a, v *config.Agent, res *R
 	}
 	t0 := time.Now()
 	s.o.Log.Info("putting agent to sleep", "agent", v.Name, "level", level, "for", a.Name)
-	if err := s.engineCall(ctx, v, http.MethodPost, "/sleep?level="+strconv.Itoa(level), nil, nil); err != nil {
+	if err := s.engineCall(ctx, func(ctx context.Context) error { return s.client(v).Sleep(ctx, level) }); err != nil {
 		return nil, err
 	}
 	d := time.Since(t0)
 	forget(ctx, v.Unit()) // its memory changed
 	s.writeSleepNote(v, st, level)
-	s.o.Log.Info("agent asleep", "agent", v.Name, "level", level, "after", d.Round(time.Millisecond))
-	return &Sleep{Agent: v.Name, Level: level, Duration: d}, nil
+	sl := &Sleep{Agent: v.Name, Level: level, Duration: d}
+	// vLLM frees the weights and the KV cache before /sleep answers; what
+	// the GPU still shows is the residual (CUDA context and graphs), which
+	// the next plans count instead of the estimate.
+	if usage, err := s.o.GPU.AgentBytes(ctx); err == nil {
+		sl.ResidualBytes = usage[v.Name]
+		s.resMu.Lock()
+		s.residuals[v.Name] = measured{invocation: st.InvocationID, bytes: sl.ResidualBytes}
+		s.resMu.Unlock()
+	}
+	s.o.Log.Info("agent asleep", "agent", v.Name, "level", level, "after", d.Round(time.Millisecond),
+		"residual", GiB(sl.ResidualBytes))
+	return sl, nil
 }
 
 // sleeper is a sleeping agent and the host memory it holds.
@@ -339,92 +343,32 @@ func within(gpus, set []int) bool {
 	return true
 }
 
-// isSleeping asks a's engine whether it sleeps (GET /is_sleeping, served
-// in vLLM's dev mode, which sleep agents run in).
+// isSleeping asks a's engine whether it sleeps (served in vLLM's dev
+// mode, which sleep agents run in).
 func (s *Supervisor) isSleeping(ctx context.Context, a *config.Agent) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/is_sleeping", a.Port), nil)
-	if err != nil {
-		return false, err
-	}
-	if k := s.engineKey(); k != "" {
-		req.Header.Set("Authorization", "Bearer "+k)
-	}
-	resp, err := s.o.HTTP.Do(req)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, &engineHTTPError{op: "GET /is_sleeping", status: resp.StatusCode}
-	}
-	var v struct {
-		IsSleeping bool `json:"is_sleeping"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&v); err != nil {
-		return false, fmt.Errorf("GET /is_sleeping: %w", err)
-	}
-	return v.IsSleeping, nil
+	return s.client(a).IsSleeping(ctx)
 }
 
-// engineHTTPError is an engine's answer other than 200.
-type engineHTTPError struct {
-	op     string
-	status int
-	body   string
-}
-
-func (e *engineHTTPError) Error() string {
-	msg := fmt.Sprintf("%s: %d %s", e.op, e.status, http.StatusText(e.status))
-	if e.body != "" {
-		msg += ": " + e.body
-	}
-	return msg
-}
-
-// engineCall sends one control request to a's engine, bounded by the
-// health timeout (a real engine's wake or reload takes seconds), with the
-// engine key when known, and fails unless it answers 200.
-func (s *Supervisor) engineCall(ctx context.Context, a *config.Agent, method, path string, body, out any) error {
+// engineCall makes one control call to an engine, bounded by the health
+// timeout (a real engine's wake or reload takes seconds).
+func (s *Supervisor) engineCall(ctx context.Context, call func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Supervisor.HealthTimeout.Duration)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	return call(ctx)
+}
+
+// client is the client of a's engine, made on first use with the engine
+// key, and kept: each holds its engine's idle connections.
+func (s *Supervisor) client(a *config.Agent) engine.Client {
+	key := s.engineKey()
+	s.clientsMu.Lock()
+	defer s.clientsMu.Unlock()
+	c, ok := s.clients[a.Name]
+	if !ok {
+		c = s.eng.Client(s.eng.Endpoint(a), key)
+		s.clients[a.Name] = c
 	}
-	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.0.1:%d%s", a.Port, path), rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if k := s.engineKey(); k != "" {
-		req.Header.Set("Authorization", "Bearer "+k)
-	}
-	op := method + " " + path
-	resp, err := s.engine.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		msg := strings.TrimSpace(string(data))
-		if len(msg) > 300 {
-			msg = msg[:300] + "..."
-		}
-		return &engineHTTPError{op: op, status: resp.StatusCode, body: msg}
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s: %w", op, err)
-		}
-	}
-	return nil
+	return c
 }
 
 // engineKey is Options.EngineKey, else the key in cfg.EngineKeyFile(), else

@@ -14,8 +14,12 @@
 // 1-token warm-up) in a fraction of a cold start; a wake that fails
 // restarts the unit cold. Sleeping agents' weights must fit the host RAM
 // budget: past it, the least recently used sleeper is stopped for real.
-// Their residual counts against the GPU as measured, and a sleeper is
-// stopped for real when its residual is in the way. The level each sleep
+// A sleep frees the weights and the KV cache only: the CUDA context and
+// graphs stay (the residual). Sleepers' residuals count against the GPU as
+// measured; a plan that puts an agent to sleep counts the residual its
+// last sleep left, measured from the GPU right after it, or before a first
+// sleep Options.SleepResidual's estimate. A sleeper is stopped for real
+// when its residual is in the way. The level each sleep
 // used is noted in the run directory, keyed by the unit's invocation, so
 // that the wake knows whether the weights need reloading.
 package supervisor
@@ -25,13 +29,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // GPUMemory is one GPU's memory as the driver reports it.
@@ -64,9 +68,6 @@ type Options struct {
 	// aborts the switch before anything is stopped for it.
 	BeforeEvict func(ctx context.Context, agent string) error
 	Log         *slog.Logger
-	// HTTP probes engines' /health; a client with a short timeout is used
-	// when nil.
-	HTTP *http.Client
 	// EngineKey is the engines' API key, sent with the calls that need it
 	// (the warm-up completion after a wake); empty reads it from
 	// cfg.EngineKeyFile() when first needed.
@@ -78,6 +79,12 @@ type Options struct {
 	// MemAvailable reads the host's available memory for the default host
 	// RAM budget; nil reads MemAvailable from /proc/meminfo.
 	MemAvailable func() (uint64, error)
+	// SleepResidual estimates what agent a keeps on the GPU once asleep,
+	// summed over its GPUs: the CUDA context and graphs (plan.SleepResidual).
+	// It stands in until a sleep of the engine has been measured; nil
+	// counts a sleep as freeing everything, and makeRoom then stops
+	// sleepers whose residual turns out to be in the way.
+	SleepResidual func(a *config.Agent) uint64
 }
 
 // HostReporter is implemented by a GPU view that knows the host memory
@@ -93,12 +100,25 @@ type HostReporter interface {
 type Supervisor struct {
 	cfg *config.Config
 	o   Options
-	// engine calls the engines' control routes (sleep, wake), bounded by
-	// a context rather than a client timeout.
-	engine *http.Client
+	// eng is the engine the agents run; clients are their engines'
+	// clients by agent name (client).
+	eng       engine.Engine
+	clientsMu sync.Mutex
+	clients   map[string]engine.Client
 
 	keyOnce sync.Once
 	key     string
+
+	// residuals are the residuals measured after sleeps, by agent, valid
+	// for the unit invocation they were measured in.
+	resMu     sync.Mutex
+	residuals map[string]measured
+}
+
+// measured is a residual measured from the GPU after a sleep.
+type measured struct {
+	invocation string
+	bytes      uint64
 }
 
 // New returns a supervisor for cfg.
@@ -106,16 +126,13 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.HTTP == nil {
-		o.HTTP = &http.Client{Timeout: 2 * time.Second}
-	}
 	if o.RootCause == nil {
 		o.RootCause = func(context.Context, string, time.Time) string { return "" }
 	}
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
 	}
-	return &Supervisor{cfg: cfg, o: o, engine: &http.Client{Transport: o.HTTP.Transport}}
+	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}, residuals: map[string]measured{}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -148,6 +165,10 @@ type Sleep struct {
 	// (weights dropped).
 	Level    int           `json:"level"`
 	Duration time.Duration `json:"duration_ns"`
+	// ResidualBytes is what the engine still holds on the GPU after the
+	// sleep, as the GPU reports it (CUDA context and graphs), summed over
+	// its GPUs.
+	ResidualBytes uint64 `json:"residual_bytes"`
 }
 
 // StartError is a failed start, with the root cause from the engine's log.
@@ -162,6 +183,38 @@ func (e *StartError) Error() string {
 		return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.RootCause)
 	}
 	return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.Reason)
+}
+
+// PortError is an agent whose engine's endpoint something already holds.
+// vLLM binds with SO_REUSEPORT, so its engine would start there without an
+// error, and the kernel would split the connections between the two.
+type PortError struct {
+	Agent    string
+	Endpoint string // 127.0.0.1:8001
+	File     string // the agent's file, where its port is set
+	Err      error
+}
+
+func (e *PortError) Error() string {
+	return fmt.Sprintf("agent %s: %s is already in use by another program; an engine started there would share it without an error: stop that program, or change port in %s (ss -ltnp shows who listens)",
+		e.Agent, e.Endpoint, e.File)
+}
+
+func (e *PortError) Unwrap() error { return e.Err }
+
+// checkFree refuses to start a's engine where something already listens.
+func (s *Supervisor) checkFree(a *config.Agent) error {
+	ep := s.eng.Endpoint(a)
+	err := ep.CheckFree()
+	if errors.Is(err, engine.ErrInUse) {
+		return &PortError{Agent: a.Name, Endpoint: ep.String(), File: a.File, Err: err}
+	}
+	if err != nil {
+		// Not a listener in the way (a privilege, an address): the engine
+		// meets the same and its own error says more.
+		s.o.Log.Warn("cannot check the engine's port", "agent", a.Name, "err", err)
+	}
+	return nil
 }
 
 // FitError is an agent that cannot fit its GPU even after every allowed eviction.
@@ -348,6 +401,14 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		// wait for it rather than starting it twice.
 		return res, s.waitReady(ctx, a, time.Now())
 	}
+	if st.ActiveState != "deactivating" {
+		// Checked before anything is evicted for the start. (A unit still
+		// stopping may hold its own port: systemd queues the start after
+		// the stop.)
+		if err := s.checkFree(a); err != nil {
+			return res, err
+		}
+	}
 
 	victims, err := s.plan(ctx, a, evict, 0)
 	if err != nil {
@@ -514,6 +575,9 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		}
 	}
 	// Then more, in rank order, until a's budget fits every one of its GPUs.
+	// A sleep frees all but the engine's residual (free); stopping the
+	// sleepers, which makeRoom does when the residuals are in the way,
+	// frees the rest (most).
 	for _, g := range a.GPUs {
 		m := mem[g]
 		need := a.Budget(m.Total, 0) + reserve
@@ -522,10 +586,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		} else {
 			need -= own
 		}
-		free := m.Free
+		free, most := m.Free, m.Free
 		for _, r := range others {
 			if chosen[r.agent.Name] && onGPU(r.agent, g) {
-				free += perGPU(r)
+				free += s.freedBySleep(r)
+				most += perGPU(r)
 			}
 		}
 		for _, r := range others {
@@ -541,9 +606,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 			if err := take(r); err != nil {
 				return nil, err
 			}
-			free += perGPU(r)
+			free += s.freedBySleep(r)
+			most += perGPU(r)
 		}
-		if free < need {
+		if most < need {
+			free = most
 			fe := &FitError{Agent: a.Name, GPU: g, Need: need, Free: free}
 			for _, r := range others {
 				if !chosen[r.agent.Name] && onGPU(r.agent, g) {
@@ -596,6 +663,33 @@ func onGPU(a *config.Agent, g int) bool {
 // perGPU spreads an agent's measured use evenly over its GPUs, as tensor
 // parallelism does.
 func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
+
+// freedBySleep is what evicting r frees on each of its GPUs: all it holds
+// when it is stopped, all but its residual when an awake sleep agent is put
+// to sleep.
+func (s *Supervisor) freedBySleep(r running) uint64 {
+	if r.asleep || !s.cfg.Sleeps(r.agent) {
+		return perGPU(r)
+	}
+	res := s.residual(r.agent, r.state) / uint64(len(r.agent.GPUs))
+	return perGPU(r) - min(res, perGPU(r))
+}
+
+// residual is what a keeps on the GPU once asleep, summed over its GPUs:
+// as measured after its last sleep in this invocation of its unit, else
+// Options.SleepResidual's estimate, else 0.
+func (s *Supervisor) residual(a *config.Agent, st UnitState) uint64 {
+	s.resMu.Lock()
+	m, ok := s.residuals[a.Name]
+	s.resMu.Unlock()
+	if ok && m.invocation == st.InvocationID {
+		return m.bytes
+	}
+	if s.o.SleepResidual != nil {
+		return s.o.SleepResidual(a)
+	}
+	return 0
+}
 
 // checkFits re-reads the GPU after evictions: memory can be taken by
 // processes vagent does not manage while it works, and a sleeping engine
@@ -704,16 +798,7 @@ func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started tim
 }
 
 func (s *Supervisor) healthy(ctx context.Context, a *config.Agent) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", a.Port), nil)
-	if err != nil {
-		return false
-	}
-	resp, err := s.o.HTTP.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	return s.client(a).Healthy(ctx)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

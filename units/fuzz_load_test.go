@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // tomlString writes s as a TOML basic string.
@@ -173,8 +174,8 @@ func FuzzLoadRender(f *testing.F) {
 				t.Fatalf("drop-in has %s=\n%s", k, files[DropInPath("dev")])
 			}
 		}
-		if u.argv[0] != cfg.EngineBinary() || u.argv[1] != "serve" || u.argv[2] != a.Model {
-			t.Fatalf("command line %q, want %s serve %s ...", u.argv, cfg.EngineBinary(), a.Model)
+		if u.argv[0] != engineBinary(cfg) || u.argv[1] != "serve" || u.argv[2] != a.Model {
+			t.Fatalf("command line %q, want %s serve %s ...", u.argv, engineBinary(cfg), a.Model)
 		}
 		if config.IsLocalModel(model) && a.Model != filepath.Join(dir, "agents", "models", "dev") {
 			t.Fatalf("local model %q resolved to %q", model, a.Model)
@@ -186,4 +187,9 @@ func FuzzLoadRender(f *testing.F) {
 			t.Fatalf("HOME=%q XDG_CACHE_HOME=%q", u.env["HOME"], u.env["XDG_CACHE_HOME"])
 		}
 	})
+}
+
+func engineBinary(c *config.Config) string {
+	bin, _ := engine.VLLM{Sim: c.Engine.Kind == config.EngineSim}.Binary(c)
+	return bin
 }

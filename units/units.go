@@ -12,9 +12,7 @@
 package units
 
 import (
-	"encoding/json"
 	"fmt"
-	"math"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -24,7 +22,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // TemplateName is the template unit every agent is an instance of.
@@ -61,17 +59,6 @@ var agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// lockedEnv are variables vagent sets that configuration may not override:
-// the engine's GPUs, key and weights, and the simulator's shared ledger.
-var lockedEnv = append([]string{
-	"VLLM_SIM_LEDGER", "VLLM_SIM_GPUS", "VLLM_SIM_TOTAL_MIB", "VLLM_SIM_VERSION",
-}, config.ManagedEnv...)
-
-// neverFlags are flags no unit may carry: --disable-log-requests and --task
-// were removed from vLLM (0.11, 0.13) and kill the engine at start on newer
-// versions; help flags make it print and exit 0, which looks like a clean stop.
-var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
-
 // Render renders the template and every agent's drop-in from cfg.
 //
 // gpuTotals holds each GPU's total memory in bytes and decides which agents
@@ -84,11 +71,7 @@ var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
 // field, and then no Files are returned: bad input must change nothing.
 func Render(cfg *config.Config, gpuTotals map[int]uint64) (Files, error) {
 	r := &renderer{cfg: cfg, totals: gpuTotals}
-	flags, err := vllmflags.For(cfg.Engine.VLLMVersion)
-	if err != nil {
-		r.mainErr("engine.vllm_version", "%v", err)
-	}
-	r.flags = flags
+	r.eng = engine.Of(cfg)
 
 	files := Files{TemplateName: r.template()}
 	seen := map[string]bool{}
@@ -111,7 +94,7 @@ func Render(cfg *config.Config, gpuTotals map[int]uint64) (Files, error) {
 type renderer struct {
 	cfg    *config.Config
 	totals map[int]uint64
-	flags  *vllmflags.Set
+	eng    engine.Engine
 	errs   config.Errors
 }
 
@@ -355,7 +338,8 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		r.agentErr(a, "name", "%q is not a valid agent name (1-63 of a-z, 0-9, '-', '_')", a.Name)
 		return nil
 	}
-	argv := r.argv(a)
+	argv, errs := r.eng.Command(r.cfg, a)
+	r.errs = append(r.errs, errs...)
 	env := r.env(a)
 	conflicts := r.conflicts(a)
 
@@ -392,21 +376,21 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		// One flag and its values per line, joined by continuation lines so
 		// that `systemctl cat` stays readable.
 		if i > 0 {
-			if isFlag(x.val) {
+			if isFlag(x.Val) {
 				u.b.WriteString(" \\\n    ")
 			} else {
 				u.b.WriteByte(' ')
 			}
 		}
-		if len(x.val) > maxArg {
-			r.agentErr(a, x.field, "an argument of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", len(x.val), maxArg)
+		if len(x.Val) > maxArg {
+			r.agentErr(a, x.Field, "an argument of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", len(x.Val), maxArg)
 			continue
 		}
 		// The binary is not subject to $VAR expansion (only its arguments
 		// are), so its '$' is refused in argv rather than doubled.
-		w, err := quoteWord(x.val, i > 0, false)
+		w, err := quoteWord(x.Val, i > 0, false)
 		if err != nil {
-			r.agentErr(a, x.field, "%v", err)
+			r.agentErr(a, x.Field, "%v", err)
 			continue
 		}
 		u.b.WriteString(w)
@@ -437,161 +421,6 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 // rather than a value (config.IsOption: argparse's rule and vLLM's).
 func isFlag(s string) bool { return config.IsOption(s) }
 
-// argv is the engine's command line: binary, "serve", model, then flags
-// from the typed fields and the extra_args verbatim.
-func (r *renderer) argv(a *config.Agent) []arg {
-	c := r.cfg
-	bin, binField := c.EngineBinary(), "engine.venv"
-	if c.Engine.Kind == config.EngineSim {
-		binField = "engine.sim_binary"
-	}
-	switch {
-	case !filepath.IsAbs(bin) || filepath.Clean(bin) != bin:
-		r.mainErr(binField, "the engine binary %q must be a clean absolute path", bin)
-	case strings.Contains(bin, "$"):
-		r.mainErr(binField, "the engine binary %q must not contain '$'", bin)
-	}
-	args := []arg{{bin, binField}, {"serve", ""}}
-
-	// Values that start with '-' would be read by argparse as flags.
-	value := func(field, v string) bool {
-		if strings.HasPrefix(v, "-") {
-			r.agentErr(a, field, "%q must not start with '-'", v)
-			return false
-		}
-		return true
-	}
-	add := func(field, flag string, vals ...string) {
-		if r.flags != nil && !r.flags.Has(flag) {
-			r.agentErr(a, field, "vLLM %s (engine.vllm_version) has no %s", c.Engine.VLLMVersion, flag)
-		}
-		args = append(args, arg{flag, field})
-		for _, v := range vals {
-			args = append(args, arg{v, field})
-		}
-	}
-	// addText adds a free-text value; one that starts with '-' is attached
-	// with '=' so argparse cannot mistake it for a flag.
-	addText := func(field, flag, v string) {
-		if strings.HasPrefix(v, "-") {
-			add(field, flag)
-			args[len(args)-1].val += "=" + v
-			return
-		}
-		add(field, flag, v)
-	}
-
-	if a.Model == "" {
-		r.agentErr(a, "model", "must be set")
-	} else if err := config.CheckPath(a.Model); config.IsLocalModel(a.Model) && err != nil {
-		// The engine runs from "/": config.Load makes a relative model
-		// directory absolute against its agent file.
-		r.agentErr(a, "model", "a local model directory %v", err)
-	} else if value("model", a.Model) {
-		args = append(args, arg{a.Model, "model"})
-	}
-	add("", "--host", "127.0.0.1")
-	if a.Port < 1 || a.Port > 65535 {
-		r.agentErr(a, "port", "must be 1-65535, not %d", a.Port)
-	}
-	add("port", "--port", strconv.Itoa(a.Port))
-	if len(a.ServedNames) > 0 {
-		for _, n := range a.ServedNames {
-			if n == "" {
-				r.agentErr(a, "served_names", "entries must not be empty")
-			} else {
-				value("served_names", n)
-			}
-		}
-		add("served_names", "--served-model-name", a.ServedNames...)
-	}
-	if a.KVCacheMemoryBytes > 0 {
-		// vLLM ignores the utilization when the KV size is pinned.
-		add("kv_cache_memory_bytes", "--kv-cache-memory-bytes", strconv.FormatUint(a.KVCacheMemoryBytes, 10))
-	} else {
-		u := a.GPUMemoryUtilization
-		if !(u > 0 && u <= 1) {
-			r.agentErr(a, "gpu_memory_utilization", "must be in (0, 1], not %v", u)
-		}
-		add("gpu_memory_utilization", "--gpu-memory-utilization", strconv.FormatFloat(u, 'f', -1, 64))
-	}
-	if a.MaxModelLen > 0 {
-		add("max_model_len", "--max-model-len", strconv.Itoa(a.MaxModelLen))
-	}
-	if a.Dtype != "" && a.Dtype != "auto" {
-		addText("dtype", "--dtype", a.Dtype)
-	}
-	if a.Quantization != "" {
-		addText("quantization", "--quantization", a.Quantization)
-	}
-	if a.KVCacheDtype != "" && a.KVCacheDtype != "auto" {
-		addText("kv_cache_dtype", "--kv-cache-dtype", a.KVCacheDtype)
-	}
-	if p := a.EnablePrefixCaching; p != nil {
-		if *p {
-			add("enable_prefix_caching", "--enable-prefix-caching")
-		} else {
-			add("enable_prefix_caching", "--no-enable-prefix-caching")
-		}
-	}
-	if a.MaxNumSeqs > 0 {
-		add("max_num_seqs", "--max-num-seqs", strconv.Itoa(a.MaxNumSeqs))
-	}
-	if a.TensorParallelSize > 1 {
-		add("tensor_parallel_size", "--tensor-parallel-size", strconv.Itoa(a.TensorParallelSize))
-	}
-	if a.EnforceEager {
-		add("enforce_eager", "--enforce-eager")
-	}
-	if a.ChatTemplate != "" {
-		addText("chat_template", "--chat-template", a.ChatTemplate)
-	}
-	if a.Revision != "" && a.Revision != "main" {
-		addText("revision", "--revision", a.Revision)
-	}
-	if a.TrustRemoteCode {
-		add("trust_remote_code", "--trust-remote-code")
-	}
-	if a.ToolCallParser != "" {
-		add("tool_call_parser", "--enable-auto-tool-choice")
-		addText("tool_call_parser", "--tool-call-parser", a.ToolCallParser)
-	}
-	if a.ReasoningParser != "" {
-		addText("reasoning_parser", "--reasoning-parser", a.ReasoningParser)
-	}
-	if gen, err := generationConfig(a.Sampling); err != nil {
-		r.agentErr(a, "sampling", "%v", err)
-	} else if gen != "" {
-		add("sampling", "--override-generation-config", gen)
-	}
-	if c.Sleeps(a) {
-		// Sleep mode: a switch away puts the engine to sleep instead of
-		// stopping it (the supervisor drives /sleep and /wake_up).
-		add("switch_mode", "--enable-sleep-mode")
-	}
-
-	for i, x := range a.ExtraArgs {
-		if !isFlag(x) {
-			args = append(args, arg{x, "extra_args"})
-			continue
-		}
-		name, _, _ := strings.Cut(x, "=")
-		switch err := config.CheckExtraArg(a.ExtraArgs, i); {
-		case err != nil:
-			r.agentErr(a, "extra_args", "%v", err)
-		case contains(neverFlags, name):
-			r.agentErr(a, "extra_args", "entry %d %q: vagent never passes %s to vLLM", i+1, x, name)
-		case contains(config.ManagedFlags, name):
-			r.agentErr(a, "extra_args", "entry %d %q repeats a flag vagent sets from its own key; set that key instead", i+1, x)
-		case r.flags != nil && !r.flags.Has(name):
-			r.agentErr(a, "extra_args", "entry %d %q: vLLM %s (engine.vllm_version) has no flag %s (spell flags in full, with dashes)",
-				i+1, x, c.Engine.VLLMVersion, name)
-		}
-		args = append(args, arg{x, "extra_args"})
-	}
-	return args
-}
-
 func contains(set []string, s string) bool {
 	for _, x := range set {
 		if x == s {
@@ -599,38 +428,6 @@ func contains(set []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// generationConfig is the JSON for --override-generation-config: the keys of
-// a Hugging Face generation config (max_tokens is max_new_tokens there),
-// sorted, or "" when no sampling parameter is set.
-func generationConfig(s config.Sampling) (string, error) {
-	m := map[string]any{}
-	for k, v := range map[string]*float64{
-		"temperature": s.Temperature, "top_p": s.TopP, "min_p": s.MinP,
-		"repetition_penalty": s.RepetitionPenalty,
-	} {
-		if v != nil {
-			if math.IsNaN(*v) || math.IsInf(*v, 0) {
-				return "", fmt.Errorf("%s must be a finite number", k)
-			}
-			m[k] = *v
-		}
-	}
-	if s.TopK != nil {
-		m["top_k"] = *s.TopK
-	}
-	if s.MaxTokens != nil {
-		m["max_new_tokens"] = *s.MaxTokens
-	}
-	if len(m) == 0 {
-		return "", nil
-	}
-	b, err := json.Marshal(m) // map keys come out sorted
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
 }
 
 // envVar is one Environment= assignment and the field it came from.
@@ -671,27 +468,13 @@ func (r *renderer) env(a *config.Agent) []envVar {
 		{"TRITON_CACHE_DIR", path.Join(cache, "triton"), "paths.cache_dir"},
 		{"TORCHINDUCTOR_CACHE_DIR", path.Join(cache, "torchinductor"), "paths.cache_dir"},
 		{"CUDA_CACHE_PATH", path.Join(cache, "nv"), "paths.cache_dir"},
-		{"VLLM_CACHE_ROOT", path.Join(cache, "vllm"), "paths.cache_dir"},
-		// A host that runs offline does not report usage.
-		{"VLLM_NO_USAGE_STATS", "1", ""},
 	}
-	if c.Engine.Kind == config.EngineSim {
-		vars = append(vars,
-			envVar{"VLLM_SIM_LEDGER", c.GPU.SimLedger, "gpu.sim_ledger"},
-			envVar{"VLLM_SIM_GPUS", strconv.Itoa(c.GPU.SimCount), "gpu.sim_count"},
-			envVar{"VLLM_SIM_TOTAL_MIB", strconv.FormatUint(c.GPU.SimTotalMiB, 10), "gpu.sim_total_mib"},
-			envVar{"VLLM_SIM_VERSION", c.Engine.VLLMVersion, "engine.vllm_version"},
-		)
-		if s := c.GPU.SimLoadSeconds; s > 0 {
-			vars = append(vars, envVar{"VLLM_SIM_LOAD_SECONDS", strconv.FormatFloat(s, 'f', -1, 64), "gpu.sim_load_seconds"})
-		}
+	// Then what the engine itself needs (its cache, its simulator's
+	// ledger, its sleep mode).
+	for _, v := range r.eng.Env(c, a) {
+		vars = append(vars, envVar{v.Key, v.Val, v.Field})
 	}
-	if c.Sleeps(a) {
-		// vLLM serves /sleep, /wake_up and /is_sleeping only in dev mode.
-		// Those routes take no API key (vLLM guards only /v1/*): the engine
-		// listens on 127.0.0.1 only, and the gateway never forwards them.
-		vars = append(vars, envVar{"VLLM_SERVER_DEV_MODE", "1", "switch_mode"})
-	}
+	locked := append(r.eng.LockedEnv(), config.ManagedEnv...)
 	index := map[string]int{}
 	for i, v := range vars {
 		index[v.key] = i
@@ -713,7 +496,7 @@ func (r *renderer) env(a *config.Agent) []envVar {
 		switch i, ok := index[k]; {
 		case !envNameRE.MatchString(k):
 			r.envErr(a, v.field, "%q is not a valid environment variable name", k)
-		case contains(lockedEnv, k):
+		case contains(locked, k):
 			r.envErr(a, v.field, "%s is set by vagent itself and cannot be overridden", k)
 		case ok:
 			vars[i] = v

@@ -10,7 +10,8 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine"
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
 const gib16 = uint64(16376) << 20 // what a "16 GB" card reports
@@ -172,9 +173,10 @@ func TestShippedAgents(t *testing.T) {
 			t.Fatalf("%s: files %v for %d agents", path, keys(files), len(cfg.Agents))
 		}
 		flags, _ := vllmflags.For(cfg.Engine.VLLMVersion)
+		bin, _ := engine.VLLM{Sim: cfg.Engine.Kind == config.EngineSim}.Binary(cfg)
 		for _, a := range cfg.Agents {
 			u := readDropIn(t, files, a.Name)
-			if u.argv[0] != cfg.EngineBinary() || u.argv[1] != "serve" || u.argv[2] != a.Model {
+			if u.argv[0] != bin || u.argv[1] != "serve" || u.argv[2] != a.Model {
 				t.Errorf("%s: command starts %q", a.Name, u.argv[:3])
 			}
 			for _, x := range u.argv[3:] {

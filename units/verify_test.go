@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // systemdAnalyze finds systemd-analyze. Where the tests must run (as root,
@@ -70,7 +71,7 @@ func fakeEngine(t *testing.T, cfg *config.Config) {
 	} else {
 		cfg.Engine.Venv = filepath.Join(dir, "venv")
 	}
-	bin := cfg.EngineBinary()
+	bin, _ := engine.VLLM{Sim: cfg.Engine.Kind == config.EngineSim}.Binary(cfg)
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -125,6 +125,13 @@ func TestBashCompletion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	other := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(other, "agents"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, "agents", "alpha.toml"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for words, want := range map[string]string{
 		"vagentctl ''":                   "render logs pull -h --help -v --version -c --config",
 		"vagentctl l":                    "logs",
@@ -137,6 +144,12 @@ func TestBashCompletion(t *testing.T) {
 		"vagentctl logs -n ''":           "",
 		"vagentctl secret ''":            "",
 		"vagentctl render -o " + dir[:4]: dir[:4],
+		// --config wins over $VAGENT_CONFIG, in each spelling.
+		"vagentctl --config " + other + "/vagent.toml logs ''":       "alpha",
+		"vagentctl -c " + other + "/vagent.toml pull dev ''":         "alpha",
+		"vagentctl --config = " + other + "/vagent.toml logs ''":     "alpha",
+		"vagentctl logs --config " + other + "/vagent.toml ''":       "alpha",
+		"vagentctl --config " + other + "/vagent.toml -c /nope l ''": "",
 	} {
 		cmd := exec.Command(bash, "-c", `source "$1"; COMP_WORDS=(`+words+`); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _vagentctl; echo "${COMPREPLY[*]}"`, "bash", script)
 		cmd.Env = append(os.Environ(), "VAGENT_CONFIG="+filepath.Join(dir, "vagent.toml"))

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vagent-dev/vagent/internal/vllmflags"
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
 // usageLine is what argparse prints before an error of `vllm serve`.

@@ -18,8 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vagent-dev/vagent/engine/vllmflags"
 	"github.com/vagent-dev/vagent/internal/ledger"
-	"github.com/vagent-dev/vagent/internal/vllmflags"
 )
 
 // Defaults of the simulator's environment.

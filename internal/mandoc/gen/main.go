@@ -67,10 +67,10 @@ func run(out, vagentd, version, date string) error {
 
 	app := ctl.App(io.Discard, io.Discard)
 	files["man/vagentctl.1"] = vagentctlPage(app, source, date).WriteRoff
-	comp := mandoc.FromCommand(app, config.DefaultPath)
-	files["completion/vagentctl.bash"] = comp.Bash
-	files["completion/_vagentctl"] = comp.Zsh
-	files["completion/vagentctl.fish"] = comp.Fish
+	// The same bytes "vagentctl completion SHELL" prints.
+	for shell, name := range map[string]string{"bash": "vagentctl.bash", "zsh": "_vagentctl", "fish": "vagentctl.fish"} {
+		files["completion/"+name] = func(w io.Writer) error { return ctl.WriteCompletion(w, shell) }
+	}
 
 	usage, err := flagUsage(vagentd)
 	if err != nil {

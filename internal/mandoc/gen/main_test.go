@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"flag"
 	"io"
 	"os"
@@ -54,6 +56,13 @@ func TestRun(t *testing.T) {
 		}
 		if !strings.Contains(bash, "\t"+c.Name+")\n") || !strings.Contains(zsh, "'"+c.Name+":") || !strings.Contains(fish, "-a "+c.Name+" ") {
 			t.Errorf("completions lack command %s", c.Name)
+		}
+	}
+	// The packaged completions are what vagentctl completion prints.
+	for shell, text := range map[string]string{"bash": bash, "zsh": zsh, "fish": fish} {
+		var o, e bytes.Buffer
+		if code := ctl.Main(context.Background(), []string{"vagentctl", "completion", shell}, &o, &e); code != 0 || o.String() != text {
+			t.Errorf("vagentctl completion %s (exit %d, %s) differs from the packaged file", shell, code, e.String())
 		}
 	}
 	if d := read("man/vagentd.8"); !strings.Contains(d, `\fB\-\-config\fR \fIFILE\fR`) || !strings.Contains(d, `"vagent 1.2.3"`) {
