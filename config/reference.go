@@ -97,7 +97,7 @@ var agentDocs = map[string]keyDoc{
 	"sampling.top_k":              {"Default top-k; -1 is off.", "`--override-generation-config`"},
 	"sampling.min_p":              {"Default min-p, in [0, 1].", "`--override-generation-config`"},
 	"sampling.repetition_penalty": {"Default repetition penalty.", "`--override-generation-config`"},
-	"sampling.max_tokens":         {"Default completion length: the gateway adds it to chat and completion requests that set none; a client's own value always wins (never a cap).", "the gateway (`max_tokens` in requests)"},
+	"sampling.max_tokens":         {"Default completion length: the gateway puts it into requests that set no max_tokens. Not a cap: a request may ask for more. (vLLM reads a max_new_tokens in --override-generation-config as a cap on every request, so vagent never renders it there.)", "nothing: the gateway's default"},
 	"system_prompt":               {"Prepended by the gateway when a request has no system message; may span lines.", ""},
 	"env":                         {"Extra environment for the engine; vagent's own variables cannot be overridden.", "`Environment=`"},
 	"extra_args":                  {"More vllm serve arguments, verbatim; refused if they repeat a flag vagent sets or the version lacks them. A value starting with `-` must be a whole number (`-1`) or be attached to its flag (`--seed=-1e5`): vllm serve reads other such words as options.", "end of `ExecStart=`"},
