@@ -88,7 +88,7 @@ var agentDocs = map[string]keyDoc{
 	"max_num_seqs":                {"Most sequences in a batch; 0 lets vLLM choose.", "`--max-num-seqs`"},
 	"tensor_parallel_size":        {"GPUs one engine spans; must equal the number of gpus.", "`--tensor-parallel-size` (when above 1)"},
 	"enforce_eager":               {"No CUDA graphs: less memory, slower.", "`--enforce-eager`"},
-	"chat_template":               {"A chat template file or inline template (one line).", "`--chat-template`"},
+	"chat_template":               {"An inline template (one line), the name of one of vLLM's built-in templates, or a template file: absolute, or relative to the agent file when it starts with `.`.", "`--chat-template` (a file as an absolute path)"},
 	"trust_remote_code":           {"Run the model repository's own code.", "`--trust-remote-code`"},
 	"tool_call_parser":            {"Tool-call parser for OpenAI tools (e.g. hermes).", "`--enable-auto-tool-choice --tool-call-parser`"},
 	"reasoning_parser":            {"Reasoning parser for reasoning models.", "`--reasoning-parser`"},
