@@ -189,7 +189,9 @@ func TestStartLimitIsNamedNotReset(t *testing.T) {
 	fh.states["vagent@dev.service"] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code"}
 	h := &limitHost{fakeHost: fh, hit: map[string]bool{"vagent@dev.service": true}}
 	s := New(cfg, Options{Systemd: h, GPU: fh,
-		RootCause: func(context.Context, string, time.Time) string { return "RuntimeError: Engine core initialization failed." }})
+		RootCause: func(context.Context, string, time.Time) string {
+			return "RuntimeError: Engine core initialization failed."
+		}})
 	_, err := s.Switch(context.Background(), "dev")
 	var se *StartError
 	if !errors.As(err, &se) {
