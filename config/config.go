@@ -195,6 +195,12 @@ type Supervisor struct {
 	// their weights; 0 means half of what the host has available
 	// (MemAvailable, plus what sleepers already hold) at each decision.
 	HostRAMBudgetMiB uint64 `toml:"host_ram_budget_mib"`
+	// StartBackoff is how long an agent whose start failed is refused
+	// before the next try; each failure in a row doubles it, up to
+	// StartBackoffMax. A success clears it. 0 turns the backoff off.
+	StartBackoff Duration `toml:"start_backoff"`
+	// StartBackoffMax bounds StartBackoff's doubling.
+	StartBackoffMax Duration `toml:"start_backoff_max"`
 }
 
 // Agent is one vLLM server: a model with tuned flags, rendered as the unit
