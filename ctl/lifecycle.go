@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/supervisor"
@@ -211,7 +212,7 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 			pid = fmt.Sprint(s.MainPID)
 		}
 		if !s.Since.IsZero() {
-			since = now.Sub(s.Since).Round(time.Second).String() + " ago"
+			since = config.FormatDuration(now.Sub(s.Since).Round(time.Second)) + " ago"
 		}
 		if s.ActiveState == "active" || s.ActiveState == "activating" {
 			health = "starting"
