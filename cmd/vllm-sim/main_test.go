@@ -105,7 +105,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{nil, "vllm: error: the following arguments are required: subparser\n"},
 		{[]string{"bogus"}, "vllm: error: argument subparser: invalid choice: 'bogus'"},
 		{[]string{"--bogus"}, "vllm: error: argument subparser: invalid choice: '--bogus'"},
-		{[]string{"serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--port"}, "vllm: error: argument --port: expected one argument\n"},
+		{[]string{"serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--port"}, "vllm serve: error: argument --port: expected one argument\n"},
 	} {
 		cmd, out, errw := simCommand(t, filepath.Join(t.TempDir(), "l.json"), tc.args...)
 		err := cmd.Run()
