@@ -40,6 +40,10 @@ type completionRequest struct {
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	Echo                bool            `json:"echo"`
 	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	// IgnoreEOS is vLLM's extra sampling parameter: generate until the
+	// length limit, past end-of-sequence (chat_completion/protocol.py and
+	// completion/protocol.py, v0.18.0rc2).
+	IgnoreEOS bool `json:"ignore_eos"`
 }
 
 type usage struct {
@@ -216,7 +220,11 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 	j.sampling["n"] = n
 	stops := parseStops(req.Stop)
 	for i := 0; i < n; i++ {
-		j.choices = append(j.choices, planChoice(newGeneration(j.prompt, i), limit, stops))
+		g := newGeneration(j.prompt, i)
+		if req.IgnoreEOS {
+			g.natural = limit
+		}
+		j.choices = append(j.choices, planChoice(g, limit, stops))
 	}
 	return j, ""
 }

@@ -810,3 +810,26 @@ func TestAPIShapesPerVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestIgnoreEOS: vLLM's ignore_eos makes a request generate up to its
+// length limit, past the point where the "model" would end its answer.
+func TestIgnoreEOS(t *testing.T) {
+	p := execSim(t, procEnv(tempLedger(t), "0.18.0", nil), freePort(t), model7B)
+	p.waitHealthy(t)
+	var resp struct {
+		Choices []struct {
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+		Usage usage `json:"usage"`
+	}
+	r := p.postJSON(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"write a long plan"}],"max_tokens":200}`)
+	decode(t, r.body, &resp)
+	if resp.Usage.CompletionTokens >= 200 || resp.Choices[0].FinishReason != "stop" {
+		t.Fatalf("without ignore_eos the answer should end by itself before 200 tokens: %s", r.body)
+	}
+	r = p.postJSON(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"write a long plan"}],"max_tokens":200,"ignore_eos":true}`)
+	decode(t, r.body, &resp)
+	if resp.Usage.CompletionTokens != 200 || resp.Choices[0].FinishReason != "length" {
+		t.Errorf("ignore_eos: %s", r.body)
+	}
+}
