@@ -125,6 +125,11 @@ type Gateway struct {
 	// DrainTimeout bounds how long a switch waits for an evicted agent's
 	// requests in flight; the rest are cut with an explicit error.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// ShutdownTimeout bounds how long a stopping vagentd (SIGTERM: a
+	// restart, an upgrade, a stop) waits for its requests in flight; the
+	// rest are cut with an explicit error. vagentd.service's TimeoutStopSec
+	// must stay above it.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	// FairnessWindow is how long a running agent keeps taking new requests
 	// while requests for another agent wait; then the switch happens.
 	FairnessWindow Duration `toml:"fairness_window"`

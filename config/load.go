@@ -88,13 +88,16 @@ func Defaults() Config {
 			SimTotalMiB: 16376, // what a "16 GB" card reports: 15.99 GiB
 		},
 		Gateway: Gateway{
-			Listen:         "127.0.0.1:8080",
-			ControlSocket:  "/run/vagent/vagentd.sock",
-			QueueLength:    256,
-			MaxWait:        Duration{10 * time.Minute},
-			DrainTimeout:   Duration{60 * time.Second},
-			FairnessWindow: Duration{30 * time.Second},
-			RequestTimeout: Duration{30 * time.Minute},
+			Listen:        "127.0.0.1:8080",
+			ControlSocket: "/run/vagent/vagentd.sock",
+			QueueLength:   256,
+			MaxWait:       Duration{10 * time.Minute},
+			DrainTimeout:  Duration{60 * time.Second},
+			// Under vagentd.service's TimeoutStopSec=90s, with room for
+			// the cut requests to end.
+			ShutdownTimeout: Duration{60 * time.Second},
+			FairnessWindow:  Duration{30 * time.Second},
+			RequestTimeout:  Duration{30 * time.Minute},
 
 			MaxBodyMiB:        64,
 			HeaderTimeout:     Duration{10 * time.Second},

@@ -47,6 +47,7 @@ var mainDocs = map[string]keyDoc{
 	"gateway.queue_length":           {"Requests that may wait for an agent; past it: 429.", ""},
 	"gateway.max_wait":               {"How long a request may wait for its agent, cold start included; past it: 503 with Retry-After.", ""},
 	"gateway.drain_timeout":          {"How long a switch waits for an evicted agent's requests in flight; the rest get an explicit error.", ""},
+	"gateway.shutdown_timeout":       {"How long a stopping vagentd (restart, upgrade, stop) waits for requests in flight; the rest get an explicit error. Keep it under vagentd.service's TimeoutStopSec (90s).", ""},
 	"gateway.fairness_window":        {"How long a running agent keeps taking new requests while requests for another agent wait.", ""},
 	"gateway.request_timeout":        {"Bound on one request to a running engine.", ""},
 	"gateway.max_body_mib":           {"Largest request body accepted, in MiB; past it: 413. Memory follows the bytes that arrive, never the declared Content-Length.", ""},

@@ -126,8 +126,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	for key, d := range map[string]Duration{
 		"gateway.max_wait": c.Gateway.MaxWait, "gateway.drain_timeout": c.Gateway.DrainTimeout,
-		"gateway.request_timeout": c.Gateway.RequestTimeout,
-		"gateway.header_timeout":  c.Gateway.HeaderTimeout, "gateway.body_timeout": c.Gateway.BodyTimeout,
+		"gateway.shutdown_timeout": c.Gateway.ShutdownTimeout,
+		"gateway.request_timeout":  c.Gateway.RequestTimeout,
+		"gateway.header_timeout":   c.Gateway.HeaderTimeout, "gateway.body_timeout": c.Gateway.BodyTimeout,
 		"gateway.keepalive_timeout": c.Gateway.KeepaliveTimeout,
 	} {
 		if d.Duration <= 0 {

@@ -118,7 +118,8 @@ type Options struct {
 }
 
 // Run serves until ctx ends, then stops accepting, lets requests in
-// flight finish (at most gateway.drain_timeout) and returns nil. It returns
+// flight finish (at most gateway.shutdown_timeout; the rest are cut with an
+// explicit error) and returns nil. It returns
 // an error when vagentd cannot start or a listener fails.
 func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	log := o.Log
@@ -235,30 +236,26 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		"control_socket", cfg.Gateway.ControlSocket, "agents", len(cfg.Agents),
 		"keys", keys != nil, "startup", time.Since(t0).Round(time.Microsecond))
 
+	bound := cfg.Gateway.ShutdownTimeout.Duration
 	var failed error
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: agents keep running", "drain_bound", cfg.Gateway.DrainTimeout.Duration)
+		log.Info("stopping: agents keep running", "shutdown_timeout", bound)
 	case failed = <-errc:
 		log.Error("stopping after a failure: agents keep running", "err", failed)
 	}
 	_ = notify(sddaemon.SdNotifyStopping)
 
-	// Stop accepting, let requests in flight finish within the drain
-	// bound, then cut what is left. Agents are separate units: nothing
-	// here stops them.
-	bound := cfg.Gateway.DrainTimeout.Duration
-	if bound <= 0 {
-		bound = 10 * time.Second
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
-	defer cancel()
-	shut := make(chan error, 2)
-	go func() { shut <- api.Shutdown(sctx) }()
-	go func() { shut <- ctl.Shutdown(sctx) }()
-	for range 2 {
-		if err := <-shut; err != nil {
-			log.Warn("requests still in flight after the drain bound: cutting them", "bound", bound, "err", err)
+	// Stop accepting (closing the listeners: under socket activation
+	// systemd keeps its own copy open, so new connections wait in the
+	// kernel's backlog for the next process instead of being refused), let
+	// the requests in flight finish within the bound, then cut what is left
+	// with an explicit error and give that a moment to reach the clients.
+	// Agents are separate units: nothing here stops them.
+	if !shutdown(ctx, bound, api, ctl) {
+		n := gw.CutForShutdown()
+		log.Warn("requests still in flight after gateway.shutdown_timeout: cutting them with an error", "cut", n, "shutdown_timeout", bound)
+		if !shutdown(ctx, cutGrace, api, ctl) {
 			api.Close()
 			ctl.Close()
 		}
@@ -271,6 +268,28 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	}
 	log.Info("vagentd stopped")
 	return failed
+}
+
+// cutGrace is how long requests cut at shutdown get to write their error:
+// the handlers end at once, unless a client does not read.
+const cutGrace = 5 * time.Second
+
+// shutdown stops the servers' listeners and waits, at most bound, for their
+// requests in flight; it reports whether they all finished.
+func shutdown(ctx context.Context, bound time.Duration, srvs ...*http.Server) bool {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	defer cancel()
+	shut := make(chan error, len(srvs))
+	for _, s := range srvs {
+		go func() { shut <- s.Shutdown(sctx) }()
+	}
+	ok := true
+	for range srvs {
+		if err := <-shut; err != nil {
+			ok = false
+		}
+	}
+	return ok
 }
 
 func serve(what string, srv *http.Server, ln net.Listener) error {

@@ -216,3 +216,114 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// TestRunCutsStreamsPastShutdownTimeout stops vagentd while a stream that
+// would outlast gateway.shutdown_timeout is in flight: past the bound the
+// client gets an error event that says so, then [DONE], never a bare EOF,
+// and Run returns nil.
+func TestRunCutsStreamsPastShutdownTimeout(t *testing.T) {
+	cfg, err := config.Load("../configs/vagent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg.Paths.StateDir = filepath.Join(dir, "state")
+	cfg.Paths.RunDir = filepath.Join(dir, "run")
+	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
+	cfg.Gateway.ShutdownTimeout.Duration = 200 * time.Millisecond
+	if _, err := enginekey.Ensure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// An engine whose stream ends only when the gateway hangs up.
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/chat/completions" {
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			fmt.Fprint(w, "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"model\":\"dev\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"t \"}}]}\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}))
+	t.Cleanup(engine.Close)
+	cfg.Agent("dev").Port = engine.Listener.Addr().(*net.TCPAddr).Port
+	sd := &fakeSystemd{active: map[string]bool{"vagent@dev.service": true}}
+
+	ready := make(chan net.Addr, 1)
+	var logs bytes.Buffer
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, cfg, Options{
+			Log:     NewLogger(&syncWriter{w: &logs}, 0),
+			Systemd: sd,
+			Notify:  func(string) error { return nil },
+			Ready:   func(api, _ net.Addr) { ready <- api },
+		})
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, logs.String())
+	}
+	body := `{"model":"dev","messages":[{"role":"user","content":"hi"}],"stream":true}`
+	resp, err := http.Post("http://"+addr.String()+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var last []string
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		if len(last) == 0 {
+			stop() // SIGTERM
+		}
+		last = append(last, line)
+	}
+	n := len(last)
+	if n < 3 || last[n-1] != "data: [DONE]" || !strings.Contains(last[n-2], `"error"`) ||
+		!strings.Contains(last[n-2], "did not finish within gateway.shutdown_timeout (200ms)") {
+		t.Fatalf("stream cut by the shutdown ended with %q; want an error event naming gateway.shutdown_timeout, then [DONE]", last[max(0, n-2):])
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run after stop: %v", err)
+	}
+	if !strings.Contains(logs.String(), "cutting them with an error") {
+		t.Errorf("no log line about the cut:\n%s", logs.String())
+	}
+}
+
+// systemd SIGKILLs a vagentd that outlasts TimeoutStopSec: the shipped unit
+// must give the default shutdown_timeout, the cut requests' grace and the
+// gateway loop's stop time to end.
+func TestUnitStopTimeoutOutlastsShutdown(t *testing.T) {
+	b, err := os.ReadFile("../packaging/vagentd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop time.Duration
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "TimeoutStopSec="); ok {
+			if stop, err = time.ParseDuration(v); err != nil {
+				t.Fatalf("packaging/vagentd.service: TimeoutStopSec=%s: %v", v, err)
+			}
+		}
+	}
+	need := config.Defaults().Gateway.ShutdownTimeout.Duration + cutGrace + 5*time.Second
+	if stop <= need {
+		t.Errorf("packaging/vagentd.service: TimeoutStopSec=%s, want more than %s (gateway.shutdown_timeout's default, the cut's grace, the loop's stop)", stop, need)
+	}
+}
