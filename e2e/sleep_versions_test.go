@@ -126,10 +126,11 @@ func checkCut(t *testing.T, what string, s streamEvents, codes ...int) {
 // TestE2ESleepNeverMeetsASleepingEngine runs sleep agents against the
 // simulator of vLLM 0.12 and of 0.18, whose sleeps treat requests
 // differently (0.18 aborts what runs and queues new requests until the
-// wake; 0.12 stops nothing): a request for a sleeping agent is served after
-// its wake; a stream cut by a sleep switch or by a stop ends as an explicit
-// error; sleepers are counted with the residual the GPU shows, and the
-// ledger is never exceeded.
+// wake; 0.12 stops nothing), as they do a stop: a request for a sleeping
+// agent is served after its wake; a stream cut by a sleep switch, or by a
+// stop of 0.18, ends as an explicit error (0.12 finishes it whole);
+// sleepers are counted with the residual the GPU shows, and the ledger is
+// never exceeded.
 func TestE2ESleepNeverMeetsASleepingEngine(t *testing.T) {
 	t.Parallel()
 	for _, version := range []string{"0.12.0", "0.18.0"} {
@@ -226,15 +227,33 @@ func TestE2ESleepNeverMeetsASleepingEngine(t *testing.T) {
 				}
 			})
 
-			t.Run("a stream cut by a stop is an explicit error", func(t *testing.T) {
+			// Behind vagent's back, systemd stops the engine (SIGTERM):
+			// 0.18 aborts what runs; 0.12 stops uvicorn, which lets
+			// requests in flight finish.
+			name := "a stream cut by a stop is an explicit error"
+			if version == "0.12.0" {
+				name = "a stream in flight at a stop is finished whole"
+			}
+			t.Run(name, func(t *testing.T) {
 				chat(t, "dev")
 				first, done := g.startStream(t.Context(), "dev", 400)
 				<-first
-				// Behind vagent's back: systemd stops the engine (SIGTERM).
 				if _, err := g.s.Systemctl(t.Context(), "stop", "vagent@dev.service"); err != nil {
 					t.Fatal(err)
 				}
-				checkCut(t, "stream on dev", <-done, http.StatusServiceUnavailable, http.StatusBadGateway)
+				s := <-done
+				if version == "0.12.0" {
+					_, msg, isErr := s.errorEvent()
+					fr := s.finishReasons()
+					if isErr || len(fr) != 1 || (fr[0] != "stop" && fr[0] != "length") || s.events[len(s.events)-1] != "[DONE]" {
+						t.Fatalf("stream on dev: finish reasons %v, error %q; want a whole answer", fr, msg)
+					}
+				} else {
+					checkCut(t, "stream on dev", s, http.StatusServiceUnavailable)
+					if _, msg, _ := s.errorEvent(); !strings.Contains(msg, "abort") {
+						t.Errorf("error event %q; want it to say the engine aborted the request", msg)
+					}
+				}
 				chat(t, "dev") // started again
 			})
 
