@@ -353,6 +353,11 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	// wait for the resume.
 	for g := e.gate(); g != nil; g = e.gate() {
 		select {
+		case <-e.stopCh:
+			// A 0.18 shutdown aborts what waits in the paused scheduler.
+			e.finishMetrics(j, arrived, 0, "abort", true)
+			e.abortResponse(w, flusher, j, 0)
+			return
 		case <-g:
 		case <-r.Context().Done():
 			e.finishMetrics(j, arrived, 0, "abort", true)

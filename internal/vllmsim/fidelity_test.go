@@ -563,6 +563,9 @@ func TestShutdownPerVersion(t *testing.T) {
 			if len(entriesFor(readLedger(t, path), p.port)) != 0 {
 				t.Error("the ledger still holds the engine's memory after shutdown")
 			}
+			if v == "0.12.0" && !strings.Contains(p.stdout.String(), "INFO:     Shutting down\n"+fmt.Sprintf("(APIServer pid=%d) ", p.pid)+"INFO:     Waiting for connections to close. (CTRL+C to force quit)") {
+				t.Errorf("no uvicorn line about the connections it waits for:\n%s", p.stdout)
+			}
 			if v == "0.18.0" && !strings.Contains(p.stdout.String(), "Shutdown initiated (timeout=0)") {
 				t.Errorf("no shutdown line:\n%s", p.stdout) // the process has exited: its output is all in
 			}
@@ -807,5 +810,33 @@ func TestAPIShapesPerVersion(t *testing.T) {
 				t.Errorf("/health: %d %q", r.status, r.body)
 			}
 		})
+	}
+}
+
+// TestShutdownAbortsWhatWaitsForWake: a 0.18 shutdown aborts the requests
+// queued in the paused scheduler too (finish_requests(None)): they end with
+// HTTP 200 and "abort" instead of a dropped connection. 0.12 queues nothing
+// while asleep.
+func TestShutdownAbortsWhatWaitsForWake(t *testing.T) {
+	p := execSim(t, procEnv(tempLedger(t), "0.18.0", map[string]string{"VLLM_SERVER_DEV_MODE": "1"}), freePort(t), model7B,
+		"--enable-sleep-mode", "--gpu-memory-utilization", "0.5", "--max-model-len", "8192")
+	p.waitHealthy(t)
+	p.do(t, http.MethodPost, "/sleep", "", "")
+	st := send(p, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true}`)
+	plain := send(p, "/v1/completions", `{"prompt":"hi","max_tokens":3}`)
+	waitMetric(t, p, `vllm:num_requests_waiting`, 2)
+	p.cancel()
+	evs := st.all(t)
+	if n := len(evs); n != 3 || evs[2] != "[DONE]" || finishOf(t, evs[1]) != "abort" || !strings.Contains(evs[0], `"role":"assistant"`) {
+		t.Errorf("queued stream at shutdown: %q", evs)
+	}
+	if s := <-plain.status; s != 200 {
+		t.Errorf("queued request at shutdown: %d", s)
+	}
+	if text, fin := plainResult(t, <-plain.body); fin != "abort" || text != "" {
+		t.Errorf("queued request at shutdown: %q %q", text, fin)
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("exit %d", code)
 	}
 }
