@@ -768,6 +768,15 @@ func TestAPIShapesPerVersion(t *testing.T) {
 			if want := "{\"error\":{\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\",\"param\":" + param + ",\"code\":404}}"; r.status != 404 || string(r.body) != want {
 				t.Errorf("unknown model: %d %s, want %s", r.status, r.body, want)
 			}
+			// The length check (_validate_input): 0.18 names the parameter.
+			r = p.postJSON(t, "/v1/completions", `{"model":"po","prompt":"hi","max_tokens":40000}`, auth...)
+			want := map[string]string{
+				"0.12.0": `{"error":{"message":"'max_tokens' or 'max_completion_tokens' is too large: 40000. This model's maximum context length is 32768 tokens and your request has 1 input tokens (40000 > 32768 - 1).","type":"BadRequestError","param":null,"code":400}}`,
+				"0.18.0": `{"error":{"message":"This model's maximum context length is 32768 tokens. However, you requested 40000 output tokens and your prompt contains 1 input tokens, for a total of 40001 tokens (1 + 40000 = 40001 > 32768). Please reduce the length of the input prompt or the number of requested output tokens.","type":"BadRequestError","param":"max_tokens","code":400}}`,
+			}[v]
+			if r.status != 400 || string(r.body) != want {
+				t.Errorf("max_tokens too large: %d %s\nwant %s", r.status, r.body, want)
+			}
 			if r := p.do(t, http.MethodGet, "/nope", "", ""); r.status != 404 || string(r.body) != `{"detail":"Not Found"}` {
 				t.Errorf("unknown route: %d %s", r.status, r.body)
 			}
