@@ -25,10 +25,10 @@ build:
 	mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test (root); fails if e2e skipped
+## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test and lintian (root); fails if e2e skipped
 # The packages come first, before anything that needs them, even under -j.
 test: test-deps
-	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test
+	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test lintian
 
 ## test-deps: install the Debian packages the tests need, only those missing (root)
 test-deps:

@@ -103,7 +103,7 @@ func TestMakeTestInstallsFirst(t *testing.T) {
 	if err != nil {
 		t.Fatalf("make -n test: %v\n%s", err, out)
 	}
-	want := "scripts/test-deps.sh\ntrue --no-print-directory lint vulncheck unit e2e install-test\n"
+	want := "scripts/test-deps.sh\ntrue --no-print-directory lint vulncheck unit e2e install-test lintian\n"
 	if string(out) != want {
 		t.Errorf("make test runs:\n%s\nwant:\n%s", out, want)
 	}
