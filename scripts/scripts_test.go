@@ -8,9 +8,10 @@ import (
 	"testing"
 )
 
-// fakeSystem puts stand-ins for dpkg-query, apt-get and id first in PATH:
-// dpkg-query reports the packages in installed as installed, apt-get notes
-// each call in the returned log, id -u prints uid.
+// fakeSystem puts stand-ins for dpkg-query, apt-get, id and
+// systemd-machine-id-setup first in PATH: dpkg-query reports the packages in
+// installed as installed, apt-get notes each call in the returned log, id -u
+// prints uid.
 func fakeSystem(t *testing.T, uid string, installed ...string) (env []string, aptLog string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -20,6 +21,8 @@ func fakeSystem(t *testing.T, uid string, installed ...string) (env []string, ap
 case " $FAKE_INSTALLED " in *" $pkg "*) printf 'ii ' ;; *) exit 1 ;; esac`,
 		"apt-get": `echo "$*" >>"$FAKE_APT_LOG"`,
 		"id":      `[ "$1" = -u ] && echo "$FAKE_UID"`,
+		// Where /etc/machine-id is empty, the script would make one.
+		"systemd-machine-id-setup": `true`,
 	}
 	for name, body := range scripts {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/bash\n"+body+"\n"), 0o755); err != nil {
@@ -99,7 +102,14 @@ func TestTestDepsNotRoot(t *testing.T) {
 // and CI runs make test rather than installing packages itself.
 func TestMakeTestInstallsFirst(t *testing.T) {
 	// MAKE=true: make -n still runs the recursive make line, as "true".
-	out, err := exec.Command("make", "-C", "..", "-n", "--no-print-directory", "test", "MAKE=true").CombinedOutput()
+	cmd := exec.Command("make", "-C", "..", "-n", "--no-print-directory", "test", "MAKE=true")
+	// Not the flags of a make this test runs under (make unit).
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make -n test: %v\n%s", err, out)
 	}
