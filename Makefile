@@ -20,10 +20,10 @@ GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testd
 
 all: build
 
-## build: compile every command into $(BIN)/
+## build: compile the shipped commands into $(BIN)/ (cmd/mandoc-gen is a build tool packaging runs)
 build:
 	mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/vagentd ./cmd/vagentctl ./cmd/vllm-sim
 
 ## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test and lintian (root); fails if e2e skipped
 # The packages come first, before anything that needs them, even under -j.

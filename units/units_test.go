@@ -513,7 +513,7 @@ func TestRenderedFlags(t *testing.T) {
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--tensor-parallel-size", "2",
 		"--enforce-eager", "--chat-template=-{{ messages }}", "--revision", "v1.0", "--trust-remote-code",
 		"--reasoning-parser", "deepseek_r1",
-		"--override-generation-config", `{"max_new_tokens":512,"temperature":0,"top_k":40}`}
+		"--override-generation-config", `{"temperature":0,"top_k":40}`}
 	if !reflect.DeepEqual(u.argv, want) {
 		t.Errorf("argv\n got %q\nwant %q", u.argv, want)
 	}
@@ -611,12 +611,24 @@ func TestRenderRefuses(t *testing.T) {
 		{"relative binary", func(c *config.Config, a *config.Agent) { c.Engine.SimBinary = "vllm-sim" }, true, "engine.sim_binary"},
 		{"$ in binary", func(c *config.Config, a *config.Agent) { c.Engine.SimBinary = "/opt/$X/vllm-sim" }, true, "engine.sim_binary"},
 		{"unclean venv", func(c *config.Config, a *config.Agent) { c.Engine.Kind, c.Engine.Venv = "vllm", "/opt//venv" }, true, "engine.venv"},
-		{"newline in HF home", func(c *config.Config, a *config.Agent) { c.Paths.HFHome = "/x\n" }, false, "paths.hf_home"},
+		{"newline in HF home", func(c *config.Config, a *config.Agent) { c.Paths.HFHome = "/x\n" }, true, "paths.hf_home"},
 		{"user with space", func(c *config.Config, a *config.Agent) { c.Units.User = "a b\n" }, true, "units.user"},
 		{"bad version", func(c *config.Config, a *config.Agent) { c.Engine.VLLMVersion = "latest" }, true, "engine.vllm_version"},
 		{"bad port", func(c *config.Config, a *config.Agent) { a.Port = 0 }, false, "port"},
 		{"no GPU", func(c *config.Config, a *config.Agent) { a.GPUs = nil }, false, "gpus"},
-		{"huge value", func(c *config.Config, a *config.Agent) { a.ChatTemplate = strings.Repeat("x", maxLine) }, false, ""},
+		{"argument longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.ChatTemplate = strings.Repeat("x", maxArg+1) }, false, "chat_template"},
+		{"variable longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.Env = map[string]string{"X": strings.Repeat("x", maxArg-1)} }, false, "env"},
+		{"command line longer than LONG_LINE_MAX", func(c *config.Config, a *config.Agent) {
+			for range 9 {
+				a.ExtraArgs = append(a.ExtraArgs, "--tokenizer", strings.Repeat("t", maxArg))
+			}
+		}, false, ""},
+		{"user name longer than a template line", func(c *config.Config, a *config.Agent) { c.Units.User = strings.Repeat("u", maxLine) }, true, ""},
+		{"state dir with ..", func(c *config.Config, a *config.Agent) { c.Paths.StateDir = "/var/lib/../lib/vagent" }, true, "paths.state_dir"},
+		{"state dir too long for the key file", func(c *config.Config, a *config.Agent) { c.Paths.StateDir = "/" + strings.Repeat("s/", 2040) + "s" }, true, "paths.state_dir"},
+		{"tab in a writable path", func(c *config.Config, a *config.Agent) { c.Paths.CacheDir = "/var/cache/va\tgent" }, true, "paths.cache_dir"},
+		{"relative local model", func(c *config.Config, a *config.Agent) { a.Model = "./models/dev" }, false, "model"},
+		{"a number argparse reads as an option", func(c *config.Config, a *config.Agent) { a.ExtraArgs = []string{"--seed", "-1e5"} }, false, "extra_args"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := testAgent("dev", 0.5)

@@ -104,6 +104,11 @@ func TestSystemdVerify(t *testing.T) {
 			a.Env = map[string]string{"PS1": `$ 100% "x" 'y' \`, "EMPTY": ""}
 			c.GPU.SimLoadSeconds = 0.25
 		}},
+		{"awkward paths", "../configs/vagent.toml", func(c *config.Config) {
+			c.Paths.StateDir, c.Paths.CacheDir = awkwardDirs[0], awkwardDirs[1]
+			c.Paths.HFHome, c.Paths.RunDir = awkwardDirs[2], awkwardDirs[3]
+			c.GPU.SimLedger = awkwardDirs[4] + "/ledger.json"
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := loadConfig(t, tc.path)

@@ -89,7 +89,7 @@ func TestUnknownFlagExitsTwo(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit: %v", err)
 	}
-	if want := "usage: vllm serve [model_tag] [options]\nvllm: error: unrecognized arguments: --foo\n"; errw.String() != want {
+	if want := "usage: vllm serve [model_tag] [options]\nvllm serve: error: unrecognized arguments: --foo\n"; errw.String() != want {
 		t.Errorf("stderr %q, want %q", errw.String(), want)
 	}
 }
@@ -105,7 +105,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{nil, "vllm: error: the following arguments are required: subparser\n"},
 		{[]string{"bogus"}, "vllm: error: argument subparser: invalid choice: 'bogus'"},
 		{[]string{"--bogus"}, "vllm: error: argument subparser: invalid choice: '--bogus'"},
-		{[]string{"serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--port"}, "vllm: error: argument --port: expected one argument\n"},
+		{[]string{"serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--port"}, "vllm serve: error: argument --port: expected one argument\n"},
 	} {
 		cmd, out, errw := simCommand(t, filepath.Join(t.TempDir(), "l.json"), tc.args...)
 		err := cmd.Run()
