@@ -66,9 +66,11 @@ bench:
 # make demo DEMO_ARGS=-keep (or make demo-keep) leaves it serving on 127.0.0.1:8080 until Ctrl-C.
 DEMO_ARGS ?=
 demo:
+	scripts/test-deps.sh demo
 	GO=$(GO) scripts/demo.sh $(DEMO_ARGS)
 
 demo-keep:
+	scripts/test-deps.sh demo
 	GO=$(GO) scripts/demo.sh -keep $(DEMO_ARGS)
 
 ## docs: regenerate docs/configuration.md from the config package

@@ -38,9 +38,9 @@ case " $FAKE_INSTALLED " in *" $pkg "*) printf 'ii ' ;; *) exit 1 ;; esac`,
 	), aptLog
 }
 
-func runDeps(t *testing.T, env []string) (string, error) {
+func runDeps(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command("bash", "test-deps.sh")
+	cmd := exec.Command("bash", append([]string{"test-deps.sh"}, args...)...)
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -90,7 +90,7 @@ func TestTestDepsNotRoot(t *testing.T) {
 	if err == nil {
 		t.Fatalf("missing packages without root: no error\n%s", out)
 	}
-	if !strings.Contains(out, "missing packages: util-linux mount") || !strings.Contains(out, "hint: run sudo make test") {
+	if !strings.Contains(out, "missing packages: util-linux mount") || !strings.Contains(out, "hint: run it as root") {
 		t.Errorf("without root: %s", out)
 	}
 	if _, err := os.Stat(aptLog); !os.IsNotExist(err) {
@@ -98,18 +98,42 @@ func TestTestDepsNotRoot(t *testing.T) {
 	}
 }
 
-// TestMakeTestInstallsFirst: make test runs test-deps.sh before the rest,
-// and CI runs make test rather than installing packages itself.
-func TestMakeTestInstallsFirst(t *testing.T) {
-	// MAKE=true: make -n still runs the recursive make line, as "true".
-	cmd := exec.Command("make", "-C", "..", "-n", "--no-print-directory", "test", "MAKE=true")
-	// Not the flags of a make this test runs under (make unit).
+// makeN prints what make would run for args in the repository, without the
+// flags of a make this test runs under (make unit).
+func makeN(args ...string) ([]byte, error) {
+	cmd := exec.Command("make", append([]string{"-C", "..", "-n", "--no-print-directory"}, args...)...)
 	for _, e := range os.Environ() {
 		if k, _, _ := strings.Cut(e, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" {
 			cmd.Env = append(cmd.Env, e)
 		}
 	}
-	out, err := cmd.CombinedOutput()
+	return cmd.CombinedOutput()
+}
+
+// TestTestDepsDemo: make demo installs only what the demo needs.
+func TestTestDepsDemo(t *testing.T) {
+	env, aptLog := fakeSystem(t, "0", "systemd", "mount")
+	if out, err := runDeps(t, env, "demo"); err != nil {
+		t.Fatalf("test-deps.sh demo: %v\n%s", err, out)
+	}
+	got, _ := os.ReadFile(aptLog)
+	if want := "update -qq\ninstall -y -qq --no-install-recommends dbus util-linux\n"; string(got) != want {
+		t.Errorf("apt-get calls:\n%s\nwant:\n%s", got, want)
+	}
+	if out, err := runDeps(t, env, "bogus"); err == nil || !strings.Contains(out, "unknown argument bogus") {
+		t.Errorf("test-deps.sh bogus: %v %s", err, out)
+	}
+	out, err := makeN("demo", "DEMO_ARGS=-keep")
+	if err != nil || !strings.HasPrefix(string(out), "scripts/test-deps.sh demo\n") || !strings.Contains(string(out), "scripts/demo.sh -keep\n") {
+		t.Errorf("make -n demo DEMO_ARGS=-keep: %v\n%s", err, out)
+	}
+}
+
+// TestMakeTestInstallsFirst: make test runs test-deps.sh before the rest,
+// and CI runs make test rather than installing packages itself.
+func TestMakeTestInstallsFirst(t *testing.T) {
+	// MAKE=true: make -n still runs the recursive make line, as "true".
+	out, err := makeN("test", "MAKE=true")
 	if err != nil {
 		t.Fatalf("make -n test: %v\n%s", err, out)
 	}
