@@ -134,7 +134,7 @@ type Gateway struct {
 	// The gateway's own bounds, so that no client can starve it.
 
 	// MaxBodyMiB bounds a request body; past it: 413.
-	MaxBodyMiB int64 `toml:"max_body_mib"`
+	MaxBodyMiB int `toml:"max_body_mib"`
 	// HeaderTimeout bounds how long a client may take to send a request's
 	// headers; past it the connection is closed.
 	HeaderTimeout Duration `toml:"header_timeout"`
