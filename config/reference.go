@@ -68,6 +68,8 @@ var mainDocs = map[string]keyDoc{
 	"supervisor.dbus_timeout":        {"Bound on each D-Bus call to systemd.", ""},
 	"supervisor.switch_mode":         {"How a switch makes room, for agents that set no switch_mode: \"restart\" stops the other engine (the next switch to it is a cold start), \"sleep\" puts it to sleep with vLLM's sleep mode (its weights wait in host RAM; the next switch to it is a wake, well under a second).", "`--enable-sleep-mode`, `VLLM_SERVER_DEV_MODE=1` for sleep agents"},
 	"supervisor.host_ram_budget_mib": {"Host RAM that sleeping agents may hold with their weights. Past it the least recently used sleeper is stopped for real; an agent whose weights alone exceed it sleeps at level 2. 0 means half of the host's MemAvailable (plus what sleepers already hold), read at each switch.", ""},
+	"supervisor.start_backoff":       {"How long vagentd refuses to start an agent again after its start failed (the gateway answers 503 with Retry-After and the failure's root cause). Each failure in a row doubles it up to start_backoff_max; a successful start, or `vagentctl restart`, clears it. 0 turns the backoff off. systemd's own start limit (units.start_limit_*) is never reset by vagent.", ""},
+	"supervisor.start_backoff_max":   {"The longest start backoff (start_backoff doubled per failure in a row stops growing here).", ""},
 }
 
 // agentDocs documents every key of an agent file.
@@ -88,7 +90,7 @@ var agentDocs = map[string]keyDoc{
 	"max_num_seqs":                {"Most sequences in a batch; 0 lets vLLM choose.", "`--max-num-seqs`"},
 	"tensor_parallel_size":        {"GPUs one engine spans; must equal the number of gpus.", "`--tensor-parallel-size` (when above 1)"},
 	"enforce_eager":               {"No CUDA graphs: less memory, slower.", "`--enforce-eager`"},
-	"chat_template":               {"A chat template file or inline template (one line).", "`--chat-template`"},
+	"chat_template":               {"An inline template (one line), the name of one of vLLM's built-in templates, or a template file: absolute, or relative to the agent file when it starts with `.`.", "`--chat-template` (a file as an absolute path)"},
 	"trust_remote_code":           {"Run the model repository's own code.", "`--trust-remote-code`"},
 	"tool_call_parser":            {"Tool-call parser for OpenAI tools (e.g. hermes).", "`--enable-auto-tool-choice --tool-call-parser`"},
 	"reasoning_parser":            {"Reasoning parser for reasoning models.", "`--reasoning-parser`"},

@@ -142,6 +142,7 @@ func (c *Config) validateMain(data []byte) Errors {
 		"units.stop_timeout": c.Units.StopTimeout, "units.start_limit_interval": c.Units.StartLimitInterval,
 		"supervisor.health_timeout": c.Supervisor.HealthTimeout, "supervisor.health_interval": c.Supervisor.HealthInterval,
 		"supervisor.release_timeout": c.Supervisor.ReleaseTimeout, "supervisor.dbus_timeout": c.Supervisor.DBusTimeout,
+		"supervisor.start_backoff": c.Supervisor.StartBackoff, "supervisor.start_backoff_max": c.Supervisor.StartBackoffMax,
 	} {
 		if d.Duration < 0 {
 			f.fail(key, "must not be negative")
@@ -157,6 +158,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if c.Units.StartLimitBurst < 1 {
 		f.fail("units.start_limit_burst", "must be at least 1")
+	}
+	if b, m := c.Supervisor.StartBackoff.Duration, c.Supervisor.StartBackoffMax.Duration; b > 0 && m < b {
+		f.fail("supervisor.start_backoff_max", "must be at least start_backoff (%s), not %s", b, m)
 	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)
@@ -182,6 +186,7 @@ func (a *Agent) validate(data []byte) Errors {
 	case !hubIDRE.MatchString(a.Model):
 		f.fail("model", "%q is neither a Hugging Face repo id (ORG/NAME) nor an existing directory", a.Model)
 	}
+	a.resolveChatTemplate(f)
 	if err := CheckRevision(a.Revision); err != nil {
 		f.fail("revision", "%v", err)
 	}

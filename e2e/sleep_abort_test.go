@@ -36,7 +36,7 @@ func TestE2ESleepBehindTheGatewaysBack(t *testing.T) {
 	if resp, body, err := g.post(ctx, "/v1/chat/completions", "", chatBody("dev", 4, false)); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("chat dev: %v %s", err, body)
 	}
-	first, done := g.startStream(ctx, "dev", 400)
+	first, done := g.startStream(ctx, "dev", 400, true)
 	<-first
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/sleep?level=1", g.ports["dev"]), nil)
 	req.Header.Set("Authorization", "Bearer "+engineKey)

@@ -159,6 +159,10 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 		add("enforce_eager", "--enforce-eager")
 	}
 	if a.ChatTemplate != "" {
+		if err := config.CheckPath(a.ChatTemplate); config.IsChatTemplateFile(a.ChatTemplate) && err != nil {
+			// vLLM opens it from "/": config.Load makes it absolute.
+			agentErr("chat_template", "a chat template file %v", err)
+		}
 		addText("chat_template", "--chat-template", a.ChatTemplate)
 	}
 	if a.Revision != "" && a.Revision != "main" {

@@ -85,6 +85,13 @@ type Options struct {
 	// counts a sleep as freeing everything, and makeRoom then stops
 	// sleepers whose residual turns out to be in the way.
 	SleepResidual func(a *config.Agent) uint64
+	// NeverFits says why agent a can never start on GPUs of totals bytes
+	// (by index), even alone as configured (plan.NeverFits); "" when it can
+	// or when that is unknown. A start is refused on it before anything is
+	// evicted. Nil checks only the budget against the GPU's size.
+	NeverFits func(ctx context.Context, a *config.Agent, totals map[int]uint64) string
+	// Now is the clock of the start backoff; nil is time.Now.
+	Now func() time.Time
 }
 
 // HostReporter is implemented by a GPU view that knows the host memory
@@ -113,6 +120,10 @@ type Supervisor struct {
 	// for the unit invocation they were measured in.
 	resMu     sync.Mutex
 	residuals map[string]measured
+
+	// backoffs are the agents whose last starts failed, by name.
+	boMu     sync.Mutex
+	backoffs map[string]*backoff
 }
 
 // measured is a residual measured from the GPU after a sleep.
@@ -132,7 +143,7 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
 	}
-	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}, residuals: map[string]measured{}}
+	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}, residuals: map[string]measured{}, backoffs: map[string]*backoff{}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -154,7 +165,10 @@ type Result struct {
 	// Evicted are the agents stopped to make room, in order.
 	Evicted []string `json:"evicted,omitempty"`
 	// Slept are the agents put to sleep to make room, in order.
-	Slept    []Sleep       `json:"slept,omitempty"`
+	Slept []Sleep `json:"slept,omitempty"`
+	// Restored are the evicted agents brought back after the agent's
+	// start failed.
+	Restored []string      `json:"restored,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 }
 
@@ -238,6 +252,17 @@ func (e *FitError) Error() string {
 	return msg
 }
 
+// NeverFitError is an agent that cannot start on its GPU even alone, as
+// configured: refused before anything is evicted for it.
+type NeverFitError struct {
+	Agent string
+	Why   string
+}
+
+func (e *NeverFitError) Error() string {
+	return fmt.Sprintf("agent %s can never start on its GPU as configured, so nothing was stopped for it: %s (see `vagentctl plan`)", e.Agent, e.Why)
+}
+
 // GiB formats bytes as GiB with two decimals, vLLM's unit in its messages.
 func GiB(b uint64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
 
@@ -285,6 +310,8 @@ func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) 
 		if err := s.stopAndRelease(ctx, a); err != nil {
 			return nil, err
 		}
+		// A restart is the operator's deliberate retry: it ends a backoff.
+		s.startSucceeded(a)
 		return s.transitionLocked(ctx, a, false)
 	})
 }
@@ -401,6 +428,12 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		// wait for it rather than starting it twice.
 		return res, s.waitReady(ctx, a, time.Now())
 	}
+	if err := s.checkBackoff(a); err != nil {
+		return res, err
+	}
+	if err := s.checkNeverFits(ctx, a); err != nil {
+		return res, err
+	}
 	if st.ActiveState != "deactivating" {
 		// Checked before anything is evicted for the start. (A unit still
 		// stopping may hold its own port: systemd queues the start after
@@ -415,30 +448,73 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		return res, err
 	}
 	if err := s.evictAll(ctx, a, victims, res); err != nil {
-		return res, err
+		return res, s.restore(ctx, a, res, err)
 	}
 	if err := s.makeRoom(ctx, a, 0, evict, res); err != nil {
-		return res, err
+		return res, s.restore(ctx, a, res, err)
 	}
-
-	if st.ActiveState == "failed" {
-		// A failed unit may have hit its start limit on an earlier try;
-		// this start is deliberate, so give it a fresh count.
-		if err := s.o.Systemd.ResetFailed(ctx, a.Unit()); err != nil {
+	if err := s.startLocked(ctx, a); err != nil {
+		if ctx.Err() != nil {
+			// Abandoned by the caller, not failed: the engine may still
+			// come up, and nothing is restored over it.
 			return res, err
 		}
+		var se *StartError
+		if errors.As(err, &se) {
+			s.startFailed(a, err)
+		}
+		return res, s.restore(ctx, a, res, err)
 	}
+	s.startSucceeded(a)
+	return res, nil
+}
+
+// startLocked starts a's unit and waits until its engine is healthy. A
+// failed unit is started as it is: its start limit (systemd's
+// StartLimitBurst=) is the operator's, and resetting it here would let a
+// crash-looping engine restart forever.
+func (s *Supervisor) startLocked(ctx context.Context, a *config.Agent) error {
 	started := time.Now()
 	s.o.Log.Info("starting agent", "agent", a.Name, "unit", a.Unit())
 	forget(ctx, a.Unit())
 	if err := s.o.Systemd.Start(ctx, a.Unit()); err != nil {
 		var je *JobError
 		if errors.As(err, &je) {
-			return res, s.failStart(ctx, a, started, "start job "+je.Result)
+			return s.failStart(ctx, a, started, "start job "+je.Result)
 		}
-		return res, err
+		return err
 	}
-	return res, s.waitReady(ctx, a, started)
+	return s.waitReady(ctx, a, started)
+}
+
+// checkNeverFits refuses, before anything is evicted, an agent that cannot
+// start on its GPU even alone: its budget beyond the GPU's memory, or the
+// plan's estimate (Options.NeverFits).
+func (s *Supervisor) checkNeverFits(ctx context.Context, a *config.Agent) error {
+	mem, err := s.o.GPU.Memory(ctx)
+	if err != nil {
+		return err
+	}
+	reserve := s.cfg.GPU.ReserveMiB << 20
+	totals := map[int]uint64{}
+	for _, g := range a.GPUs {
+		m, ok := mem[g]
+		if !ok {
+			return fmt.Errorf("agent %s: GPU %d not found", a.Name, g)
+		}
+		totals[g] = m.Total
+		if need := a.Budget(m.Total, 0) + reserve; need > m.Total {
+			return &FitError{Agent: a.Name, GPU: g, Need: need, Free: m.Total,
+				Why: fmt.Sprintf("the GPU has only %s in all", GiB(m.Total))}
+		}
+	}
+	if s.o.NeverFits == nil {
+		return nil
+	}
+	if why := s.o.NeverFits(ctx, a, totals); why != "" {
+		return &NeverFitError{Agent: a.Name, Why: why}
+	}
+	return nil
 }
 
 // evictAll makes room for a by victims, in order: each is drained through
@@ -789,6 +865,16 @@ const stateCheckInterval = 100 * time.Millisecond
 func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started time.Time, reason string) error {
 	// Read the log first: stopping adds lines of its own.
 	cause := s.o.RootCause(ctx, a.Unit(), started)
+	if st, err := s.o.Systemd.State(ctx, a.Unit()); err == nil && st.Result == "start-limit-hit" {
+		// systemd refused the start itself: its own message is only in
+		// the journal. The limit stays: the operator lifts it.
+		limit := fmt.Sprintf("Start request repeated too quickly: systemd's start limit (units.start_limit_burst = %d starts within units.start_limit_interval = %s) was hit; `systemctl reset-failed %s` allows starts again",
+			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval.Duration, a.Unit())
+		if cause != "" {
+			limit += "; the last failure: " + cause
+		}
+		cause = limit
+	}
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Units.StopTimeout.Duration+5*time.Second)
 	defer cancel()
 	if err := s.o.Systemd.Stop(stopCtx, a.Unit()); err != nil {
