@@ -46,7 +46,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 			t.Errorf("unit %s", a.Unit())
 		}
 	}
-	if c.Engine.Kind != EngineSim || c.GPU.Backend != GPUBackendSim {
+	if c.Engine.Kind != EngineSim || c.GPU.Backend != GPUBackendAuto {
 		t.Errorf("shipped default engine %s/%s, want the simulator", c.Engine.Kind, c.GPU.Backend)
 	}
 	shipped(t, "configs/examples/24gb")

@@ -81,7 +81,7 @@ func Defaults() Config {
 			AgentsDir: "agents",
 		},
 		GPU: GPU{
-			Backend:     GPUBackendSim,
+			Backend:     GPUBackendAuto,
 			ReserveMiB:  256,
 			SimLedger:   "/run/vagent/sim-ledger.json",
 			SimCount:    1,

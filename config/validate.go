@@ -112,10 +112,10 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Paths.AgentsDir == "" {
 		f.fail("paths.agents_dir", "must not be empty")
 	}
-	if !oneOf(c.GPU.Backend, []string{GPUBackendNVML, GPUBackendSim}) {
-		f.fail("gpu.backend", "must be %q or %q, not %q", GPUBackendNVML, GPUBackendSim, c.GPU.Backend)
+	if !oneOf(c.GPU.Backend, []string{GPUBackendAuto, GPUBackendNVML, GPUBackendSim}) {
+		f.fail("gpu.backend", "must be %q, %q or %q, not %q", GPUBackendAuto, GPUBackendNVML, GPUBackendSim, c.GPU.Backend)
 	}
-	if c.GPU.Backend == GPUBackendSim || c.Engine.Kind == EngineSim {
+	if c.GPU.Backend != GPUBackendNVML || c.Engine.Kind == EngineSim {
 		if !filepath.IsAbs(c.GPU.SimLedger) {
 			f.fail("gpu.sim_ledger", "must be an absolute path, not %q", c.GPU.SimLedger)
 		}

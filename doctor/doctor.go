@@ -241,6 +241,9 @@ func trimGPU(err error) string { return strings.TrimPrefix(err.Error(), "gpu: ")
 
 func (d *Doctor) checkDriver(ctx context.Context) {
 	c := d.cfg
+	if c.GPU.BackendReason != "" {
+		d.add("gpu backend", Pass, "", "auto chose %s: %s", c.GPU.Backend, c.GPU.BackendReason)
+	}
 	if c.Engine.Kind == config.EngineVLLM && c.GPU.Backend == config.GPUBackendSim {
 		d.add("gpu backend", Warn, fmt.Sprintf(`set [gpu] backend = "nvml" in %s`, c.Path),
 			"engine kind vllm with the simulated GPU backend: vagent would plan and switch against made-up GPUs")
