@@ -196,7 +196,9 @@ var producers = map[string]func(t *testing.T) string{
 			st := supervisor.AgentStatus{Agent: a.Name, Unit: a.Unit(), LoadState: "loaded", ActiveState: "inactive",
 				SubState: "dead", Result: "success", Port: a.Port, GPUs: a.GPUs}
 			if a.Name == "dev" {
-				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "start-limit-hit", 3
+				// What systemd 252 reports after a crash loop, as
+				// e2e's TestE2ECrashLoopIsTheDocumentedSample sees it.
+				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "exit-code", 3
 			}
 			sw.status = append(sw.status, st)
 		}
