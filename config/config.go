@@ -142,7 +142,7 @@ type Gateway struct {
 	// The gateway's own bounds, so that no client can starve it.
 
 	// MaxBodyMiB bounds a request body; past it: 413.
-	MaxBodyMiB int64 `toml:"max_body_mib"`
+	MaxBodyMiB int `toml:"max_body_mib"`
 	// HeaderTimeout bounds how long a client may take to send a request's
 	// headers; past it the connection is closed.
 	HeaderTimeout Duration `toml:"header_timeout"`
@@ -203,6 +203,12 @@ type Supervisor struct {
 	// their weights; 0 means half of what the host has available
 	// (MemAvailable, plus what sleepers already hold) at each decision.
 	HostRAMBudgetMiB uint64 `toml:"host_ram_budget_mib"`
+	// StartBackoff is how long an agent whose start failed is refused
+	// before the next try; each failure in a row doubles it, up to
+	// StartBackoffMax. A success clears it. 0 turns the backoff off.
+	StartBackoff Duration `toml:"start_backoff"`
+	// StartBackoffMax bounds StartBackoff's doubling.
+	StartBackoffMax Duration `toml:"start_backoff_max"`
 }
 
 // Agent is one vLLM server: a model with tuned flags, rendered as the unit
@@ -379,14 +385,6 @@ func (c *Config) Agent(name string) *Agent {
 		}
 	}
 	return nil
-}
-
-// EngineBinary is the executable every unit's ExecStart runs.
-func (c *Config) EngineBinary() string {
-	if c.Engine.Kind == EngineSim {
-		return c.Engine.SimBinary
-	}
-	return c.Engine.Venv + "/bin/vllm"
 }
 
 // EngineKeyFile is the environment file holding the engines' API key

@@ -111,11 +111,13 @@ func Defaults() Config {
 			StartLimitInterval: Duration{10 * time.Minute},
 		},
 		Supervisor: Supervisor{
-			HealthTimeout:  Duration{15 * time.Minute},
-			HealthInterval: Duration{10 * time.Millisecond},
-			ReleaseTimeout: Duration{30 * time.Second},
-			DBusTimeout:    Duration{10 * time.Second},
-			SwitchMode:     SwitchRestart,
+			HealthTimeout:   Duration{15 * time.Minute},
+			HealthInterval:  Duration{10 * time.Millisecond},
+			ReleaseTimeout:  Duration{30 * time.Second},
+			DBusTimeout:     Duration{10 * time.Second},
+			SwitchMode:      SwitchRestart,
+			StartBackoff:    Duration{5 * time.Second},
+			StartBackoffMax: Duration{5 * time.Minute},
 		},
 	}
 }

@@ -42,7 +42,7 @@ var mainDocs = map[string]keyDoc{
 	"gpu.sim_load_seconds":           {"When above 0, the simulator's load time for every agent (else it grows with model size).", "`VLLM_SIM_LOAD_SECONDS=`"},
 	"gateway.listen":                 {"The address of vagentd's OpenAI-compatible endpoint.", ""},
 	"gateway.keys_file":              {"Client API keys (TOML); without one vagentd listens on loopback only.", ""},
-	"gateway.control_socket":         {"The unix socket vagentctl uses to reach vagentd.", ""},
+	"gateway.control_socket":         {"The unix socket vagentctl uses to reach vagentd; at most 107 bytes (a socket address holds no more).", ""},
 	"gateway.control_group":          {"The group that owns the control socket (mode 0660); empty keeps root's.", ""},
 	"gateway.queue_length":           {"Requests that may wait for an agent; past it: 429.", ""},
 	"gateway.max_wait":               {"How long a request may wait for its agent, cold start included; past it: 503 with Retry-After.", ""},
@@ -55,8 +55,8 @@ var mainDocs = map[string]keyDoc{
 	"gateway.keepalive_timeout":      {"An idle client connection is closed after this long between requests.", ""},
 	"gateway.max_connections":        {"Open client connections on `listen`; past it new connections wait in the kernel's backlog until one closes.", ""},
 	"gateway.max_requests_per_key":   {"Inference requests one key may have open at once (queued, sending its body, or being served); past it: 429 with Retry-After. Without a keys file every client counts as one anonymous key.", ""},
-	"units.user":                     {"The user engines run as; empty keeps systemd's default (root).", "`User=`"},
-	"units.group":                    {"The group engines run as; empty means the user's primary group.", "`Group=`"},
+	"units.user":                     {"The user engines run as; empty keeps systemd's default (root). A lowercase letter or `_`, then lowercase letters, digits, `_` or `-`, at most 31 in all (systemd's rule).", "`User=`"},
+	"units.group":                    {"The group engines run as; empty means the user's primary group. Named as units.user.", "`Group=`"},
 	"units.restart_sec":              {"Pause before systemd restarts a crashed engine.", "`RestartSec=`"},
 	"units.start_timeout":            {"How long systemd lets an engine's start job run.", "`TimeoutStartSec=`"},
 	"units.stop_timeout":             {"How long systemd waits for an engine to stop before SIGKILL.", "`TimeoutStopSec=`"},
@@ -68,11 +68,13 @@ var mainDocs = map[string]keyDoc{
 	"supervisor.dbus_timeout":        {"Bound on each D-Bus call to systemd.", ""},
 	"supervisor.switch_mode":         {"How a switch makes room, for agents that set no switch_mode: \"restart\" stops the other engine (the next switch to it is a cold start), \"sleep\" puts it to sleep with vLLM's sleep mode (its weights wait in host RAM; the next switch to it is a wake, well under a second).", "`--enable-sleep-mode`, `VLLM_SERVER_DEV_MODE=1` for sleep agents"},
 	"supervisor.host_ram_budget_mib": {"Host RAM that sleeping agents may hold with their weights. Past it the least recently used sleeper is stopped for real; an agent whose weights alone exceed it sleeps at level 2. 0 means half of the host's MemAvailable (plus what sleepers already hold), read at each switch.", ""},
+	"supervisor.start_backoff":       {"How long vagentd refuses to start an agent again after its start failed (the gateway answers 503 with Retry-After and the failure's root cause). Each failure in a row doubles it up to start_backoff_max; a successful start, or `vagentctl restart`, clears it. 0 turns the backoff off. systemd's own start limit (units.start_limit_*) is never reset by vagent.", ""},
+	"supervisor.start_backoff_max":   {"The longest start backoff (start_backoff doubled per failure in a row stops growing here).", ""},
 }
 
 // agentDocs documents every key of an agent file.
 var agentDocs = map[string]keyDoc{
-	"model":                       {"A Hugging Face repo id (ORG/NAME) or an existing local directory.", "`vllm serve MODEL`"},
+	"model":                       {"A Hugging Face repo id (ORG/NAME) or an existing local directory: absolute, or relative to the agent file when it starts with `.` (`./models/x`); `..` is refused.", "`vllm serve MODEL` (absolute)"},
 	"revision":                    {"Branch, tag or commit of the model.", "`--revision` (when not main)"},
 	"served_names":                {"Model names the engine answers to; the first is the metrics label.", "`--served-model-name`"},
 	"aliases":                     {"More names clients may use; the gateway rewrites them.", ""},
@@ -88,7 +90,7 @@ var agentDocs = map[string]keyDoc{
 	"max_num_seqs":                {"Most sequences in a batch; 0 lets vLLM choose.", "`--max-num-seqs`"},
 	"tensor_parallel_size":        {"GPUs one engine spans; must equal the number of gpus.", "`--tensor-parallel-size` (when above 1)"},
 	"enforce_eager":               {"No CUDA graphs: less memory, slower.", "`--enforce-eager`"},
-	"chat_template":               {"A chat template file or inline template (one line).", "`--chat-template`"},
+	"chat_template":               {"An inline template (one line), the name of one of vLLM's built-in templates, or a template file: absolute, or relative to the agent file when it starts with `.`.", "`--chat-template` (a file as an absolute path)"},
 	"trust_remote_code":           {"Run the model repository's own code.", "`--trust-remote-code`"},
 	"tool_call_parser":            {"Tool-call parser for OpenAI tools (e.g. hermes).", "`--enable-auto-tool-choice --tool-call-parser`"},
 	"reasoning_parser":            {"Reasoning parser for reasoning models.", "`--reasoning-parser`"},
@@ -97,10 +99,10 @@ var agentDocs = map[string]keyDoc{
 	"sampling.top_k":              {"Default top-k; -1 is off.", "`--override-generation-config`"},
 	"sampling.min_p":              {"Default min-p, in [0, 1].", "`--override-generation-config`"},
 	"sampling.repetition_penalty": {"Default repetition penalty.", "`--override-generation-config`"},
-	"sampling.max_tokens":         {"Default completion length.", "`--override-generation-config` (as max_new_tokens)"},
+	"sampling.max_tokens":         {"Default completion length: the gateway puts it into requests that set no max_tokens. Not a cap: a request may ask for more. (vLLM reads a max_new_tokens in --override-generation-config as a cap on every request, so vagent never renders it there.)", "nothing: the gateway's default"},
 	"system_prompt":               {"Prepended by the gateway when a request has no system message; may span lines.", ""},
 	"env":                         {"Extra environment for the engine; vagent's own variables cannot be overridden.", "`Environment=`"},
-	"extra_args":                  {"More vllm serve arguments, verbatim; refused if they repeat a flag vagent sets or the version lacks them.", "end of `ExecStart=`"},
+	"extra_args":                  {"More vllm serve arguments, verbatim; refused if they repeat a flag vagent sets or the version lacks them. A value starting with `-` must be a whole number (`-1`) or be attached to its flag (`--seed=-1e5`): vllm serve reads other such words as options.", "end of `ExecStart=`"},
 	"priority":                    {"Eviction order: lower priority agents are evicted first.", ""},
 	"idle_timeout":                {"Stop the agent after this long without requests (a sleeping one too, which then frees its host RAM); 0 never.", ""},
 	"pinned":                      {"Never evicted by a switch, never stopped for idleness.", ""},
@@ -239,6 +241,10 @@ func WriteReference(w io.Writer) error {
 vagent reads `+"`/etc/vagent/vagent.toml`"+` (or `+"`--config PATH`, `$VAGENT_CONFIG`"+`) and one file per agent in
 its agents directory; the agent's name is the file name (`+"`agents/dev.toml` → `vagent@dev.service`"+`).
 Every key is optional unless marked otherwise below. An unknown key is an error naming the file and line.
+Every path is absolute and normalized (no `+"`.`"+` or `+"`..`"+` component, no `+"`//`"+`, no trailing `+"`/`"+`, no control
+characters), at most 4095 bytes with components of at most 255 (a directory at most 3839, so that
+the files vagent puts in it fit): systemd ignores a path directive that breaks these rules, and for
+`+"`EnvironmentFile=`"+` that would start the engines without their API key.
 
 ## vagent.toml
 

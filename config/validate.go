@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -19,7 +18,6 @@ var (
 	agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	hubIDRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	userNameRE  = regexp.MustCompile(`^[a-z_][a-z0-9_-]*[$]?$`)
 	versionRE   = regexp.MustCompile(`^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)$`)
 	tokenRE     = regexp.MustCompile(`^[^\s]+$`)
 )
@@ -93,32 +91,12 @@ func (c *Config) validateMain(data []byte) Errors {
 	if !versionRE.MatchString(c.Engine.VLLMVersion) {
 		f.fail("engine.vllm_version", "must be a version such as \"0.18.0\", not %q", c.Engine.VLLMVersion)
 	}
-	if c.Engine.Kind == EngineVLLM && !filepath.IsAbs(c.Engine.Venv) {
-		f.fail("engine.venv", "must be an absolute path, not %q", c.Engine.Venv)
-	}
-	if c.Engine.Kind == EngineSim && !filepath.IsAbs(c.Engine.SimBinary) {
-		f.fail("engine.sim_binary", "must be an absolute path, not %q", c.Engine.SimBinary)
-	}
 	checkEnv(f, "engine.env", c.Engine.Env)
-	for key, p := range map[string]string{
-		"paths.unit_dir": c.Paths.UnitDir, "paths.state_dir": c.Paths.StateDir,
-		"paths.run_dir": c.Paths.RunDir, "paths.hf_home": c.Paths.HFHome,
-		"paths.cache_dir": c.Paths.CacheDir,
-	} {
-		if !filepath.IsAbs(p) {
-			f.fail(key, "must be an absolute path, not %q", p)
-		}
-	}
-	if c.Paths.AgentsDir == "" {
-		f.fail("paths.agents_dir", "must not be empty")
-	}
+	c.checkPaths(f)
 	if !oneOf(c.GPU.Backend, []string{GPUBackendAuto, GPUBackendNVML, GPUBackendSim}) {
 		f.fail("gpu.backend", "must be %q, %q or %q, not %q", GPUBackendAuto, GPUBackendNVML, GPUBackendSim, c.GPU.Backend)
 	}
 	if c.GPU.Backend != GPUBackendNVML || c.Engine.Kind == EngineSim {
-		if !filepath.IsAbs(c.GPU.SimLedger) {
-			f.fail("gpu.sim_ledger", "must be an absolute path, not %q", c.GPU.SimLedger)
-		}
 		if c.GPU.SimCount < 1 || c.GPU.SimCount > 64 {
 			f.fail("gpu.sim_count", "must be between 1 and 64, not %d", c.GPU.SimCount)
 		}
@@ -133,15 +111,6 @@ func (c *Config) validateMain(data []byte) Errors {
 		f.fail("gateway.listen", "must be host:port, not %q", c.Gateway.Listen)
 	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		f.fail("gateway.listen", "port must be 1-65535, not %q", port)
-	}
-	if c.Gateway.KeysFile != "" && !filepath.IsAbs(c.Gateway.KeysFile) {
-		f.fail("gateway.keys_file", "must be an absolute path, not %q", c.Gateway.KeysFile)
-	}
-	if !filepath.IsAbs(c.Gateway.ControlSocket) {
-		f.fail("gateway.control_socket", "must be an absolute path, not %q", c.Gateway.ControlSocket)
-	}
-	if c.Gateway.ControlGroup != "" && !userNameRE.MatchString(c.Gateway.ControlGroup) {
-		f.fail("gateway.control_group", "%q is not a valid group name", c.Gateway.ControlGroup)
 	}
 	if c.Gateway.QueueLength < 1 {
 		f.fail("gateway.queue_length", "must be at least 1")
@@ -168,17 +137,12 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Gateway.FairnessWindow.Duration < 0 {
 		f.fail("gateway.fairness_window", "must not be negative")
 	}
-	if c.Units.User != "" && !userNameRE.MatchString(c.Units.User) {
-		f.fail("units.user", "%q is not a valid user name", c.Units.User)
-	}
-	if c.Units.Group != "" && !userNameRE.MatchString(c.Units.Group) {
-		f.fail("units.group", "%q is not a valid group name", c.Units.Group)
-	}
 	for key, d := range map[string]Duration{
 		"units.restart_sec": c.Units.RestartSec, "units.start_timeout": c.Units.StartTimeout,
 		"units.stop_timeout": c.Units.StopTimeout, "units.start_limit_interval": c.Units.StartLimitInterval,
 		"supervisor.health_timeout": c.Supervisor.HealthTimeout, "supervisor.health_interval": c.Supervisor.HealthInterval,
 		"supervisor.release_timeout": c.Supervisor.ReleaseTimeout, "supervisor.dbus_timeout": c.Supervisor.DBusTimeout,
+		"supervisor.start_backoff": c.Supervisor.StartBackoff, "supervisor.start_backoff_max": c.Supervisor.StartBackoffMax,
 	} {
 		if d.Duration < 0 {
 			f.fail(key, "must not be negative")
@@ -194,6 +158,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if c.Units.StartLimitBurst < 1 {
 		f.fail("units.start_limit_burst", "must be at least 1")
+	}
+	if b, m := c.Supervisor.StartBackoff.Duration, c.Supervisor.StartBackoffMax.Duration; b > 0 && m < b {
+		f.fail("supervisor.start_backoff_max", "must be at least start_backoff (%s), not %s", b, m)
 	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)
@@ -212,15 +179,14 @@ func (a *Agent) validate(data []byte) Errors {
 	switch {
 	case a.Model == "":
 		f.fail("model", "must be set (a Hugging Face repo id such as \"Qwen/Qwen2.5-7B-Instruct-AWQ\" or a local directory)")
-	case strings.HasPrefix(a.Model, "/") || strings.HasPrefix(a.Model, "."):
-		if st, err := os.Stat(a.Model); err != nil || !st.IsDir() {
-			f.fail("model", "%q is a path but not an existing directory", a.Model)
-		} else if len(a.ServedNames) == 0 {
+	case IsLocalModel(a.Model):
+		if a.resolveModel(f) && len(a.ServedNames) == 0 {
 			f.fail("served_names", "must be set when model is a local directory")
 		}
 	case !hubIDRE.MatchString(a.Model):
 		f.fail("model", "%q is neither a Hugging Face repo id (ORG/NAME) nor an existing directory", a.Model)
 	}
+	a.resolveChatTemplate(f)
 	if err := CheckRevision(a.Revision); err != nil {
 		f.fail("revision", "%v", err)
 	}
@@ -297,6 +263,11 @@ func (a *Agent) validate(data []byte) Errors {
 		name := strings.SplitN(arg, "=", 2)[0]
 		if oneOf(name, ManagedFlags) {
 			f.fail("extra_args", "entry %d %q repeats a flag vagent sets from its own key; set that key instead", i+1, arg)
+		}
+	}
+	for i := range a.ExtraArgs {
+		if err := CheckExtraArg(a.ExtraArgs, i); err != nil {
+			f.fail("extra_args", "%v", err)
 		}
 	}
 	if a.IdleTimeout.Duration < 0 {

@@ -64,20 +64,12 @@ func sortedNames(files units.Files) []string {
 // gpuTotals reads each GPU's size for the Conflicts= decisions. Without a
 // driver the units are still rendered, judged by utilization alone.
 func gpuTotals(ctx context.Context, cfg *config.Config, warn io.Writer) map[int]uint64 {
-	b, err := gpu.Open(cfg)
-	if err == nil {
-		defer b.Close()
-		var info gpu.Info
-		if info, err = b.Info(ctx); err == nil {
-			totals := map[int]uint64{}
-			for _, d := range info.Devices {
-				totals[d.Index] = d.TotalBytes
-			}
-			return totals
-		}
+	totals, err := gpu.Totals(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(warn, "vagentctl: warning: GPU sizes unknown, conflicts judged by gpu_memory_utilization alone: %v\n", err)
+		return nil
 	}
-	fmt.Fprintf(warn, "vagentctl: warning: GPU sizes unknown, conflicts judged by gpu_memory_utilization alone: %v\n", err)
-	return nil
+	return totals
 }
 
 func applyCmd() *cli.Command {

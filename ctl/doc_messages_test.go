@@ -24,6 +24,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/docs"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/internal/vllmsim"
 	"github.com/vagent-dev/vagent/journal"
 	"github.com/vagent-dev/vagent/supervisor"
@@ -104,7 +105,7 @@ func docSimFailure(t *testing.T, args ...string) string {
 	for _, l := range strings.Split(strings.TrimRight(out.String()+errOut.String(), "\n"), "\n") {
 		entries = append(entries, journal.Entry{Message: l, Priority: 6, Identifier: "vllm", PID: 4242})
 	}
-	return journal.RootCause(entries)
+	return journal.RootCause(entries, engine.VLLM{}.Log())
 }
 
 func freeTCPPort(t *testing.T) int {

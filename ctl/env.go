@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/journal"
 	"github.com/vagent-dev/vagent/plan"
@@ -93,24 +94,28 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 	h.sup = supervisor.New(cfg, supervisor.Options{
 		Systemd:   h.sd,
 		GPU:       supervisor.FromBackend(h.gpu),
-		RootCause: rootCause,
+		RootCause: rootCause(engine.Of(cfg).Log()),
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		// The engine key is read from its file when a wake needs it.
-		HostWeights: plan.HostWeights(cfg),
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	return h, nil
 }
 
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
-func rootCause(ctx context.Context, unit string, since time.Time) string {
-	// journald stamps lines when it receives them; a second of slack covers
-	// the clock granularity of the start time we were given.
-	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-	if err != nil {
-		return ""
+// f is how its engine writes the log.
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
+	return func(ctx context.Context, unit string, since time.Time) string {
+		// journald stamps lines when it receives them; a second of slack covers
+		// the clock granularity of the start time we were given.
+		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+		if err != nil {
+			return ""
+		}
+		return journal.RootCause(entries, f)
 	}
-	return journal.RootCause(entries)
 }
 
 // agentErr wraps an unknown-agent error so that it gets its hint.

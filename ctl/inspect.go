@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/journal"
@@ -172,8 +173,8 @@ func chatOnce(ctx context.Context, cfg *config.Config, a *config.Agent, prompt s
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
 	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
-		fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", a.Port), bytes.NewReader(body))
+	ep := engine.Of(cfg).Endpoint(a)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL("/v1/chat/completions"), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -182,9 +183,9 @@ func chatOnce(ctx context.Context, cfg *config.Config, a *config.Agent, prompt s
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	t0 := time.Now()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Transport: ep.Transport()}).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("agent %s is not answering on port %d (start it with vagentctl switch %s): %w", a.Name, a.Port, a.Name, err)
+		return nil, fmt.Errorf("agent %s is not answering on %s (start it with vagentctl switch %s): %w", a.Name, ep, a.Name, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v3"
-	"golang.org/x/sys/unix"
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/models"
@@ -86,11 +84,10 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 	if cmd.Bool("json") {
 		progress = models.JSONProgress(out)
 	} else {
-		tty, width := terminal(out)
-		text = models.NewTextProgress(out, tty)
-		text.Width = width
+		text = models.NewTerminalProgress(out)
+		defer text.Close()
 		progress = text.Event
-		if tty {
+		if text.TTY() {
 			interval = 100 * time.Millisecond
 		}
 	}
@@ -124,10 +121,6 @@ func runPull(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	if text != nil {
-		defer text.Close()
-	}
-
 	if src != "" {
 		res, err := p.PullSource(ctx, "", src, dest)
 		if err != nil {
@@ -184,19 +177,4 @@ func interrupted(ctx context.Context, err error) error {
 		return fmt.Errorf("interrupted: partial downloads are kept and resume on the next pull")
 	}
 	return err
-}
-
-// terminal reports whether w is a terminal, and its width.
-func terminal(w io.Writer) (bool, int) {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false, 0
-	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
-		return false, 0
-	}
-	if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 20 {
-		return true, int(ws.Col)
-	}
-	return true, 0
 }

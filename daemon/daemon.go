@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
@@ -100,20 +100,12 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	return ExitOK
 }
 
-// NewLogger returns vagentd's logger: logfmt text on w. Under journald
-// (JOURNAL_STREAM set) the time is left out, since the journal stamps each
-// line itself.
+// NewLogger returns vagentd's logger: logfmt text on w. When w is stderr
+// and stderr is the journal's stream, records go to journald with their
+// level as priority and their attributes as fields (journal.LogHandler),
+// and without a time of their own, since the journal stamps each one.
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(journal.NewLogHandler(w, journal.DetectLogMode(w), level, "vagentd", nil))
 }
 
 // Options are Run's collaborators; the zero value uses the real ones.
@@ -178,14 +170,15 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	sup := supervisor.New(cfg, supervisor.Options{
 		Systemd:   sd,
 		GPU:       view,
-		RootCause: rootCause,
+		RootCause: rootCause(engine.Of(cfg).Log()),
 		Log:       log,
 		LastUsed:  func(agent string) time.Time { return gw.LastUsed(agent) },
 		BeforeEvict: func(ctx context.Context, agent string) error {
 			return gw.BeforeEvict(ctx, agent)
 		},
-		EngineKey:   engineKey,
-		HostWeights: plan.HostWeights(cfg),
+		EngineKey:     engineKey,
+		HostWeights:   plan.HostWeights(cfg),
+		SleepResidual: plan.SleepResidual,
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -333,10 +326,13 @@ func Loopback(listen string) (bool, error) {
 
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
-func rootCause(ctx context.Context, unit string, since time.Time) string {
-	entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-	if err != nil {
-		return ""
+// f is how its engine writes the log.
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
+	return func(ctx context.Context, unit string, since time.Time) string {
+		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
+		if err != nil {
+			return ""
+		}
+		return journal.RootCause(entries, f)
 	}
-	return journal.RootCause(entries)
 }

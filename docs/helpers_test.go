@@ -18,6 +18,7 @@ import (
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/ctl"
 	"github.com/vagent-dev/vagent/e2e/sandbox"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/internal/syncbuf"
 	"github.com/vagent-dev/vagent/internal/vllmsim"
@@ -215,7 +216,7 @@ func rootCause(output string) string {
 	} {
 		entries = append(entries, journal.Entry{Message: l, Priority: 4, Identifier: "systemd", PID: 1})
 	}
-	return journal.RootCause(entries)
+	return journal.RootCause(entries, engine.VLLM{}.Log())
 }
 
 func freePort(t testing.TB) int {

@@ -250,6 +250,20 @@ var producers = map[string]func(t *testing.T) string{
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "apply")
 		return fmt.Sprintf("%sexit status %d\n", errOut, code)
 	},
+	"extra-args-negative-number": func(t *testing.T) string {
+		cfgPath := installConfig(t, "configs", nil, map[string]map[string]any{
+			"dev": {"extra_args": "PLACEHOLDER"}})
+		agent := filepath.Join(filepath.Dir(cfgPath), "agents", "dev.toml")
+		data, _ := os.ReadFile(agent)
+		os.WriteFile(agent, []byte(strings.Replace(string(data), `extra_args = "PLACEHOLDER"`, `extra_args = ["--seed", "-1e5"]`, 1)), 0o644)
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "apply")
+		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
+	"config-path-not-normalized": func(t *testing.T) string {
+		cfgPath := installConfig(t, "configs", map[string]any{"paths.state_dir": "/var/lib/vagent/../vagent"}, nil)
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "apply")
+		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
 	"config-unknown-key": func(t *testing.T) string {
 		cfgPath := installConfig(t, "configs", nil, map[string]map[string]any{"po": {"max_model_length": 16384}})
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "apply")

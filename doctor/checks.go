@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -247,18 +246,41 @@ func (d *Doctor) checkSystemd(ctx context.Context) {
 	}
 }
 
+// checkSampling says what each [sampling] key an agent sets does on its
+// engine: a default a request overrides, or a default the gateway adds.
+func (d *Doctor) checkSampling(ctx context.Context) {
+	for _, a := range d.cfg.Agents {
+		keys := d.eng.Sampling(a)
+		if len(keys) == 0 {
+			continue
+		}
+		// Keys that do the same are named together.
+		var parts, same []string
+		for i, k := range keys {
+			same = append(same, k.Key+" "+k.Value)
+			if i == len(keys)-1 || keys[i+1].Effect != k.Effect {
+				parts = append(parts, strings.Join(same, ", ")+": "+k.Effect)
+				same = nil
+			}
+		}
+		d.add("sampling "+a.Name, Pass, "", "%s", strings.Join(parts, "; "))
+	}
+}
+
 func (d *Doctor) checkPorts(ctx context.Context) {
 	for _, a := range d.cfg.Agents {
-		d.checkPort(ctx, "port "+a.Name, net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port)), a.Unit(),
+		ep := d.eng.Endpoint(a)
+		d.checkPort(ctx, "port "+a.Name, ep.Network(), ep.Address(), a.Unit(),
 			fmt.Sprintf("change port in %s", a.File))
 	}
-	d.checkPort(ctx, "port gateway", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path))
+	d.checkPort(ctx, "port gateway", "tcp", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path))
 }
 
 // checkPort tries to bind addr; a busy port passes only when owner, the
-// unit that should hold it, is running.
-func (d *Doctor) checkPort(ctx context.Context, check, addr, owner, change string) {
-	l, err := d.env.Listen("tcp", addr)
+// unit that should hold it, is running. The bind sets no SO_REUSEPORT, so
+// an engine that set it (vLLM does) still shows as holding the port.
+func (d *Doctor) checkPort(ctx context.Context, check, network, addr, owner, change string) {
+	l, err := d.env.Listen(network, addr)
 	if err == nil {
 		l.Close()
 		d.add(check, Pass, "", "%s is free", addr)

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
@@ -128,6 +129,7 @@ var EngineTimeout = 3 * time.Minute
 type Doctor struct {
 	cfg *config.Config
 	env Env
+	eng engine.Engine
 
 	// Filled as the checks run.
 	info    *gpu.Info
@@ -140,7 +142,14 @@ type Doctor struct {
 
 // New returns a doctor for cfg on env.
 func New(cfg *config.Config, env Env) *Doctor {
-	return &Doctor{cfg: cfg, env: env}
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		// Checks need the backend "auto" stands for (vagentctl resolves it
+		// on load; a caller that did not gets it resolved here).
+		c := *cfg
+		gpu.ResolveBackend(context.Background(), &c)
+		cfg = &c
+	}
+	return &Doctor{cfg: cfg, env: env, eng: engine.Of(cfg)}
 }
 
 // Report is every check's result.
@@ -167,7 +176,7 @@ func (d *Doctor) Run(ctx context.Context) *Report {
 	}()
 	for _, check := range []func(context.Context){
 		d.checkDriver, d.checkCompute, d.checkUVM, d.checkEngine, d.checkModels,
-		d.checkUnits, d.checkSystemd, d.checkPorts, d.checkDisk, d.checkPlan,
+		d.checkUnits, d.checkSampling, d.checkSystemd, d.checkPorts, d.checkDisk, d.checkPlan,
 	} {
 		check(ctx)
 	}
@@ -383,7 +392,7 @@ func (d *Doctor) checkEngine(ctx context.Context) {
 		d.add("engine", Fail, "vagentctl install", "no vLLM engine: %s is missing (%s)", py, errText(err))
 		return
 	}
-	out, err := d.env.Run(ctx, py, "-c", "import vllm; print(vllm.__version__)")
+	out, err := d.env.Run(ctx, py, "-c", engine.VLLMVersionScript)
 	if err != nil {
 		d.add("engine", Fail, "vagentctl install (builds a fresh engine), or vagentctl install --rollback",
 			"vLLM in %s does not import: %s", c.Engine.Venv, lastLine(out))

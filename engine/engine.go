@@ -14,6 +14,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"regexp"
 
 	"github.com/vagent-dev/vagent/config"
 )
@@ -42,9 +43,8 @@ type Engine interface {
 	// Client talks to the engine at ep, sending key where the engine
 	// checks one.
 	Client(ep Endpoint, key string) Client
-	// LogMarkers are the texts of exceptions the engine raises only to say
-	// that the cause of a failed start was logged above them.
-	LogMarkers() []string
+	// Log is how the engine's log says why a start failed.
+	Log() LogFormat
 	// Sampling says what each [sampling] key of agent a does on this
 	// engine, in the order of config's keys.
 	Sampling(a *config.Agent) []SamplingKey
@@ -70,6 +70,22 @@ type Client interface {
 	// a wake does not pay for lazy allocations. An engine that refuses the
 	// key returns an *HTTPError with status 401.
 	WarmUp(ctx context.Context, model string) error
+}
+
+// LogFormat is how an engine writes its log, for finding the line that
+// says why a start failed (journal.RootCause).
+type LogFormat struct {
+	// ProcessPrefix is the tag the engine puts before the lines of its
+	// child processes, stripped before reading a line; nil for none.
+	ProcessPrefix *regexp.Regexp
+	// LevelPrefix is the engine's logging prefix, stripped before reading
+	// a line; its first group is the level name (ERROR, CRITICAL, ...).
+	LevelPrefix *regexp.Regexp
+	// UsageError is the line that refuses a bad command line.
+	UsageError *regexp.Regexp
+	// Generic are texts of the exceptions the engine raises only to say
+	// that the cause was logged above them.
+	Generic []string
 }
 
 // Arg is one word of a command line and the configuration field it came

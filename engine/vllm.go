@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -33,7 +34,8 @@ func (VLLM) Endpoint(a *config.Agent) Endpoint { return TCP(vllmHost, a.Port) }
 // versions; help flags make it print and exit 0, which looks like a clean stop.
 var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
 
-// Binary is the engine's executable: the venv's vllm, or the simulator.
+// Binary is the engine's executable, the venv's vllm or the simulator, and
+// the field that configures it.
 func (v VLLM) Binary(c *config.Config) (bin, field string) {
 	if v.Sim {
 		return c.Engine.SimBinary, "engine.sim_binary"
@@ -96,6 +98,10 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 
 	if a.Model == "" {
 		agentErr("model", "must be set")
+	} else if err := config.CheckPath(a.Model); config.IsLocalModel(a.Model) && err != nil {
+		// The engine runs from "/": config.Load makes a relative model
+		// directory absolute against its agent file.
+		agentErr("model", "a local model directory %v", err)
 	} else if value("model", a.Model) {
 		args = append(args, Arg{a.Model, "model"})
 	}
@@ -153,6 +159,10 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 		add("enforce_eager", "--enforce-eager")
 	}
 	if a.ChatTemplate != "" {
+		if err := config.CheckPath(a.ChatTemplate); config.IsChatTemplateFile(a.ChatTemplate) && err != nil {
+			// vLLM opens it from "/": config.Load makes it absolute.
+			agentErr("chat_template", "a chat template file %v", err)
+		}
 		addText("chat_template", "--chat-template", a.ChatTemplate)
 	}
 	if a.Revision != "" && a.Revision != "main" {
@@ -185,7 +195,9 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 			continue
 		}
 		name, _, _ := strings.Cut(x, "=")
-		switch {
+		switch err := config.CheckExtraArg(a.ExtraArgs, i); {
+		case err != nil:
+			agentErr("extra_args", "%v", err)
 		case contains(neverFlags, name):
 			agentErr("extra_args", "entry %d %q: vagent never passes %s to vLLM", i+1, x, name)
 		case contains(config.ManagedFlags, name):
@@ -201,13 +213,7 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 
 // isFlag reports whether a command-line word is an option rather than a
 // value: it starts with '-' and is not a negative number or a lone "-".
-func isFlag(s string) bool {
-	if len(s) < 2 || s[0] != '-' {
-		return false
-	}
-	_, err := strconv.ParseFloat(s, 64)
-	return err != nil
-}
+func isFlag(s string) bool { return config.IsOption(s) }
 
 func contains(set []string, s string) bool {
 	for _, x := range set {
@@ -289,20 +295,30 @@ func (VLLM) ControlRoute(path string) bool { return vllmControlRoutes[path] }
 // outside /v1/.
 func (VLLM) ModelRoute(path string) bool { return vllmModelRoutes[path] }
 
-// vllmMarkers are the words of the exceptions vLLM raises only to say that
-// the cause was logged above them.
-var vllmMarkers = []string{
-	"See root cause above",
-	"Engine core initialization failed",
-	"See stack trace for the root cause",
-	"see stack trace for root cause",
-	"Engine process failed to start",
-	"initialization failed due to an exception in a background process",
+// vllmLog is vLLM's log format.
+var vllmLog = LogFormat{
+	// "(EngineCore_DP0 pid=123) ", "(APIServer pid=1) ",
+	// "(VllmWorker rank=0 pid=9) ".
+	ProcessPrefix: regexp.MustCompile(`^\([^()]*\bpid=\d+\) ?`),
+	// "ERROR 11-29 15:51:30 [core.py:700] ", with optional milliseconds
+	// and a path in the brackets in later versions.
+	LevelPrefix: regexp.MustCompile(`^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? \[[^\]]*\] ?`),
+	// argparse's complaint before exit status 2:
+	// "vllm: error: unrecognized arguments: --foo".
+	UsageError: regexp.MustCompile(`^[\w.\- ]+: error: \S`),
+	Generic: []string{
+		"See root cause above",
+		"Engine core initialization failed",
+		"See stack trace for the root cause",
+		"see stack trace for root cause",
+		"Engine process failed to start",
+		"initialization failed due to an exception in a background process",
+	},
 }
 
-// LogMarkers are vLLM's summaries of a failed start ("RuntimeError: Engine
-// core initialization failed. See root cause above.").
-func (VLLM) LogMarkers() []string { return vllmMarkers }
+// Log is vLLM's log format: a failed start ends with "RuntimeError: Engine
+// core initialization failed. See root cause above."
+func (VLLM) Log() LogFormat { return vllmLog }
 
 // Client talks to vLLM's HTTP API at ep.
 func (VLLM) Client(ep Endpoint, key string) Client { return newVLLMClient(ep, key) }
@@ -317,12 +333,12 @@ func statusText(code int) string { return http.StatusText(code) }
 // max_new_tokens from that JSON (ModelConfig.get_diff_sampling_param in
 // vllm/config/model.py, the same list in v0.12.0 and v0.18.0rc2). The first
 // five are defaults a request's own value replaces. max_new_tokens is not:
-// the OpenAI serving classes keep it as override_max_tokens and take the
-// minimum with the request's max_tokens (vllm/entrypoints/openai/
-// completion/serving.py and chat_completion/serving.py in v0.18.0rc2), a
-// cap on every client. So [sampling] max_tokens is never rendered here:
-// it is a default the gateway puts into requests that carry none
-// (DefaultMaxTokens).
+// the OpenAI serving classes keep it as override_max_tokens
+// (vllm/entrypoints/openai/completion/serving.py and chat_completion/
+// serving.py in v0.18.0rc2), and get_max_tokens (vllm/entrypoints/utils.py)
+// takes the minimum of it and the request's max_tokens: a cap on every
+// client. So [sampling] max_tokens is never rendered here: it is a default
+// the gateway puts into requests that carry none (DefaultMaxTokens).
 func GenerationConfig(s config.Sampling) (string, error) {
 	m := map[string]any{}
 	for k, v := range map[string]*float64{
@@ -338,9 +354,6 @@ func GenerationConfig(s config.Sampling) (string, error) {
 	}
 	if s.TopK != nil {
 		m["top_k"] = *s.TopK
-	}
-	if s.MaxTokens != nil {
-		m["max_new_tokens"] = *s.MaxTokens
 	}
 	if len(m) == 0 {
 		return "", nil
@@ -363,6 +376,9 @@ func DefaultMaxTokens(a *config.Agent) (int, bool) {
 	return *a.Sampling.MaxTokens, true
 }
 
+// samplingDefault is what a key rendered into --override-generation-config does.
+const samplingDefault = "default for requests that set none (--override-generation-config); a request's own value wins"
+
 // Sampling says, for each [sampling] key agent a sets, how vLLM applies it.
 func (VLLM) Sampling(a *config.Agent) []SamplingKey {
 	s := a.Sampling
@@ -370,14 +386,13 @@ func (VLLM) Sampling(a *config.Agent) []SamplingKey {
 	num := func(key string, v *float64) {
 		if v != nil {
 			out = append(out, SamplingKey{key, strconv.FormatFloat(*v, 'g', -1, 64),
-				"default for requests that set none (--override-generation-config); a request's own value wins"})
+				samplingDefault})
 		}
 	}
 	num("temperature", s.Temperature)
 	num("top_p", s.TopP)
 	if s.TopK != nil {
-		out = append(out, SamplingKey{"top_k", strconv.Itoa(*s.TopK),
-			"default for requests that set none (--override-generation-config); a request's own value wins"})
+		out = append(out, SamplingKey{"top_k", strconv.Itoa(*s.TopK), samplingDefault})
 	}
 	num("min_p", s.MinP)
 	num("repetition_penalty", s.RepetitionPenalty)

@@ -7,7 +7,10 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // request is what the gateway reads of a request body: the model it names
@@ -25,6 +28,9 @@ type request struct {
 	modelStart, modelEnd int
 	msgsStart, msgsEnd   int
 	hasSystem            bool
+	// The spans of max_tokens and max_completion_tokens (-1 when absent).
+	maxStart, maxEnd   int
+	maxCompletionStart int
 
 	// multipart bodies: the form's boundary.
 	boundary string
@@ -45,13 +51,17 @@ func parseRequest(body []byte, ct string) (*request, *APIError) {
 		err := json.Unmarshal(body, &v)
 		return nil, apiErr(http.StatusBadRequest, typeInvalidRequest, "the request body is not valid JSON: %v", err)
 	}
-	p := &request{modelStart: -1, modelEnd: -1, msgsStart: -1, msgsEnd: -1}
+	p := &request{modelStart: -1, modelEnd: -1, msgsStart: -1, msgsEnd: -1, maxStart: -1, maxEnd: -1, maxCompletionStart: -1}
 	ok := topLevel(body, func(key []byte, vs, ve int) {
 		switch {
 		case keyIs(body, key, "model"):
 			p.modelStart, p.modelEnd = vs, ve
 		case keyIs(body, key, "messages"):
 			p.msgsStart, p.msgsEnd = vs, ve
+		case keyIs(body, key, "max_tokens"):
+			p.maxStart, p.maxEnd = vs, ve
+		case keyIs(body, key, "max_completion_tokens"):
+			p.maxCompletionStart = vs
 		}
 	})
 	if !ok {
@@ -72,47 +82,62 @@ func parseRequest(body []byte, ct string) (*request, *APIError) {
 }
 
 // rewrite returns the body to send to the engine: the model replaced by
-// served, and for chat requests without a system message, prompt prepended
-// as one. It returns body itself when nothing changes. The body must name a
-// model.
-func (p *request) rewrite(body []byte, served, prompt string) ([]byte, error) {
+// served; for chat requests without a system message, prompt prepended as
+// one; and when maxTokens > 0 and the request sets no length of its own
+// (see needsMaxTokens), "max_tokens": maxTokens added. It returns body
+// itself when nothing changes. The body must name a model.
+func (p *request) rewrite(body []byte, served, prompt string, maxTokens int, chat bool) ([]byte, error) {
 	if p.boundary != "" {
 		return rewriteMultipart(body, p.boundary, served)
 	}
 	needModel := p.model != served
 	needPrompt := prompt != "" && p.msgsStart >= 0 && body[p.msgsStart] == '[' && !p.hasSystem
-	if !needModel && !needPrompt {
+	needMax := maxTokens > 0 && p.needsMaxTokens(body, chat)
+	if !needModel && !needPrompt && !needMax {
 		return body, nil
 	}
-	qs, _ := json.Marshal(served)
-	var sys []byte
-	if needPrompt {
-		qp, _ := json.Marshal(prompt)
-		sys = append(append([]byte(`{"role":"system","content":`), qp...), '}')
-		if !emptyArray(body[p.msgsStart:p.msgsEnd]) {
-			sys = append(sys, ',')
-		}
-	}
-	out := make([]byte, 0, len(body)+len(qs)+len(sys)+16)
 	// Edits in the order they appear in the body.
 	type edit struct {
 		at, end int
 		text    []byte
 	}
-	var edits [2]edit
+	var edits [3]edit
 	n := 0
+	size := len(body)
 	if needModel {
+		qs, _ := json.Marshal(served)
 		edits[n] = edit{p.modelStart, p.modelEnd, qs}
 		n++
+		size += len(qs)
 	}
 	if needPrompt {
+		qp, _ := json.Marshal(prompt)
+		sys := append(append([]byte(`{"role":"system","content":`), qp...), '}')
+		if !emptyArray(body[p.msgsStart:p.msgsEnd]) {
+			sys = append(sys, ',')
+		}
 		at := p.msgsStart + 1
 		edits[n] = edit{at, at, sys}
 		n++
+		size += len(sys)
 	}
-	if n == 2 && edits[1].at < edits[0].at {
-		edits[0], edits[1] = edits[1], edits[0]
+	if needMax {
+		num := strconv.AppendInt(nil, int64(maxTokens), 10)
+		if p.maxStart >= 0 {
+			// "max_tokens": null: the value is replaced.
+			edits[n] = edit{p.maxStart, p.maxEnd, num}
+		} else {
+			// A new first member; the body is an object with a model, so
+			// another member follows.
+			at := skipWS(body, 0) + 1
+			text := append(append([]byte(`"max_tokens":`), num...), ',')
+			edits[n] = edit{at, at, text}
+		}
+		size += len(edits[n].text)
+		n++
 	}
+	slices.SortFunc(edits[:n], func(a, b edit) int { return a.at - b.at })
+	out := make([]byte, 0, size)
 	last := 0
 	for _, e := range edits[:n] {
 		out = append(out, body[last:e.at]...)
@@ -121,6 +146,25 @@ func (p *request) rewrite(body []byte, served, prompt string) ([]byte, error) {
 	}
 	return append(out, body[last:]...), nil
 }
+
+// needsMaxTokens reports whether the request leaves its length to the
+// server: a chat request with neither max_tokens nor max_completion_tokens
+// (or only nulls), a completion without max_tokens. The agent's
+// [sampling] max_tokens is then its default; a client's own value always
+// wins.
+func (p *request) needsMaxTokens(body []byte, chat bool) bool {
+	if p.maxStart >= 0 && !isNull(body[p.maxStart:p.maxEnd]) {
+		return false
+	}
+	if chat && p.maxCompletionStart >= 0 && !bytes.HasPrefix(body[p.maxCompletionStart:], nullToken) {
+		return false
+	}
+	return true
+}
+
+var nullToken = []byte("null")
+
+func isNull(v []byte) bool { return bytes.Equal(v, nullToken) }
 
 func emptyArray(b []byte) bool { return len(bytes.TrimSpace(b[1:len(b)-1])) == 0 }
 
@@ -133,14 +177,19 @@ func hasSystemMessage(arr []byte) bool {
 			return
 		}
 		el := arr[es:ee]
+		// The last "role" wins, as in every JSON reader (vLLM's too).
+		role := ""
 		topLevel(el, func(key []byte, vs, ve int) {
-			if keyIs(el, key, "role") && el[vs] == '"' {
-				switch unquote(el[vs:ve]) {
-				case "system", "developer":
-					found = true
+			if keyIs(el, key, "role") {
+				role = ""
+				if el[vs] == '"' {
+					role = unquote(el[vs:ve])
 				}
 			}
 		})
+		if role == "system" || role == "developer" {
+			found = true
+		}
 	})
 	return found
 }
@@ -160,7 +209,8 @@ func keyIs(_ []byte, key []byte, want string) bool {
 
 // unquote decodes a JSON string token.
 func unquote(raw []byte) string {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	// Invalid UTF-8 is decoded (to U+FFFD) as every JSON reader does.
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1])
 	}
 	var s string

@@ -52,6 +52,15 @@
 // gateway.drain_timeout to finish; then they are cut, and their clients
 // get a 503 (a stream: an error event and [DONE]).
 //
+// An engine put to sleep or stopped under a request (behind the gateway's
+// back: by hand, or vLLM 0.18 pausing its scheduler) ends it with HTTP 200
+// and finish_reason "abort". That is never relayed as an answer: a
+// non-streamed one, which the client has not seen yet, is sent once more
+// (waiting for the agent like a new request, so a sleeping agent is woken
+// first), and a 503 with Retry-After if it is aborted again; a stream,
+// whose first chunks are already out, ends with an error event (503) and
+// [DONE] in place of the abort chunk.
+//
 // # Logs
 //
 // Every inference request ends with one log line, msg "request": agent,
@@ -145,6 +154,8 @@ type Gateway struct {
 
 	base       context.Context // ends when Run ends: starts in progress are abandoned
 	baseCancel context.CancelFunc
+	resyncMu   sync.Mutex
+	resyncing  chan struct{} // closed when the running resync ends; nil when none runs
 
 	mu      sync.Mutex
 	queued  int // waiters over all agents

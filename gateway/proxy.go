@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // maxParsedBody is the largest non-streamed response read whole (to count
@@ -152,11 +155,17 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 		return nil, nil, false, apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
 	}
 	x.ag = ag
-	prompt := ""
-	if r.URL.Path == "/v1/chat/completions" {
+	prompt, maxTokens := "", 0
+	chat := r.URL.Path == "/v1/chat/completions"
+	if chat {
 		prompt = ag.cfg.SystemPrompt
 	}
-	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt)
+	if chat || r.URL.Path == "/v1/completions" {
+		// A default, never a cap: vLLM would take the smaller of a
+		// server-side max_new_tokens and the client's value.
+		maxTokens, _ = engine.DefaultMaxTokens(ag.cfg)
+	}
+	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt, maxTokens, chat)
 	if rerr != nil {
 		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "bad request body: %v", rerr)
 	}
@@ -175,35 +184,133 @@ func joinStrings(s []string) string {
 }
 
 // proxy waits for ag to take the request, sends it, and relays the answer.
+// A non-streamed answer the engine aborted (finish_reason "abort": it was
+// put to sleep or stopped under the request) was not sent to the client
+// yet: the request is sent once more, after waiting for the agent as a new
+// request would (a sleeping agent is woken first). A stream is relayed as it
+// comes, so an abort in it ends it with an error event instead (copyStream).
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, body []byte, jsonBody bool) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	l := &lease{cancel: cancel}
 	defer l.stopTimer()
-	resp, err := g.send(ctx, r, x, ag, l, body, jsonBody)
-	if err != nil {
-		if r.Context().Err() != nil {
-			x.status, x.errMsg = 499, "the client went away"
+	defer g.release(l)
+	for attempt := 0; ; attempt++ {
+		resp, err := g.send(ctx, r, x, ag, l, body, jsonBody)
+		if err != nil {
+			if r.Context().Err() != nil {
+				x.status, x.errMsg = 499, "the client went away"
+				return
+			}
+			x.fail(w, err)
 			return
 		}
-		x.fail(w, err)
+		if resp.StatusCode == http.StatusUnauthorized {
+			// The engine refused vagentd's own key: not the client's fault.
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			x.fail(w, apiErr(http.StatusBadGateway, typeBadGateway,
+				"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
+			return
+		}
+		if isEventStream(resp.Header.Get("Content-Type")) {
+			x.stream = true
+			g.copyStream(w, r, x, ag, ctx, resp)
+			resp.Body.Close()
+			return
+		}
+		if resp.ContentLength < 0 || resp.ContentLength > maxParsedBody {
+			g.copyThrough(w, r, x, ag, ctx, resp)
+			resp.Body.Close()
+			return
+		}
+		buf := make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, buf)
+		resp.Body.Close()
+		if err != nil {
+			g.upstreamFailed(w, r, x, ag, ctx, err)
+			return
+		}
+		if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" && aborted(buf) {
+			g.release(l)
+			if ctx.Err() != nil {
+				// The client left, or the gateway cut the request.
+				g.upstreamFailed(w, r, x, ag, ctx, context.Cause(ctx))
+				return
+			}
+			if attempt == 0 {
+				g.log.Info("the engine aborted the request (put to sleep or stopped): sending it again", "agent", ag.name)
+				// Its engine may sleep or be gone behind the gateway's back:
+				// learn that first, so the request waits for a wake or a
+				// start instead of going to a sleeping engine.
+				g.resync(ctx)
+				continue
+			}
+			x.fail(w, errAborted(ag))
+			return
+		}
+		g.writeBody(w, x, ag, resp, buf)
 		return
 	}
-	defer g.release(l)
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		// The engine refused vagentd's own key: not the client's fault.
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		x.fail(w, apiErr(http.StatusBadGateway, typeBadGateway,
-			"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
-		return
+}
+
+// resync rebuilds the agents' states from the supervisor and waits for
+// that (or ctx): an engine that aborts requests may have been put to sleep
+// or stopped behind the gateway's back, and no request may go to it until
+// the gateway knows. Callers at the same moment (every stream the sleep
+// aborted) share one rebuild.
+func (g *Gateway) resync(ctx context.Context) {
+	g.resyncMu.Lock()
+	ch := g.resyncing
+	if ch == nil {
+		ch = make(chan struct{})
+		g.resyncing = ch
+		go func() {
+			g.sync(g.base)
+			g.resyncMu.Lock()
+			g.resyncing = nil
+			g.resyncMu.Unlock()
+			close(ch)
+		}()
 	}
-	if isEventStream(resp.Header.Get("Content-Type")) {
-		x.stream = true
-		g.copyStream(w, r, x, ag, ctx, resp)
-		return
+	g.resyncMu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
 	}
-	g.copyBody(w, r, x, ag, ctx, resp)
+}
+
+// errAborted is what a client gets for an answer its engine aborted
+// (finish_reason "abort"), rather than the short answer.
+func errAborted(ag *agentRT) *APIError {
+	return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryDrained,
+		Message: "agent " + ag.name + "'s engine aborted this request before it finished (finish_reason \"abort\": the engine was put to sleep or stopped); send it again"}
+}
+
+var abortValue = []byte(`"abort"`)
+
+// aborted reports whether a completion (a whole JSON answer or one stream
+// chunk) has a choice with finish_reason "abort": vLLM's answer for a
+// request its engine dropped when it was put to sleep or stopped. The
+// bytes are searched first; only a match is decoded.
+func aborted(b []byte) bool {
+	if !bytes.Contains(b, abortValue) {
+		return false
+	}
+	var v struct {
+		Choices []struct {
+			FinishReason *string `json:"finish_reason"`
+		} `json:"choices"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return false
+	}
+	for _, c := range v.Choices {
+		if c.FinishReason != nil && *c.FinishReason == "abort" {
+			return true
+		}
+	}
+	return false
 }
 
 // send waits until ag takes the request and sends it. A refused
@@ -305,36 +412,32 @@ func copyHeaders(dst, src http.Header) {
 	}
 }
 
-// copyBody relays a plain (non-SSE) response: read whole when small enough
-// so that a failure before its end is still a clean 502 and its usage can be
-// counted, else copied through (a failure then aborts the connection, so the
-// client sees an error rather than a short body).
-func (g *Gateway) copyBody(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
-	if resp.ContentLength >= 0 && resp.ContentLength <= maxParsedBody {
-		buf := make([]byte, resp.ContentLength)
-		if _, err := io.ReadFull(resp.Body, buf); err != nil {
-			g.upstreamFailed(w, r, x, ag, uctx, err)
-			return
-		}
-		copyHeaders(w.Header(), resp.Header)
-		w.Header().Set("X-Vagent-Agent", ag.name)
-		w.WriteHeader(resp.StatusCode)
-		x.status = resp.StatusCode
-		if resp.StatusCode >= 400 {
-			x.errMsg = "the engine answered " + http.StatusText(resp.StatusCode)
-		}
-		if _, err := w.Write(buf); err != nil {
-			x.status, x.errMsg = 499, "the client went away"
-			return
-		}
-		if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" {
-			if u, ok := findUsage(buf); ok {
-				ag.m.prompt.Add(float64(u.PromptTokens))
-				ag.m.completion.Add(float64(u.CompletionTokens))
-			}
-		}
+// writeBody sends a plain (non-SSE) response read whole, so that a failure
+// before its end was still a clean 502, and counts its usage.
+func (g *Gateway) writeBody(w http.ResponseWriter, x *exchange, ag *agentRT, resp *http.Response, buf []byte) {
+	copyHeaders(w.Header(), resp.Header)
+	w.Header().Set("X-Vagent-Agent", ag.name)
+	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
+	if resp.StatusCode >= 400 {
+		x.errMsg = "the engine answered " + http.StatusText(resp.StatusCode)
+	}
+	if _, err := w.Write(buf); err != nil {
+		x.status, x.errMsg = 499, "the client went away"
 		return
 	}
+	if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Encoding") == "" {
+		if u, ok := findUsage(buf); ok {
+			ag.m.prompt.Add(float64(u.PromptTokens))
+			ag.m.completion.Add(float64(u.CompletionTokens))
+		}
+	}
+}
+
+// copyThrough relays a plain response too large (or of unknown length) to
+// read whole: a failure before its end aborts the connection, so the client
+// sees an error rather than a short body.
+func (g *Gateway) copyThrough(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, uctx context.Context, resp *http.Response) {
 	copyHeaders(w.Header(), resp.Header)
 	w.Header().Set("X-Vagent-Agent", ag.name)
 	w.WriteHeader(resp.StatusCode)
@@ -365,6 +468,9 @@ func (g *Gateway) copyBody(w http.ResponseWriter, r *http.Request, x *exchange, 
 		}
 	}
 }
+
+// errStreamAborted marks a stream that carried finish_reason "abort".
+var errStreamAborted = errors.New(`the engine aborted the stream (finish_reason "abort")`)
 
 var (
 	dataPrefix = []byte("data:")
@@ -417,6 +523,11 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 				}
 				if bytes.Equal(payload, doneMarker) {
 					sawDone = true
+				} else if err == nil && aborted(payload) {
+					// The engine dropped the request (put to sleep or
+					// stopped): never relay that as a finished answer.
+					rerr = errStreamAborted
+					break
 				} else if err == nil && bytes.Contains(payload, usageKey) {
 					if u, ok := findUsage(payload); ok {
 						usage, haveUsage = u, true
@@ -460,10 +571,18 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 		x.status, x.errMsg = 499, "the client went away"
 		return
 	}
-	if rerr == io.EOF {
+	var ae *APIError
+	switch {
+	case rerr == errStreamAborted && context.Cause(uctx) == nil:
+		ae = errAborted(ag)
+		// Before the client hears of it (and sends the request again).
+		g.resync(r.Context())
+	case rerr == io.EOF:
 		rerr = errors.New("the stream ended without data: [DONE]")
+		fallthrough
+	default:
+		ae = upstreamError(ag, uctx, "the engine's stream broke off", rerr)
 	}
-	ae := upstreamError(ag, uctx, "the engine's stream broke off", rerr)
 	x.status, x.errMsg = ae.Status, ae.Message
 	var b bytes.Buffer
 	if !lineStart {

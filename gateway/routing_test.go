@@ -318,3 +318,66 @@ func TestJSONContentTypeNormalized(t *testing.T) {
 		t.Fatalf("engine saw %v", reqs)
 	}
 }
+
+// TestSamplingMaxTokensIsADefault: an agent's [sampling] max_tokens is put
+// into chat and completion requests that set no length of their own, and
+// never overrides a client's value (vLLM would cap every client at a
+// server-side max_new_tokens instead).
+func TestSamplingMaxTokensIsADefault(t *testing.T) {
+	e := newEnv(t, envOpts{modify: func(c *config.Config) {
+		n := 512
+		c.Agent("a").Sampling.MaxTokens = &n
+		c.Agent("a").SystemPrompt = "Be brief."
+	}})
+	cases := []struct {
+		path, body string
+		want       map[string]any // upstream values; nil: the key must be absent
+	}{
+		{"/v1/chat/completions", `{"model":"a","messages":[{"role":"user","content":"hi"}]}`,
+			map[string]any{"max_tokens": 512.0, "max_completion_tokens": nil}},
+		{"/v1/chat/completions", ` { "model" : "a","messages":[],"max_tokens":4096}`,
+			map[string]any{"max_tokens": 4096.0}},
+		{"/v1/chat/completions", `{"model":"a","messages":[],"max_tokens":3}`,
+			map[string]any{"max_tokens": 3.0}},
+		{"/v1/chat/completions", `{"model":"a","messages":[],"max_completion_tokens":2000}`,
+			map[string]any{"max_completion_tokens": 2000.0, "max_tokens": nil}},
+		{"/v1/chat/completions", `{"model":"a","messages":[],"max_tokens":null}`,
+			map[string]any{"max_tokens": 512.0}},
+		{"/v1/completions", `{"model":"a","prompt":"hi"}`,
+			map[string]any{"max_tokens": 512.0}},
+		{"/v1/completions", `{"model":"a","prompt":"hi","max_tokens":1000}`,
+			map[string]any{"max_tokens": 1000.0}},
+		// max_completion_tokens is not a completions field.
+		{"/v1/completions", `{"model":"a","prompt":"hi","max_completion_tokens":9}`,
+			map[string]any{"max_tokens": 512.0}},
+		{"/v1/embeddings", `{"model":"a","input":"hi"}`,
+			map[string]any{"max_tokens": nil}},
+	}
+	for i, c := range cases {
+		resp, err := e.post(context.Background(), c.path, c.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		reqs := e.engines["a"].requests()
+		up := reqs[len(reqs)-1]
+		if up.Body == nil {
+			t.Fatalf("case %d: upstream body is not JSON: %s", i, up.Raw)
+		}
+		for k, want := range c.want {
+			got, ok := up.Body[k]
+			if want == nil && ok {
+				t.Errorf("case %d: %s %v upstream, want none (%s)", i, k, got, up.Raw)
+			}
+			if want != nil && got != want {
+				t.Errorf("case %d: %s %v upstream, want %v (%s)", i, k, got, want, up.Raw)
+			}
+		}
+		if up.Body["model"] != "org/a-7b" {
+			t.Errorf("case %d: model %v upstream (%s)", i, up.Body["model"], up.Raw)
+		}
+		if strings.Count(string(up.Raw), `"max_tokens"`) > 1 {
+			t.Errorf("case %d: max_tokens twice: %s", i, up.Raw)
+		}
+	}
+}

@@ -2,6 +2,8 @@
 // journalctl -o json, and lifts the line that explains a failed vLLM start out
 // of it. journalctl rather than sdjournal: sdjournal needs cgo and libsystemd
 // headers, and journalctl is what the admin uses too, so both see the same.
+// It also writes vagentd's own log for journald (LogHandler): levels as
+// priorities, attributes as fields.
 package journal
 
 import (

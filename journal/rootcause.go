@@ -3,38 +3,18 @@ package journal
 import (
 	"regexp"
 	"strings"
+
+	"github.com/vagent-dev/vagent/engine"
 )
 
 var (
 	// ansiRE matches terminal colour and cursor sequences.
 	ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
-	// procPrefixRE is the tag vLLM puts before every line of a child
-	// process: "(EngineCore_DP0 pid=123) ", "(APIServer pid=1) ",
-	// "(VllmWorker rank=0 pid=9) ".
-	procPrefixRE = regexp.MustCompile(`^\([^()]*\bpid=\d+\) ?`)
-	// levelPrefixRE is vLLM's logging prefix:
-	// "ERROR 11-29 15:51:30 [core.py:700] ", with optional milliseconds and
-	// a path in the brackets in later versions.
-	levelPrefixRE = regexp.MustCompile(`^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? \[[^\]]*\] ?`)
 	// exceptionRE is the last line of a Python traceback: a possibly
 	// dotted exception class at the start of the line, then ": message" or
 	// nothing (a bare AssertionError).
 	exceptionRE = regexp.MustCompile(`^(?:[A-Za-z_]\w*\.)*([A-Z]\w*)(?::\s|:?$)`)
-	// argparseRE is argparse's complaint before exit status 2:
-	// "vllm: error: unrecognized arguments: --foo".
-	argparseRE = regexp.MustCompile(`^[\w.\- ]+: error: \S`)
 )
-
-// genericMarkers are the words of the exceptions vLLM raises only to say
-// that the cause was logged above them.
-var genericMarkers = []string{
-	"See root cause above",
-	"Engine core initialization failed",
-	"See stack trace for the root cause",
-	"see stack trace for root cause",
-	"Engine process failed to start",
-	"initialization failed due to an exception in a background process",
-}
 
 // systemdNoise are systemd's lines about a unit that say that it failed,
 // never why; they close every failed start's log.
@@ -52,17 +32,20 @@ var systemdNoise = []string{
 	"Stopping ",
 }
 
-// RootCause returns the line that says why a vLLM start failed, for a user
-// who would otherwise scroll a page of tracebacks. vLLM ends a failed start
-// with "RuntimeError: Engine core initialization failed. See root cause
-// above."; the answer is the last exception line before it (ValueError: Free
-// memory on device ..., torch.OutOfMemoryError: ..., OSError: [Errno 98]
-// Address already in use), or argparse's "vllm: error: ..." for bad flags,
-// without vLLM's process and logging prefixes. Failing that, it is the last
-// ERROR line, then the last line that is not systemd's own report of the
-// failure, then the last line. "" for no entries.
-func RootCause(entries []Entry) string {
-	lines := logLines(entries)
+// RootCause returns the line that says why an engine's start failed, for a
+// user who would otherwise scroll a page of tracebacks, reading the log as
+// the engine writes it (f, from engine.Engine.Log). An engine ends a failed
+// start with a generic exception (vLLM: "RuntimeError: Engine core
+// initialization failed. See root cause above."); the answer is the last
+// exception line before it (ValueError: Free memory on device ...,
+// OSError: [Errno 98] Address already in use), or the engine's usage error
+// for bad flags, without the engine's process and logging prefixes.
+// Failing that, it is the last ERROR line, then the last line that is not
+// systemd's own report of the failure, then the last line. "" for no
+// entries.
+func RootCause(entries []Entry, f engine.LogFormat) string {
+	lines := logLines(entries, f)
+	isGeneric := func(line string) bool { return generic(line, f.Generic) }
 	if len(lines) == 0 {
 		return ""
 	}
@@ -77,7 +60,7 @@ func RootCause(entries []Entry) string {
 	}
 	for i := end - 1; i >= 0; i-- {
 		t := lines[i].text
-		if (isException(t) && !isGeneric(t) && !ignored(lines, i)) || argparseRE.MatchString(t) {
+		if (isException(t) && !isGeneric(t) && !ignored(lines, i)) || (f.UsageError != nil && f.UsageError.MatchString(t)) {
 			return strings.TrimSpace(t)
 		}
 	}
@@ -102,14 +85,15 @@ func RootCause(entries []Entry) string {
 
 type logLine struct {
 	text     string // prefixes stripped, not trimmed: indentation tells code from exceptions
-	error    bool   // vLLM logged it at ERROR or CRITICAL
+	error    bool   // the engine logged it at ERROR or CRITICAL
 	priority int
 	systemd  bool // systemd's own record about the unit
 }
 
 // logLines splits the entries into single lines, as a record may hold
-// several, and strips colour codes, progress-bar redraws and vLLM's prefixes.
-func logLines(entries []Entry) []logLine {
+// several, and strips colour codes, progress-bar redraws and the engine's
+// prefixes.
+func logLines(entries []Entry, f engine.LogFormat) []logLine {
 	var out []logLine
 	for _, e := range entries {
 		systemd := e.Identifier == "systemd" || e.PID == 1
@@ -120,11 +104,15 @@ func logLines(entries []Entry) []logLine {
 			if k := strings.LastIndexByte(l, '\r'); k >= 0 {
 				l = l[k+1:]
 			}
-			l = procPrefixRE.ReplaceAllString(l, "")
+			if f.ProcessPrefix != nil {
+				l = f.ProcessPrefix.ReplaceAllString(l, "")
+			}
 			isErr := false
-			if m := levelPrefixRE.FindStringSubmatch(l); m != nil {
-				isErr = m[1] == "ERROR" || m[1] == "CRITICAL"
-				l = l[len(m[0]):]
+			if f.LevelPrefix != nil {
+				if m := f.LevelPrefix.FindStringSubmatch(l); m != nil {
+					isErr = m[1] == "ERROR" || m[1] == "CRITICAL"
+					l = l[len(m[0]):]
+				}
 			}
 			if strings.TrimSpace(l) == "" {
 				continue
@@ -166,8 +154,8 @@ func ignored(lines []logLine, i int) bool {
 	return j >= 0 && strings.HasPrefix(lines[j].text, "Exception ignored in")
 }
 
-func isGeneric(line string) bool {
-	for _, m := range genericMarkers {
+func generic(line string, markers []string) bool {
+	for _, m := range markers {
 		if strings.Contains(line, m) {
 			return true
 		}

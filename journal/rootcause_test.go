@@ -3,7 +3,12 @@ package journal
 import (
 	"strings"
 	"testing"
+
+	"github.com/vagent-dev/vagent/engine"
 )
+
+// vllmLog is the format every transcript here is written in.
+var vllmLog = engine.VLLM{}.Log()
 
 // transcript turns a log as journalctl -u shows it into entries. A line
 // "[systemd] text" is systemd's own record about the unit (PID 1, notice),
@@ -120,7 +125,7 @@ func TestRootCauseVLLMStartFailures(t *testing.T) {
 				`    raise ` + strings.SplitN(c.want, ":", 2)[0] + `(`,
 			}
 			log := engineStart + loggedTraceback(frames, c.want) + engineFailure(c.want)
-			if got := RootCause(transcript(log)); got != c.want {
+			if got := RootCause(transcript(log), vllmLog); got != c.want {
 				t.Errorf("RootCause =\n%q\nwant\n%q", got, c.want)
 			}
 		})
@@ -141,7 +146,7 @@ func TestRootCausePortTaken(t *testing.T) {
 [systemd] vagent@dev.service: Main process exited, code=exited, status=1/FAILURE
 [systemd] vagent@dev.service: Failed with result 'exit-code'.
 `
-	if got, want := RootCause(transcript(log)), "OSError: [Errno 98] Address already in use"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog), "OSError: [Errno 98] Address already in use"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -152,7 +157,7 @@ vllm: error: unrecognized arguments: --disable-log-requests
 [systemd] vagent@dev.service: Main process exited, code=exited, status=2/INVALIDARGUMENT
 [systemd] vagent@dev.service: Failed with result 'exit-code'.
 `
-	if got, want := RootCause(transcript(log)), "vllm: error: unrecognized arguments: --disable-log-requests"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog), "vllm: error: unrecognized arguments: --disable-log-requests"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -166,11 +171,11 @@ func TestRootCauseBrokenVenv(t *testing.T) {
 ModuleNotFoundError: No module named 'torch'
 [systemd] vagent@dev.service: Main process exited, code=exited, status=1/FAILURE
 `
-	if got, want := RootCause(transcript(log)), "ModuleNotFoundError: No module named 'torch'"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog), "ModuleNotFoundError: No module named 'torch'"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 	log = strings.Replace(log, "ModuleNotFoundError: No module named 'torch'", "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory", 1)
-	if got, want := RootCause(transcript(log)), "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog), "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -195,7 +200,7 @@ Traceback (most recent call last):
 RuntimeError: Engine core initialization failed. See root cause above.
 `
 	want := "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine."
-	if got := RootCause(transcript(log)); got != want {
+	if got := RootCause(transcript(log), vllmLog); got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -212,7 +217,7 @@ func TestRootCauseSkipsShutdownNoise(t *testing.T) {
 (APIServer pid=1200) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
 `
 	want := "ValueError: Free memory on device (1.02/15.98 GiB) on startup is less than desired GPU memory utilization (0.9, 14.38 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
-	if got := RootCause(transcript(log)); got != want {
+	if got := RootCause(transcript(log), vllmLog); got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -261,13 +266,13 @@ Killed
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := RootCause(transcript(c.log)); got != c.want {
+			if got := RootCause(transcript(c.log), vllmLog); got != c.want {
 				t.Errorf("RootCause = %q, want %q", got, c.want)
 			}
 		})
 	}
-	if got := RootCause(nil); got != "" {
-		t.Errorf("RootCause(nil) = %q", got)
+	if got := RootCause(nil, vllmLog); got != "" {
+		t.Errorf("RootCause(nil, vllmLog) = %q", got)
 	}
 }
 
@@ -277,12 +282,12 @@ func TestRootCauseColoursAndProgressBars(t *testing.T) {
 		{Message: "(EngineCore_DP0 pid=1290) \x1b[1;31mERROR\x1b[0m 11-29 15:51:30 [core.py:708] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."},
 		{Message: "(APIServer pid=1200) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"},
 	}
-	if got, want := RootCause(entries), "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."; got != want {
+	if got, want := RootCause(entries, vllmLog), "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 	// Without the exception, the last frame of the progress bar is the
 	// last line.
-	if got, want := RootCause(entries[:1]), "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.10s/it]"; got != want {
+	if got, want := RootCause(entries[:1], vllmLog), "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.10s/it]"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -291,7 +296,7 @@ func TestRootCauseIgnoresEarlierRuns(t *testing.T) {
 	// Two failed runs in one log: the cause of the last one wins.
 	first := engineStart + loggedTraceback(nil, "OSError: [Errno 98] Address already in use") + engineFailure("OSError: [Errno 98] Address already in use")
 	second := engineStart + loggedTraceback(nil, "ValueError: No available memory for the cache blocks.") + engineFailure("ValueError: No available memory for the cache blocks.")
-	if got, want := RootCause(transcript(first+second)), "ValueError: No available memory for the cache blocks."; got != want {
+	if got, want := RootCause(transcript(first+second), vllmLog), "ValueError: No available memory for the cache blocks."; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }

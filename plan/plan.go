@@ -46,6 +46,7 @@ import (
 	"strings"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 const (
@@ -68,9 +69,6 @@ const (
 	NCCLBytes = 256 * mib
 	// DefaultMaxNumSeqs is vLLM's max_num_seqs when an agent sets none.
 	DefaultMaxNumSeqs = 256
-	// graphsInBudgetMinor is the first vLLM 0.x release that profiles CUDA
-	// graphs inside the budget.
-	graphsInBudgetMinor = 21
 )
 
 // ActivationBytes is the activation reserve for weightsPerGPU bytes of
@@ -95,19 +93,26 @@ func GraphsBytes(maxNumSeqs int) uint64 {
 	return 256*mib + gib*uint64(maxNumSeqs)/512
 }
 
-// GraphsInBudget reports whether vLLM version v counts CUDA graphs inside
-// its gpu_memory_utilization budget (0.21 and later).
-func GraphsInBudget(v string) bool {
-	parts := strings.SplitN(v, ".", 3)
-	if len(parts) < 2 {
-		return true
+// SleepResidualBytes is what agent a's engine keeps on each of its GPUs
+// once asleep: vLLM's sleep frees the weights and the KV cache only, so
+// the CUDA context (with NCCL's buffers under tensor parallelism) and the
+// CUDA graphs (none with enforce_eager) stay.
+func SleepResidualBytes(a *config.Agent) uint64 {
+	r := ContextBytes
+	if a.TensorParallelSize > 1 {
+		r += NCCLBytes
 	}
-	major, err1 := strconv.Atoi(parts[0])
-	minor, err2 := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
-	if err1 != nil || err2 != nil {
-		return true
+	if !a.EnforceEager {
+		r += GraphsBytes(a.MaxNumSeqs)
 	}
-	return major > 0 || minor >= graphsInBudgetMinor
+	return r
+}
+
+// SleepResidual is the supervisor's estimate of what a sleeping agent
+// holds, summed over its GPUs (as the GPU reports agents' memory), until a
+// sleep of its engine has been measured.
+func SleepResidual(a *config.Agent) uint64 {
+	return SleepResidualBytes(a) * uint64(max(len(a.GPUs), 1))
 }
 
 // KVDtypeBytes is the bytes of one KV cache element for agent a.
@@ -168,6 +173,10 @@ type Estimate struct {
 	// PeakBytes is what the engine holds at most: the budget, plus CUDA
 	// graphs when they are outside it.
 	PeakBytes uint64 `json:"peak_bytes"`
+	// SleepResidualBytes, for a sleep agent, is what it keeps on each GPU
+	// while asleep (SleepResidualBytes): an estimate made before anything
+	// ran; the supervisor counts the measured figure after a first sleep.
+	SleepResidualBytes uint64 `json:"sleep_residual_bytes,omitempty"`
 
 	Status Status `json:"status"`
 	// Why explains the verdict in one sentence.
@@ -258,7 +267,7 @@ func Make(ctx context.Context, cfg *config.Config, totals map[int]uint64, totalS
 func Build(cfg *config.Config, totals map[int]uint64, totalSource string, facts map[string]*Facts) *Plan {
 	p := &Plan{
 		VLLMVersion:    cfg.Engine.VLLMVersion,
-		GraphsInBudget: GraphsInBudget(cfg.Engine.VLLMVersion),
+		GraphsInBudget: engine.GraphsInBudget(cfg.Engine.VLLMVersion),
 		TotalSource:    totalSource,
 		ReserveBytes:   cfg.GPU.ReserveMiB * mib,
 	}
@@ -274,6 +283,9 @@ func estimate(cfg *config.Config, a *config.Agent, totals map[int]uint64, f *Fac
 	e := Estimate{
 		Agent: a.Name, Model: a.Model, GPUs: a.GPUs, TP: tp, Utilization: a.GPUMemoryUtilization,
 		GraphsInBudget: graphsIn, Facts: f, MaxModelLen: a.MaxModelLen, KVPinned: a.KVCacheMemoryBytes > 0,
+	}
+	if cfg.Sleeps(a) {
+		e.SleepResidualBytes = SleepResidualBytes(a)
 	}
 	for i, g := range a.GPUs {
 		t, ok := totals[g]

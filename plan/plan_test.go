@@ -281,11 +281,6 @@ func TestRules(t *testing.T) {
 			t.Errorf("GraphsBytes(%d) = %d MiB, want %d MiB", c.seqs, got/mib, c.want/mib)
 		}
 	}
-	for v, want := range map[string]bool{"0.18.0": false, "0.20.2": false, "0.21.0": true, "0.28.1": true, "1.0.0": true, "0.21rc1": true, "junk": true} {
-		if GraphsInBudget(v) != want {
-			t.Errorf("GraphsInBudget(%q) = %v", v, !want)
-		}
-	}
 	a := agent("x", "org/x", 0.9, 0)
 	arch := &Arch{Layers: 28, KVHeads: 4, HeadDim: 128}
 	for _, c := range []struct {
@@ -470,5 +465,46 @@ func TestUnknownGPUAndModel(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^a +org/unknown-model +\? +\? +\? +\? +\? +4096 +\?$`).MatchString(buf.String()) ||
 		!strings.Contains(buf.String(), "together on GPU 3: unknown: b") {
 		t.Errorf("text:\n%s", buf.String())
+	}
+}
+
+// TestSleepResidualEstimate: a sleep agent's estimate says what it keeps on
+// the GPU while asleep: the CUDA context and graphs, only the context with
+// enforce_eager; a restart agent's says nothing of it.
+func TestSleepResidualEstimate(t *testing.T) {
+	cfg := loadShipped(t, "configs")
+	cfg.Supervisor.SwitchMode = config.SwitchSleep
+	cfg.Agent("po").EnforceEager = true
+	cfg.Agent("architect").SwitchMode = config.SwitchRestart
+	p := Make(context.Background(), cfg, totalMiB(16376), "test", offline(t))
+	dev, po, arch := p.Agent("dev"), p.Agent("po"), p.Agent("architect")
+	if want := ContextBytes + GraphsBytes(cfg.Agent("dev").MaxNumSeqs); dev.SleepResidualBytes != want || dev.SleepResidualBytes != SleepResidual(cfg.Agent("dev")) {
+		t.Errorf("dev's residual %d, want %d (context + graphs)", dev.SleepResidualBytes, want)
+	}
+	if po.SleepResidualBytes != ContextBytes {
+		t.Errorf("po (enforce_eager) residual %d, want the context alone, %d", po.SleepResidualBytes, ContextBytes)
+	}
+	if arch.SleepResidualBytes != 0 {
+		t.Errorf("architect (restart) residual %d", arch.SleepResidualBytes)
+	}
+	var b bytes.Buffer
+	p.WriteText(&b)
+	out := b.String()
+	for _, want := range []string{
+		"  asleep: keeps " + GiB(dev.SleepResidualBytes) + " on the GPU (CUDA context + CUDA graphs), estimated before it ran",
+		"  asleep: keeps " + GiB(ContextBytes) + " on the GPU (CUDA context; no graphs with enforce_eager)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan text lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "  asleep: ") != 2 {
+		t.Errorf("plan text: want two asleep lines:\n%s", out)
+	}
+	// Two GPUs: the supervisor's figure is summed over them.
+	a := cfg.Agent("dev")
+	a.GPUs, a.TensorParallelSize = []int{0, 1}, 2
+	if got, want := SleepResidual(a), 2*(ContextBytes+NCCLBytes+GraphsBytes(a.MaxNumSeqs)); got != want {
+		t.Errorf("SleepResidual with tp 2: %d, want %d", got, want)
 	}
 }

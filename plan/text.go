@@ -76,6 +76,9 @@ func (p *Plan) WriteText(w io.Writer) error {
 		if e.Facts != nil {
 			fmt.Fprintf(w, "  figures: %s\n", sourcesText(e.Facts))
 		}
+		if e.SleepResidualBytes > 0 {
+			fmt.Fprintf(w, "  asleep: %s\n", residualText(e))
+		}
 	}
 	fmt.Fprintln(w)
 	for _, g := range p.GPUs {
@@ -198,4 +201,18 @@ func (p *Plan) Verdict() string {
 		s += fmt.Sprintf("; unknown: %s (pull the models or go online, then plan again)", strings.Join(unknown, ", "))
 	}
 	return s
+}
+
+// residualText says what a sleep agent keeps on the GPU while asleep.
+func residualText(e Estimate) string {
+	what := "CUDA context + CUDA graphs"
+	if e.SleepResidualBytes <= ContextBytes+NCCLBytes { // graphs take more than NCCL
+		what = "CUDA context; no graphs with enforce_eager"
+	}
+	gpu := "on the GPU"
+	if len(e.GPUs) > 1 {
+		gpu = "on each GPU"
+	}
+	return fmt.Sprintf("keeps %s %s (%s), estimated before it ran; the supervisor counts what the GPU shows after its first sleep",
+		GiB(e.SleepResidualBytes), gpu, what)
 }

@@ -126,8 +126,19 @@ func (s *Supervisor) sleepLocked(ctx context.Context, a, v *config.Agent, res *R
 	d := time.Since(t0)
 	forget(ctx, v.Unit()) // its memory changed
 	s.writeSleepNote(v, st, level)
-	s.o.Log.Info("agent asleep", "agent", v.Name, "level", level, "after", d.Round(time.Millisecond))
-	return &Sleep{Agent: v.Name, Level: level, Duration: d}, nil
+	sl := &Sleep{Agent: v.Name, Level: level, Duration: d}
+	// vLLM frees the weights and the KV cache before /sleep answers; what
+	// the GPU still shows is the residual (CUDA context and graphs), which
+	// the next plans count instead of the estimate.
+	if usage, err := s.o.GPU.AgentBytes(ctx); err == nil {
+		sl.ResidualBytes = usage[v.Name]
+		s.resMu.Lock()
+		s.residuals[v.Name] = measured{invocation: st.InvocationID, bytes: sl.ResidualBytes}
+		s.resMu.Unlock()
+	}
+	s.o.Log.Info("agent asleep", "agent", v.Name, "level", level, "after", d.Round(time.Millisecond),
+		"residual", GiB(sl.ResidualBytes))
+	return sl, nil
 }
 
 // sleeper is a sleeping agent and the host memory it holds.

@@ -289,3 +289,91 @@ func TestParseMemAvailable(t *testing.T) {
 		t.Error("no MemAvailable line: no error")
 	}
 }
+
+// TestSleepSwitchDrainsBeforeTheSleep: the gateway's drain hook runs for an
+// agent a switch puts to sleep, and before its engine is told to sleep (a
+// 0.18 engine would abort what still runs; a 0.12 one would run it on freed
+// memory).
+func TestSleepSwitchDrainsBeforeTheSleep(t *testing.T) {
+	cfg := testConfig(t, sleepAgent("po", 0.92, 10), sleepAgent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSleepSup(cfg, h, Options{BeforeEvict: func(_ context.Context, agent string) error {
+		h.mu.Lock()
+		h.log = append(h.log, "drain "+agent)
+		h.mu.Unlock()
+		return nil
+	}})
+	ctx := context.Background()
+	for _, n := range []string{"po", "dev", "po"} {
+		if _, err := s.Switch(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"drain po", "sleep vagent@po.service 1", "drain dev", "sleep vagent@dev.service 1"}
+	if got := h.calls("drain ", "sleep "); !slices.Equal(got, want) {
+		t.Errorf("calls %v; want %v", got, want)
+	}
+}
+
+// TestPlanCountsTheSleepResidual: putting an agent to sleep frees all but
+// its residual (CUDA context and graphs). The plan counts that residual,
+// estimated before the first sleep, so it puts a second agent to sleep
+// rather than finding out after the sleep that the first one's residual is
+// in the way and stopping it.
+func TestPlanCountsTheSleepResidual(t *testing.T) {
+	// 16 GiB, 256 MiB reserved: a and b (7.2 GB each) run together; c
+	// (8.4 GB) fits beside either awake one alone, but not beside b and a's
+	// residual.
+	cfg := testConfig(t, sleepAgent("a", 0.45, 10), sleepAgent("b", 0.45, 20), sleepAgent("c", 0.525, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSleepSup(cfg, h, Options{SleepResidual: h.residual})
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := s.Switch(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := s.Switch(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Evicted) != 0 || len(res.Slept) != 2 || res.Slept[0].Agent != "a" || res.Slept[1].Agent != "b" {
+		t.Fatalf("switch to c: slept %+v, evicted %v; want a and b asleep, nothing stopped", res.Slept, res.Evicted)
+	}
+	for _, sl := range res.Slept {
+		if want := h.residual(cfg.Agent(sl.Agent)); sl.ResidualBytes != want {
+			t.Errorf("%s's residual %d, want %d as the GPU shows it", sl.Agent, sl.ResidualBytes, want)
+		}
+	}
+	if h.peak > h.total {
+		t.Errorf("peak %d above total %d", h.peak, h.total)
+	}
+}
+
+// TestPlanUsesTheMeasuredResidual: once a sleep was measured, the plan
+// counts what the GPU showed, not the estimate.
+func TestPlanUsesTheMeasuredResidual(t *testing.T) {
+	// d cannot run beside a or b; c (7.84 GB) fits beside b once a sleeps
+	// only if a's residual is left out.
+	cfg := testConfig(t, sleepAgent("a", 0.45, 10), sleepAgent("b", 0.45, 20), sleepAgent("c", 0.49, 30), sleepAgent("d", 0.6, 40))
+	h := newFakeHost(t, cfg, 16*gib)
+	// An estimate that says a sleep frees everything.
+	s := newSleepSup(cfg, h, Options{SleepResidual: func(*config.Agent) uint64 { return 0 }})
+	ctx := context.Background()
+	// a sleeps once for d (measured) and wakes again; b runs beside it.
+	for _, n := range []string{"a", "d", "a", "b"} {
+		if _, err := s.Switch(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := s.Switch(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Evicted) != 0 || len(res.Slept) != 2 || res.Slept[0].Agent != "a" || res.Slept[1].Agent != "b" {
+		t.Fatalf("switch to c: slept %+v, evicted %v; want a and b asleep, nothing stopped: a's measured residual is counted", res.Slept, res.Evicted)
+	}
+	if h.peak > h.total {
+		t.Errorf("peak %d above total %d", h.peak, h.total)
+	}
+}

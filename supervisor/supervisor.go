@@ -14,8 +14,12 @@
 // 1-token warm-up) in a fraction of a cold start; a wake that fails
 // restarts the unit cold. Sleeping agents' weights must fit the host RAM
 // budget: past it, the least recently used sleeper is stopped for real.
-// Their residual counts against the GPU as measured, and a sleeper is
-// stopped for real when its residual is in the way. The level each sleep
+// A sleep frees the weights and the KV cache only: the CUDA context and
+// graphs stay (the residual). Sleepers' residuals count against the GPU as
+// measured; a plan that puts an agent to sleep counts the residual its
+// last sleep left, measured from the GPU right after it, or before a first
+// sleep Options.SleepResidual's estimate. A sleeper is stopped for real
+// when its residual is in the way. The level each sleep
 // used is noted in the run directory, keyed by the unit's invocation, so
 // that the wake knows whether the weights need reloading.
 package supervisor
@@ -75,6 +79,19 @@ type Options struct {
 	// MemAvailable reads the host's available memory for the default host
 	// RAM budget; nil reads MemAvailable from /proc/meminfo.
 	MemAvailable func() (uint64, error)
+	// SleepResidual estimates what agent a keeps on the GPU once asleep,
+	// summed over its GPUs: the CUDA context and graphs (plan.SleepResidual).
+	// It stands in until a sleep of the engine has been measured; nil
+	// counts a sleep as freeing everything, and makeRoom then stops
+	// sleepers whose residual turns out to be in the way.
+	SleepResidual func(a *config.Agent) uint64
+	// NeverFits says why agent a can never start on GPUs of totals bytes
+	// (by index), even alone as configured (plan.NeverFits); "" when it can
+	// or when that is unknown. A start is refused on it before anything is
+	// evicted. Nil checks only the budget against the GPU's size.
+	NeverFits func(ctx context.Context, a *config.Agent, totals map[int]uint64) string
+	// Now is the clock of the start backoff; nil is time.Now.
+	Now func() time.Time
 }
 
 // HostReporter is implemented by a GPU view that knows the host memory
@@ -98,6 +115,21 @@ type Supervisor struct {
 
 	keyOnce sync.Once
 	key     string
+
+	// residuals are the residuals measured after sleeps, by agent, valid
+	// for the unit invocation they were measured in.
+	resMu     sync.Mutex
+	residuals map[string]measured
+
+	// backoffs are the agents whose last starts failed, by name.
+	boMu     sync.Mutex
+	backoffs map[string]*backoff
+}
+
+// measured is a residual measured from the GPU after a sleep.
+type measured struct {
+	invocation string
+	bytes      uint64
 }
 
 // New returns a supervisor for cfg.
@@ -111,7 +143,7 @@ func New(cfg *config.Config, o Options) *Supervisor {
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
 	}
-	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}}
+	return &Supervisor{cfg: cfg, o: o, eng: engine.Of(cfg), clients: map[string]engine.Client{}, residuals: map[string]measured{}, backoffs: map[string]*backoff{}}
 }
 
 // Config is the configuration the supervisor works on.
@@ -133,7 +165,10 @@ type Result struct {
 	// Evicted are the agents stopped to make room, in order.
 	Evicted []string `json:"evicted,omitempty"`
 	// Slept are the agents put to sleep to make room, in order.
-	Slept    []Sleep       `json:"slept,omitempty"`
+	Slept []Sleep `json:"slept,omitempty"`
+	// Restored are the evicted agents brought back after the agent's
+	// start failed.
+	Restored []string      `json:"restored,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 }
 
@@ -144,6 +179,10 @@ type Sleep struct {
 	// (weights dropped).
 	Level    int           `json:"level"`
 	Duration time.Duration `json:"duration_ns"`
+	// ResidualBytes is what the engine still holds on the GPU after the
+	// sleep, as the GPU reports it (CUDA context and graphs), summed over
+	// its GPUs.
+	ResidualBytes uint64 `json:"residual_bytes"`
 }
 
 // StartError is a failed start, with the root cause from the engine's log.
@@ -158,6 +197,38 @@ func (e *StartError) Error() string {
 		return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.RootCause)
 	}
 	return fmt.Sprintf("agent %s failed to start: %s", e.Agent, e.Reason)
+}
+
+// PortError is an agent whose engine's endpoint something already holds.
+// vLLM binds with SO_REUSEPORT, so its engine would start there without an
+// error, and the kernel would split the connections between the two.
+type PortError struct {
+	Agent    string
+	Endpoint string // 127.0.0.1:8001
+	File     string // the agent's file, where its port is set
+	Err      error
+}
+
+func (e *PortError) Error() string {
+	return fmt.Sprintf("agent %s: %s is already in use by another program; an engine started there would share it without an error: stop that program, or change port in %s (ss -ltnp shows who listens)",
+		e.Agent, e.Endpoint, e.File)
+}
+
+func (e *PortError) Unwrap() error { return e.Err }
+
+// checkFree refuses to start a's engine where something already listens.
+func (s *Supervisor) checkFree(a *config.Agent) error {
+	ep := s.eng.Endpoint(a)
+	err := ep.CheckFree()
+	if errors.Is(err, engine.ErrInUse) {
+		return &PortError{Agent: a.Name, Endpoint: ep.String(), File: a.File, Err: err}
+	}
+	if err != nil {
+		// Not a listener in the way (a privilege, an address): the engine
+		// meets the same and its own error says more.
+		s.o.Log.Warn("cannot check the engine's port", "agent", a.Name, "err", err)
+	}
+	return nil
 }
 
 // FitError is an agent that cannot fit its GPU even after every allowed eviction.
@@ -179,6 +250,17 @@ func (e *FitError) Error() string {
 		msg += ": " + e.Why
 	}
 	return msg
+}
+
+// NeverFitError is an agent that cannot start on its GPU even alone, as
+// configured: refused before anything is evicted for it.
+type NeverFitError struct {
+	Agent string
+	Why   string
+}
+
+func (e *NeverFitError) Error() string {
+	return fmt.Sprintf("agent %s can never start on its GPU as configured, so nothing was stopped for it: %s (see `vagentctl plan`)", e.Agent, e.Why)
 }
 
 // GiB formats bytes as GiB with two decimals, vLLM's unit in its messages.
@@ -228,6 +310,8 @@ func (s *Supervisor) Restart(ctx context.Context, name string) (*Result, error) 
 		if err := s.stopAndRelease(ctx, a); err != nil {
 			return nil, err
 		}
+		// A restart is the operator's deliberate retry: it ends a backoff.
+		s.startSucceeded(a)
 		return s.transitionLocked(ctx, a, false)
 	})
 }
@@ -344,36 +428,93 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		// wait for it rather than starting it twice.
 		return res, s.waitReady(ctx, a, time.Now())
 	}
+	if err := s.checkBackoff(a); err != nil {
+		return res, err
+	}
+	if err := s.checkNeverFits(ctx, a); err != nil {
+		return res, err
+	}
+	if st.ActiveState != "deactivating" {
+		// Checked before anything is evicted for the start. (A unit still
+		// stopping may hold its own port: systemd queues the start after
+		// the stop.)
+		if err := s.checkFree(a); err != nil {
+			return res, err
+		}
+	}
 
 	victims, err := s.plan(ctx, a, evict, 0)
 	if err != nil {
 		return res, err
 	}
 	if err := s.evictAll(ctx, a, victims, res); err != nil {
-		return res, err
+		return res, s.restore(ctx, a, res, err)
 	}
 	if err := s.makeRoom(ctx, a, 0, evict, res); err != nil {
-		return res, err
+		return res, s.restore(ctx, a, res, err)
 	}
-
-	if st.ActiveState == "failed" {
-		// A failed unit may have hit its start limit on an earlier try;
-		// this start is deliberate, so give it a fresh count.
-		if err := s.o.Systemd.ResetFailed(ctx, a.Unit()); err != nil {
+	if err := s.startLocked(ctx, a); err != nil {
+		if ctx.Err() != nil {
+			// Abandoned by the caller, not failed: the engine may still
+			// come up, and nothing is restored over it.
 			return res, err
 		}
+		var se *StartError
+		if errors.As(err, &se) {
+			s.startFailed(a, err)
+		}
+		return res, s.restore(ctx, a, res, err)
 	}
+	s.startSucceeded(a)
+	return res, nil
+}
+
+// startLocked starts a's unit and waits until its engine is healthy. A
+// failed unit is started as it is: its start limit (systemd's
+// StartLimitBurst=) is the operator's, and resetting it here would let a
+// crash-looping engine restart forever.
+func (s *Supervisor) startLocked(ctx context.Context, a *config.Agent) error {
 	started := time.Now()
 	s.o.Log.Info("starting agent", "agent", a.Name, "unit", a.Unit())
 	forget(ctx, a.Unit())
 	if err := s.o.Systemd.Start(ctx, a.Unit()); err != nil {
 		var je *JobError
 		if errors.As(err, &je) {
-			return res, s.failStart(ctx, a, started, "start job "+je.Result)
+			return s.failStart(ctx, a, started, "start job "+je.Result)
 		}
-		return res, err
+		return err
 	}
-	return res, s.waitReady(ctx, a, started)
+	return s.waitReady(ctx, a, started)
+}
+
+// checkNeverFits refuses, before anything is evicted, an agent that cannot
+// start on its GPU even alone: its budget beyond the GPU's memory, or the
+// plan's estimate (Options.NeverFits).
+func (s *Supervisor) checkNeverFits(ctx context.Context, a *config.Agent) error {
+	mem, err := s.o.GPU.Memory(ctx)
+	if err != nil {
+		return err
+	}
+	reserve := s.cfg.GPU.ReserveMiB << 20
+	totals := map[int]uint64{}
+	for _, g := range a.GPUs {
+		m, ok := mem[g]
+		if !ok {
+			return fmt.Errorf("agent %s: GPU %d not found", a.Name, g)
+		}
+		totals[g] = m.Total
+		if need := a.Budget(m.Total, 0) + reserve; need > m.Total {
+			return &FitError{Agent: a.Name, GPU: g, Need: need, Free: m.Total,
+				Why: fmt.Sprintf("the GPU has only %s in all", GiB(m.Total))}
+		}
+	}
+	if s.o.NeverFits == nil {
+		return nil
+	}
+	if why := s.o.NeverFits(ctx, a, totals); why != "" {
+		return &NeverFitError{Agent: a.Name, Why: why}
+	}
+	return nil
 }
 
 // evictAll makes room for a by victims, in order: each is drained through
@@ -510,6 +651,9 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		}
 	}
 	// Then more, in rank order, until a's budget fits every one of its GPUs.
+	// A sleep frees all but the engine's residual (free); stopping the
+	// sleepers, which makeRoom does when the residuals are in the way,
+	// frees the rest (most).
 	for _, g := range a.GPUs {
 		m := mem[g]
 		need := a.Budget(m.Total, 0) + reserve
@@ -518,10 +662,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		} else {
 			need -= own
 		}
-		free := m.Free
+		free, most := m.Free, m.Free
 		for _, r := range others {
 			if chosen[r.agent.Name] && onGPU(r.agent, g) {
-				free += perGPU(r)
+				free += s.freedBySleep(r)
+				most += perGPU(r)
 			}
 		}
 		for _, r := range others {
@@ -537,9 +682,11 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 			if err := take(r); err != nil {
 				return nil, err
 			}
-			free += perGPU(r)
+			free += s.freedBySleep(r)
+			most += perGPU(r)
 		}
-		if free < need {
+		if most < need {
+			free = most
 			fe := &FitError{Agent: a.Name, GPU: g, Need: need, Free: free}
 			for _, r := range others {
 				if !chosen[r.agent.Name] && onGPU(r.agent, g) {
@@ -592,6 +739,33 @@ func onGPU(a *config.Agent, g int) bool {
 // perGPU spreads an agent's measured use evenly over its GPUs, as tensor
 // parallelism does.
 func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
+
+// freedBySleep is what evicting r frees on each of its GPUs: all it holds
+// when it is stopped, all but its residual when an awake sleep agent is put
+// to sleep.
+func (s *Supervisor) freedBySleep(r running) uint64 {
+	if r.asleep || !s.cfg.Sleeps(r.agent) {
+		return perGPU(r)
+	}
+	res := s.residual(r.agent, r.state) / uint64(len(r.agent.GPUs))
+	return perGPU(r) - min(res, perGPU(r))
+}
+
+// residual is what a keeps on the GPU once asleep, summed over its GPUs:
+// as measured after its last sleep in this invocation of its unit, else
+// Options.SleepResidual's estimate, else 0.
+func (s *Supervisor) residual(a *config.Agent, st UnitState) uint64 {
+	s.resMu.Lock()
+	m, ok := s.residuals[a.Name]
+	s.resMu.Unlock()
+	if ok && m.invocation == st.InvocationID {
+		return m.bytes
+	}
+	if s.o.SleepResidual != nil {
+		return s.o.SleepResidual(a)
+	}
+	return 0
+}
 
 // checkFits re-reads the GPU after evictions: memory can be taken by
 // processes vagent does not manage while it works, and a sleeping engine
@@ -691,6 +865,16 @@ const stateCheckInterval = 100 * time.Millisecond
 func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started time.Time, reason string) error {
 	// Read the log first: stopping adds lines of its own.
 	cause := s.o.RootCause(ctx, a.Unit(), started)
+	if st, err := s.o.Systemd.State(ctx, a.Unit()); err == nil && st.Result == "start-limit-hit" {
+		// systemd refused the start itself: its own message is only in
+		// the journal. The limit stays: the operator lifts it.
+		limit := fmt.Sprintf("Start request repeated too quickly: systemd's start limit (units.start_limit_burst = %d starts within units.start_limit_interval = %s) was hit; `systemctl reset-failed %s` allows starts again",
+			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval.Duration, a.Unit())
+		if cause != "" {
+			limit += "; the last failure: " + cause
+		}
+		cause = limit
+	}
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Units.StopTimeout.Duration+5*time.Second)
 	defer cancel()
 	if err := s.o.Systemd.Stop(stopCtx, a.Unit()); err != nil {

@@ -9,8 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vagent-dev/vagent/config"
 )
@@ -448,4 +451,44 @@ func TestTransitionsOnOneGPUAreSerialised(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	u3()
+}
+
+// TestStartRefusesPortInUse holds an agent's port with a real listener
+// that set SO_REUSEPORT, as another vLLM would: vLLM would start beside it
+// without an error. The switch is refused before anything is evicted.
+func TestStartRefusesPortInUse(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+	cfg.Agent("dev").File = "/etc/vagent/agents/dev.toml"
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	ctx := context.Background()
+	if _, err := s.Switch(ctx, "po"); err != nil {
+		t.Fatal(err)
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return errors.Join(err, serr)
+	}}
+	port := cfg.Agent("dev").Port
+	l, err := lc.Listen(ctx, "tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Switch(ctx, "dev")
+	var pe *PortError
+	if !errors.As(err, &pe) {
+		t.Fatalf("switch with the port held: %v, want a *PortError", err)
+	}
+	want := fmt.Sprintf("agent dev: 127.0.0.1:%d is already in use by another program", port)
+	if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "change port in /etc/vagent/agents/dev.toml") {
+		t.Errorf("error %q, want it to start %q and name the agent's file", err, want)
+	}
+	if got := strings.Join(h.log, ","); got != "start vagent@po.service" {
+		t.Errorf("systemd calls after the refused switch: %s (nothing may be stopped or started)", got)
+	}
+	l.Close()
+	if _, err := s.Switch(ctx, "dev"); err != nil {
+		t.Fatalf("switch once the port is free: %v", err)
+	}
 }

@@ -5,11 +5,19 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/vagent-dev/vagent/config"
 )
 
-// maxLine is systemd's LONG_LINE_MAX: a longer line makes the whole unit
-// file fail to load, so rendering refuses it instead.
+// maxLine is systemd's LONG_LINE_MAX: a longer line, or a directive whose
+// continuation lines add up to more, makes the whole unit file fail to
+// load, so rendering refuses it instead.
 const maxLine = 1 << 20
+
+// maxArg is the kernel's MAX_ARG_STRLEN less the NUL: execve refuses a
+// longer argument or environment string (E2BIG), so the engine could never
+// start.
+const maxArg = 32*4096 - 1
 
 // checkText rejects what no escaping can carry through a unit file: a
 // newline or carriage return ends the line (and would start a new directive),
@@ -105,6 +113,70 @@ func plainValue(s string) (string, error) {
 		}
 	}
 	return strings.ReplaceAll(s, "%", "%%"), nil
+}
+
+// envFilePath renders the path p as the value of EnvironmentFile=: taken
+// literally apart from specifiers (as plainValue), then, when the unit
+// starts, expanded as a glob(3) pattern (exec_context_load_environment), so
+// that '*', '?', '[' and '\\' are backslash-escaped: unescaped, a path
+// holding them names no file (the engine would not start) or other files.
+// A path systemd would ignore is refused (config.CheckPath): the engine
+// would start without its key.
+func envFilePath(p string) (string, error) {
+	if err := config.CheckPath(p); err != nil {
+		return "", err
+	}
+	v, err := plainValue(p)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if strings.IndexByte(`*?[\`, v[i]) >= 0 {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String(), nil
+}
+
+// pathWord renders prefix+p, for an absolute path p, as one word of a
+// path-list directive (ReadWritePaths= and the other namespace path lists).
+// systemd splits those with extract_first_word(EXTRACT_UNQUOTE) alone: no C
+// unescaping, so a backslash keeps just the byte after it and "\x09" reads
+// as "x09". A word with anything but safeByte is double-quoted (a path may
+// hold spaces); '\' and '"' are backslash-escaped and '%' doubled (specifiers are expanded after
+// unquoting). A control character could only be written raw into the unit
+// file: it is refused, as config refuses it in every path, and so is a path
+// that is not absolute and normalized, which systemd would ignore.
+func pathWord(prefix, p string) (string, error) {
+	if err := config.CheckPath(p); err != nil {
+		return "", err
+	}
+	quote := false
+	for i := 0; i < len(p); i++ {
+		quote = quote || !safeByte(p[i])
+	}
+	var b strings.Builder
+	if quote {
+		b.WriteByte('"')
+	}
+	b.WriteString(prefix)
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; c {
+		case '%':
+			b.WriteString("%%")
+		case '\\', '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	if quote {
+		b.WriteByte('"')
+	}
+	return b.String(), nil
 }
 
 // commentText renders s for a comment line: as it is when it is printable

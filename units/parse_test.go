@@ -90,7 +90,12 @@ const whitespace = " \t\n\r"
 // nextWord is extract_first_word(EXTRACT_UNQUOTE|EXTRACT_CUNESCAPE): it
 // returns the first word of s, unquoted and C-unescaped, and the rest.
 // ok is false when s holds no more words.
-func nextWord(s string) (word, rest string, ok bool, err error) {
+func nextWord(s string) (word, rest string, ok bool, err error) { return extractWord(s, true) }
+
+// extractWord is extract_first_word with EXTRACT_UNQUOTE, and with
+// EXTRACT_CUNESCAPE when unescape is set; without it a backslash keeps
+// only the byte after it.
+func extractWord(s string, unescape bool) (word, rest string, ok bool, err error) {
 	s = strings.TrimLeft(s, whitespace)
 	if s == "" {
 		return "", "", false, nil
@@ -101,6 +106,13 @@ func nextWord(s string) (word, rest string, ok bool, err error) {
 	for i < len(s) {
 		c := s[i]
 		switch {
+		case c == '\\' && !unescape:
+			if i+1 >= len(s) {
+				return "", "", false, fmt.Errorf("backslash at end")
+			}
+			b.WriteByte(s[i+1])
+			i += 2
+			continue
 		case c == '\\':
 			n, width, err := cunescape(s[i+1:])
 			if err != nil {
@@ -278,4 +290,71 @@ func parseEnv(v string) ([][2]string, error) {
 		}
 		out = append(out, [2]string{k, val})
 	}
+}
+
+// parsePathList is config_parse_namespace_path_strv (ReadWritePaths= and
+// the other namespace path lists): words split with EXTRACT_UNQUOTE only,
+// an optional "-" (missing is no error) and "+" prefix, specifiers, then
+// path_simplify_and_warn, which ignores a path that is not absolute, has a
+// ".." component, or breaks PATH_MAX or NAME_MAX. It is strict: a path
+// systemd would ignore is an error.
+func parsePathList(v string) ([]string, error) {
+	var out []string
+	for rest := v; ; {
+		w, r, ok, err := extractWord(rest, false)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return out, nil
+		}
+		rest = r
+		prefix := ""
+		if strings.HasPrefix(w, "-") {
+			prefix, w = "-", w[1:]
+		}
+		if w, err = unspecify(w); err != nil {
+			return nil, err
+		}
+		if err := systemdPathOK(w); err != nil {
+			return nil, err
+		}
+		out = append(out, prefix+w)
+	}
+}
+
+// systemdPathOK is path_simplify_and_warn(PATH_CHECK_ABSOLUTE) on a path
+// that vagent means literally: UTF-8, absolute, no ".." component (".",
+// "//" and a trailing "/" it would simplify, but vagent never writes them),
+// components of at most NAME_MAX and the whole under PATH_MAX.
+func systemdPathOK(p string) error {
+	if !utf8.ValidString(p) || !strings.HasPrefix(p, "/") || len(p) >= 4096 {
+		return fmt.Errorf("path %q: not UTF-8, not absolute or too long", p)
+	}
+	for _, c := range strings.Split(p[1:], "/") {
+		if c == "" || c == "." || c == ".." || len(c) > 255 {
+			return fmt.Errorf("path %q: component %q", p, c)
+		}
+	}
+	return nil
+}
+
+// unglob is glob(3) without GLOB_NOESCAPE on a pattern vagent means as one
+// literal path, as EnvironmentFile= is expanded when a unit starts: a
+// backslash keeps the byte after it, and an unescaped '*', '?' or '[' is an
+// error (the path would match other files, or none).
+func unglob(p string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '\\' && i+1 < len(p):
+			i++
+			b.WriteByte(p[i])
+		case strings.IndexByte(`*?[\`, c) >= 0:
+			return "", fmt.Errorf("glob pattern %q: unescaped %q", p, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String(), nil
 }

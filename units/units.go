@@ -130,13 +130,32 @@ func (u *unitFile) line(format string, args ...any) {
 	u.b.WriteByte('\n')
 }
 
-func (u *unitFile) tooLong() bool {
+// longLine finds the first directive systemd would refuse to read, and
+// its length: one of its lines reaches maxLine (read_line's limit), or its
+// continuation lines add up to more (conf-parser's). It returns "" when
+// every line can be read.
+func (u *unitFile) longLine() (key string, n int) {
+	sum := 0
 	for _, l := range strings.Split(u.b.String(), "\n") {
-		if len(l) >= maxLine {
-			return true
+		if sum == 0 {
+			key, _, _ = strings.Cut(l, "=")
+		}
+		sum += len(l)
+		if len(l) >= maxLine || sum > maxLine {
+			return key, max(sum, len(l))
+		}
+		if !strings.HasSuffix(l, "\\") {
+			sum = 0
 		}
 	}
-	return false
+	return "", 0
+}
+
+// checkLines records an error for a unit file systemd could not read.
+func (u *unitFile) checkLines(fail func(format string, args ...any)) {
+	if key, n := u.longLine(); key != "" {
+		fail("%s= would be %d bytes, longer than systemd reads (LONG_LINE_MAX, %d)", key, n, maxLine)
+	}
 }
 
 // template renders vagent@.service. It has no ExecStart=: each agent's
@@ -178,10 +197,10 @@ func (r *renderer) template() []byte {
 	// The key travels in a file read by systemd, never on the command line
 	// where ps shows it. Required (no "-"): vagentctl apply creates it, and an
 	// engine started without it would serve without a key.
-	if key := c.EngineKeyFile(); !filepath.IsAbs(key) {
-		r.mainErr("paths.state_dir", "must be an absolute path, not %q", c.Paths.StateDir)
-	} else if v, err := plainValue(key); err != nil {
-		r.mainErr("paths.state_dir", "%v", err)
+	// A path systemd finds not normalized or too long would be ignored
+	// with a warning, and the engine would start without its key.
+	if v, err := envFilePath(c.EngineKeyFile()); err != nil {
+		r.mainErr("paths.state_dir", "the engine key file in it (engine-key.env) %v", err)
 	} else {
 		u.line("EnvironmentFile=%s", v)
 	}
@@ -201,6 +220,7 @@ func (r *renderer) template() []byte {
 	u.line("")
 	u.line("[Install]")
 	u.line("WantedBy=multi-user.target")
+	u.checkLines(func(format string, args ...any) { r.mainErr("", "the template: "+format, args...) })
 	return []byte(u.b.String())
 }
 
@@ -244,12 +264,8 @@ func (r *renderer) hardening(u *unitFile) {
 			continue
 		}
 		seen[p.dir] = true
-		if !filepath.IsAbs(p.dir) {
-			r.mainErr(p.field, "must be an absolute path, not %q", p.dir)
-			continue
-		}
-		// Quoted: a path may hold spaces, and ReadWritePaths= splits words.
-		w, err := quoteWord("-"+filepath.Clean(p.dir), false, false)
+		// "-": a directory that does not exist yet is no error.
+		w, err := pathWord("-", p.dir)
 		if err != nil {
 			r.mainErr(p.field, "%v", err)
 			continue
@@ -366,6 +382,10 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 				u.b.WriteByte(' ')
 			}
 		}
+		if len(x.Val) > maxArg {
+			r.agentErr(a, x.Field, "an argument of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", len(x.Val), maxArg)
+			continue
+		}
 		// The binary is not subject to $VAR expansion (only its arguments
 		// are), so its '$' is refused in argv rather than doubled.
 		w, err := quoteWord(x.Val, i > 0, false)
@@ -377,6 +397,10 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 	}
 	u.b.WriteByte('\n')
 	for _, kv := range env {
+		if n := len(kv.key) + 1 + len(kv.val); n > maxArg {
+			r.agentErr(a, kv.field, "%s: a variable of %d bytes is longer than the kernel passes to a program (MAX_ARG_STRLEN, %d)", kv.key, n, maxArg)
+			continue
+		}
 		// Quoted whole, so that a space in the value cannot start a
 		// second assignment.
 		w, err := quoteWord(kv.key+"="+kv.val, false, true)
@@ -386,24 +410,16 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		}
 		u.line("Environment=%s", w)
 	}
-	if u.tooLong() {
-		r.agentErr(a, "", "a rendered line is longer than systemd reads (1 MiB)")
-	}
+	u.checkLines(func(format string, args ...any) { r.agentErr(a, "", format, args...) })
 	if len(r.errs) > before {
 		return nil
 	}
 	return []byte(u.b.String())
 }
 
-// isFlag reports whether a command-line word is an option rather than a
-// value: it starts with '-' and is not a negative number or a lone "-".
-func isFlag(s string) bool {
-	if len(s) < 2 || s[0] != '-' {
-		return false
-	}
-	_, err := strconv.ParseFloat(s, 64)
-	return err != nil
-}
+// isFlag reports whether vllm serve reads a command-line word as an option
+// rather than a value (config.IsOption: argparse's rule and vLLM's).
+func isFlag(s string) bool { return config.IsOption(s) }
 
 func contains(set []string, s string) bool {
 	for _, x := range set {

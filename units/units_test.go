@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/engine/vllmflags"
 )
 
@@ -172,9 +173,10 @@ func TestShippedAgents(t *testing.T) {
 			t.Fatalf("%s: files %v for %d agents", path, keys(files), len(cfg.Agents))
 		}
 		flags, _ := vllmflags.For(cfg.Engine.VLLMVersion)
+		bin, _ := engine.VLLM{Sim: cfg.Engine.Kind == config.EngineSim}.Binary(cfg)
 		for _, a := range cfg.Agents {
 			u := readDropIn(t, files, a.Name)
-			if u.argv[0] != cfg.EngineBinary() || u.argv[1] != "serve" || u.argv[2] != a.Model {
+			if u.argv[0] != bin || u.argv[1] != "serve" || u.argv[2] != a.Model {
 				t.Errorf("%s: command starts %q", a.Name, u.argv[:3])
 			}
 			for _, x := range u.argv[3:] {
@@ -511,7 +513,7 @@ func TestRenderedFlags(t *testing.T) {
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--tensor-parallel-size", "2",
 		"--enforce-eager", "--chat-template=-{{ messages }}", "--revision", "v1.0", "--trust-remote-code",
 		"--reasoning-parser", "deepseek_r1",
-		"--override-generation-config", `{"max_new_tokens":512,"temperature":0,"top_k":40}`}
+		"--override-generation-config", `{"temperature":0,"top_k":40}`}
 	if !reflect.DeepEqual(u.argv, want) {
 		t.Errorf("argv\n got %q\nwant %q", u.argv, want)
 	}
@@ -614,7 +616,19 @@ func TestRenderRefuses(t *testing.T) {
 		{"bad version", func(c *config.Config, a *config.Agent) { c.Engine.VLLMVersion = "latest" }, true, "engine.vllm_version"},
 		{"bad port", func(c *config.Config, a *config.Agent) { a.Port = 0 }, false, "port"},
 		{"no GPU", func(c *config.Config, a *config.Agent) { a.GPUs = nil }, false, "gpus"},
-		{"huge value", func(c *config.Config, a *config.Agent) { a.ChatTemplate = strings.Repeat("x", maxLine) }, false, ""},
+		{"argument longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.ChatTemplate = strings.Repeat("x", maxArg+1) }, false, "chat_template"},
+		{"variable longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.Env = map[string]string{"X": strings.Repeat("x", maxArg-1)} }, false, "env"},
+		{"command line longer than LONG_LINE_MAX", func(c *config.Config, a *config.Agent) {
+			for range 9 {
+				a.ExtraArgs = append(a.ExtraArgs, "--tokenizer", strings.Repeat("t", maxArg))
+			}
+		}, false, ""},
+		{"user name longer than a template line", func(c *config.Config, a *config.Agent) { c.Units.User = strings.Repeat("u", maxLine) }, true, ""},
+		{"state dir with ..", func(c *config.Config, a *config.Agent) { c.Paths.StateDir = "/var/lib/../lib/vagent" }, true, "paths.state_dir"},
+		{"state dir too long for the key file", func(c *config.Config, a *config.Agent) { c.Paths.StateDir = "/" + strings.Repeat("s/", 2040) + "s" }, true, "paths.state_dir"},
+		{"tab in a writable path", func(c *config.Config, a *config.Agent) { c.Paths.CacheDir = "/var/cache/va\tgent" }, true, "paths.cache_dir"},
+		{"relative local model", func(c *config.Config, a *config.Agent) { a.Model = "./models/dev" }, false, "model"},
+		{"a number argparse reads as an option", func(c *config.Config, a *config.Agent) { a.ExtraArgs = []string{"--seed", "-1e5"} }, false, "extra_args"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := testAgent("dev", 0.5)

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // systemdAnalyze finds systemd-analyze. Where the tests must run (as root,
@@ -70,7 +71,7 @@ func fakeEngine(t *testing.T, cfg *config.Config) {
 	} else {
 		cfg.Engine.Venv = filepath.Join(dir, "venv")
 	}
-	bin := cfg.EngineBinary()
+	bin, _ := engine.VLLM{Sim: cfg.Engine.Kind == config.EngineSim}.Binary(cfg)
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +103,11 @@ func TestSystemdVerify(t *testing.T) {
 			a.ExtraArgs = []string{"--seed", "-1", "--max-logprobs=5"}
 			a.Env = map[string]string{"PS1": `$ 100% "x" 'y' \`, "EMPTY": ""}
 			c.GPU.SimLoadSeconds = 0.25
+		}},
+		{"awkward paths", "../configs/vagent.toml", func(c *config.Config) {
+			c.Paths.StateDir, c.Paths.CacheDir = awkwardDirs[0], awkwardDirs[1]
+			c.Paths.HFHome, c.Paths.RunDir = awkwardDirs[2], awkwardDirs[3]
+			c.GPU.SimLedger = awkwardDirs[4] + "/ledger.json"
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

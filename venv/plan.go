@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/vagent-dev/vagent/gpu"
+
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // TorchIndexBase is where PyTorch publishes its wheels per CUDA variant
@@ -50,7 +52,7 @@ func TorchVariant(vllmVersion, driverCUDA string) (variant, note string, err err
 	if !ok {
 		return "", "", fmt.Errorf("cannot read the driver's CUDA version %q", driverCUDA)
 	}
-	cuda13 := versionAtLeast(vllmVersion, 0, 20)
+	cuda13 := engine.CUDA13Wheels(vllmVersion)
 	switch {
 	case major < 12:
 		return "", "", fmt.Errorf("the NVIDIA driver supports CUDA %s only; vLLM needs a driver for CUDA 12 or newer: upgrade the driver", driverCUDA)
@@ -81,30 +83,6 @@ func majorMinor(v string) (int, int, bool) {
 		minor, err2 = 0, nil
 	}
 	return major, minor, err1 == nil && err2 == nil
-}
-
-// versionAtLeast reports whether version's first two numbers are at least
-// major.minor ("0.20rc1" counts as 0.20).
-func versionAtLeast(version string, major, minor int) bool {
-	var nums []int
-	for _, part := range strings.Split(version, ".") {
-		i := 0
-		for i < len(part) && part[i] >= '0' && part[i] <= '9' {
-			i++
-		}
-		if i == 0 {
-			break
-		}
-		n, _ := strconv.Atoi(part[:i])
-		nums = append(nums, n)
-		if len(nums) == 2 || i < len(part) {
-			break
-		}
-	}
-	if len(nums) < 2 {
-		return false
-	}
-	return nums[0] > major || nums[0] == major && nums[1] >= minor
 }
 
 // CheckGPUs refuses devices vLLM cannot run on (compute capability below
@@ -264,9 +242,9 @@ func (p *plan) create() Cmd {
 func (p *plan) install(o Options) Cmd {
 	var args []string
 	if p.installer == InstallerUV {
-		args = []string{p.uv, "pip", "install", "--python", p.venvPython(), "vllm==" + p.version}
+		args = []string{p.uv, "pip", "install", "--python", p.venvPython(), engine.VLLMRequirement(p.version)}
 	} else {
-		args = []string{p.venvPython(), "-m", "pip", "install", "--progress-bar", "off", "vllm==" + p.version}
+		args = []string{p.venvPython(), "-m", "pip", "install", "--progress-bar", "off", engine.VLLMRequirement(p.version)}
 	}
 	if p.offline {
 		args = append(args, "--no-index")
@@ -292,7 +270,7 @@ func (p *plan) install(o Options) Cmd {
 
 // verifyCmd prints the vllm version the venv at dir imports.
 func verifyCmd(dir string) Cmd {
-	return Cmd{Args: []string{filepath.Join(dir, "bin", "python"), "-c", "import vllm; print(vllm.__version__)"}}
+	return Cmd{Args: []string{filepath.Join(dir, "bin", "python"), "-c", engine.VLLMVersionScript}}
 }
 
 // versionMatches reports whether the imported version got is the one asked
