@@ -224,6 +224,15 @@ var producers = map[string]func(t *testing.T) string{
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "llama")
 		return fmt.Sprintf("%sexit status %d\n", errOut, code)
 	},
+	"pull-offline": func(t *testing.T) string {
+		t.Setenv("HF_HUB_OFFLINE", "1")
+		cfgPath := installConfig(t, "configs", nil, nil)
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "po")
+		if code == 0 {
+			t.Fatal("an offline pull of a model not in the cache succeeded")
+		}
+		return errOut
+	},
 	"pull-disk-full": func(t *testing.T) string {
 		repo := hubtest.ModelRepo(model7B, 3<<20, 2<<20)
 		hub := hubtest.New(repo)
