@@ -18,7 +18,13 @@ import (
 )
 
 func loadConfig(cmd *cli.Command) (*config.Config, error) {
-	return config.Load(config.Path(cmd.Root().String("config")))
+	cfg, err := config.Load(config.Path(cmd.Root().String("config")))
+	if err != nil {
+		return nil, err
+	}
+	// Every command sees the backend "auto" stands for on this host.
+	gpu.ResolveBackend(context.Background(), cfg)
+	return cfg, nil
 }
 
 // agentArg loads the configuration and returns the command's single AGENT

@@ -196,7 +196,9 @@ var producers = map[string]func(t *testing.T) string{
 			st := supervisor.AgentStatus{Agent: a.Name, Unit: a.Unit(), LoadState: "loaded", ActiveState: "inactive",
 				SubState: "dead", Result: "success", Port: a.Port, GPUs: a.GPUs}
 			if a.Name == "dev" {
-				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "start-limit-hit", 3
+				// What systemd 252 reports after a crash loop, as
+				// e2e's TestE2ECrashLoopIsTheDocumentedSample sees it.
+				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "exit-code", 3
 			}
 			sw.status = append(sw.status, st)
 		}
@@ -221,6 +223,15 @@ var producers = map[string]func(t *testing.T) string{
 			"llama": {"model": "meta-llama/Llama-3.1-8B-Instruct", "port": 8003, "max_model_len": 8192}})
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "llama")
 		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
+	"pull-offline": func(t *testing.T) string {
+		t.Setenv("HF_HUB_OFFLINE", "1")
+		cfgPath := installConfig(t, "configs", nil, nil)
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "po")
+		if code == 0 {
+			t.Fatal("an offline pull of a model not in the cache succeeded")
+		}
+		return errOut
 	},
 	"pull-disk-full": func(t *testing.T) string {
 		repo := hubtest.ModelRepo(model7B, 3<<20, 2<<20)
