@@ -1,7 +1,8 @@
-# vagent. "make test" is what CI runs: lint, unit tests, the end-to-end
-# suite, which boots throwaway systemd instances and so needs root, and the
-# package install test, which installs the .deb into a clean Debian booted
-# with systemd-nspawn (root too).
+# vagent. "make test" is what CI runs: it installs the Debian packages the
+# tests need (scripts/test-deps.sh, root, only what is missing), then lint,
+# unit tests, the end-to-end suite, which boots throwaway systemd instances
+# and so needs root, and the package install test, which installs the .deb
+# into a clean Debian booted with systemd-nspawn (root too).
 
 GO      ?= go
 GOFMT   ?= gofmt
@@ -15,17 +16,23 @@ SHELL := /bin/bash
 
 GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './$(E2E_DIR)/*')
 
-.PHONY: all build test unit e2e lint vet fmt-check vulncheck bench demo docs clean
+.PHONY: all build test test-deps unit e2e lint vet fmt-check vulncheck bench demo demo-keep docs clean
 
 all: build
 
-## build: compile every command into $(BIN)/
+## build: compile the shipped commands into $(BIN)/ (cmd/mandoc-gen is a build tool packaging runs)
 build:
 	mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/vagentd ./cmd/vagentctl ./cmd/vllm-sim
 
-## test: lint, the dependency check, unit tests, the e2e suite, then the package install test (root); fails if e2e skipped
-test: lint vulncheck unit e2e install-test
+## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test (root); fails if e2e skipped
+# The packages come first, before anything that needs them, even under -j.
+test: test-deps
+	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test
+
+## test-deps: install the Debian packages the tests need, only those missing (root)
+test-deps:
+	scripts/test-deps.sh
 
 ## unit: tests of every package but the e2e suite (no root needed)
 unit:
@@ -55,9 +62,14 @@ vulncheck:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## demo: boot a throwaway systemd, run the shipped configs on vllm-sim (root)
+## demo: vagentd and the shipped agents on vllm-sim in a throwaway systemd, three streamed answers (root)
+# make demo DEMO_ARGS=-keep (or make demo-keep) leaves it serving on 127.0.0.1:8080 until Ctrl-C.
+DEMO_ARGS ?=
 demo:
-	GO=$(GO) scripts/demo.sh
+	GO=$(GO) scripts/demo.sh $(DEMO_ARGS)
+
+demo-keep:
+	GO=$(GO) scripts/demo.sh -keep $(DEMO_ARGS)
 
 ## docs: regenerate docs/configuration.md from the config package
 docs:

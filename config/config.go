@@ -5,6 +5,7 @@
 package config
 
 import (
+	"strings"
 	"time"
 )
 
@@ -133,7 +134,7 @@ type Gateway struct {
 	// The gateway's own bounds, so that no client can starve it.
 
 	// MaxBodyMiB bounds a request body; past it: 413.
-	MaxBodyMiB int64 `toml:"max_body_mib"`
+	MaxBodyMiB int `toml:"max_body_mib"`
 	// HeaderTimeout bounds how long a client may take to send a request's
 	// headers; past it the connection is closed.
 	HeaderTimeout Duration `toml:"header_timeout"`
@@ -283,8 +284,26 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// MarshalText writes the duration as a Go duration string.
+// MarshalText writes the duration as FormatDuration does.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// String is the duration as FormatDuration writes it.
+func (d Duration) String() string { return FormatDuration(d.Duration) }
+
+// FormatDuration writes d the way people write durations in the
+// configuration: "10m", "1h", "1m30s", "250ms", without the zero units
+// time.Duration.String adds ("10m0s", "1h0m0s"). time.ParseDuration reads
+// every form back.
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 // Unit is the systemd unit name of the agent.
 func (a *Agent) Unit() string { return UnitName(a.Name) }

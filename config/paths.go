@@ -183,31 +183,63 @@ func checkUserName(f *fieldChecker, field, what, name string) {
 // command line all see the same directory. It reports false, after
 // recording why, when the path cannot be used.
 func (a *Agent) resolveModel(f *fieldChecker) bool {
-	m := a.Model
-	if !filepath.IsAbs(m) {
-		if err := checkRelative(m); err != nil {
-			f.fail("model", "%v", err)
-			return false
+	m, ok := a.resolveLocal(f, "model", a.Model, true)
+	if ok {
+		a.Model = m
+	}
+	return ok
+}
+
+// IsChatTemplateFile reports whether chat_template names a file on this
+// host rather than holding the template itself (or naming one of vLLM's
+// built-in templates): it starts like a path and has no Jinja braces.
+func IsChatTemplateFile(t string) bool {
+	return (strings.HasPrefix(t, "/") || strings.HasPrefix(t, ".")) && !strings.ContainsAny(t, "{}")
+}
+
+// resolveChatTemplate makes a chat template file absolute as resolveModel
+// does a model: vLLM opens it from the engine's working directory, "/".
+func (a *Agent) resolveChatTemplate(f *fieldChecker) {
+	if !IsChatTemplateFile(a.ChatTemplate) {
+		return
+	}
+	if p, ok := a.resolveLocal(f, "chat_template", a.ChatTemplate, false); ok {
+		a.ChatTemplate = p
+	}
+}
+
+// resolveLocal checks the path p of field, made absolute against the agent
+// file's directory when relative, and that it is an existing directory
+// (dir) or file.
+func (a *Agent) resolveLocal(f *fieldChecker, field, p string, dir bool) (string, bool) {
+	abs := p
+	if !filepath.IsAbs(abs) {
+		if err := checkRelative(p); err != nil {
+			f.fail(field, "%v", err)
+			return "", false
 		}
-		dir, err := filepath.Abs(filepath.Dir(a.File))
+		base, err := filepath.Abs(filepath.Dir(a.File))
 		if err != nil {
-			f.fail("model", "resolve %q against the agent file's directory: %v", m, err)
-			return false
+			f.fail(field, "resolve %q against the agent file's directory: %v", p, err)
+			return "", false
 		}
-		m = filepath.Join(dir, m)
+		abs = filepath.Join(base, p)
 	}
-	if err := checkDir(m); err != nil {
-		f.fail("model", "%v", err)
-		return false
+	check, what := CheckPath, "file"
+	if dir {
+		check, what = checkDir, "directory"
 	}
-	if st, err := os.Stat(m); err != nil || !st.IsDir() {
-		if m != a.Model {
-			f.fail("model", "%q (%s, relative to the agent file) is a path but not an existing directory", a.Model, m)
+	if err := check(abs); err != nil {
+		f.fail(field, "%v", err)
+		return "", false
+	}
+	if st, err := os.Stat(abs); err != nil || st.IsDir() != dir {
+		if abs != p {
+			f.fail(field, "%q (%s, relative to the agent file) is a path but not an existing %s", p, abs, what)
 		} else {
-			f.fail("model", "%q is a path but not an existing directory", a.Model)
+			f.fail(field, "%q is a path but not an existing %s", p, what)
 		}
-		return false
+		return "", false
 	}
-	a.Model = m
-	return true
+	return abs, true
 }

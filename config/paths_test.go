@@ -135,3 +135,42 @@ func TestRelativeModelIsResolvedAgainstTheAgentFile(t *testing.T) {
 		t.Errorf("a model with ..: %v", err)
 	}
 }
+
+// A chat template file is opened by vLLM from the engine's working
+// directory, "/": a relative one is made absolute against its agent file
+// like a model directory; an inline template or a built-in name is left
+// alone.
+func TestRelativeChatTemplateIsResolvedAgainstTheAgentFile(t *testing.T) {
+	path := writeConfig(t, "", map[string]string{
+		"po":  goodAgent + "chat_template = \"./templates/po.jinja\"\n",
+		"dev": "model = \"Qwen/x\"\nport = 8001\nchat_template = \"{% for m in messages %}{{ m.content }}{% endfor %}\"\n",
+		"qa":  "model = \"Qwen/y\"\nport = 8003\nchat_template = \"template_chatml.jinja\"\n",
+	})
+	want := filepath.Join(filepath.Dir(path), "agents", "templates", "po.jinja")
+	if err := os.MkdirAll(filepath.Dir(want), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(want, []byte("{{ messages }}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Agent("po").ChatTemplate; got != want {
+		t.Errorf("chat_template %q, want %q", got, want)
+	}
+	if got := c.Agent("dev").ChatTemplate; !strings.HasPrefix(got, "{%") {
+		t.Errorf("inline template changed to %q", got)
+	}
+	if got := c.Agent("qa").ChatTemplate; got != "template_chatml.jinja" {
+		t.Errorf("built-in template name changed to %q", got)
+	}
+
+	path = writeConfig(t, "", map[string]string{"po": goodAgent + "chat_template = \"./missing.jinja\"\n"})
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), `agents/po.toml:3: agent "po": chat_template: "./missing.jinja" (`) ||
+		!strings.Contains(err.Error(), "is a path but not an existing file") {
+		t.Errorf("a missing template file: %v", err)
+	}
+}

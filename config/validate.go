@@ -186,6 +186,7 @@ func (a *Agent) validate(data []byte) Errors {
 	case !hubIDRE.MatchString(a.Model):
 		f.fail("model", "%q is neither a Hugging Face repo id (ORG/NAME) nor an existing directory", a.Model)
 	}
+	a.resolveChatTemplate(f)
 	if err := CheckRevision(a.Revision); err != nil {
 		f.fail("revision", "%v", err)
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -120,7 +120,7 @@ func TestCommandsGoThroughTheDaemon(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status --json: exit %d: %s", code, errOut)
 	}
-	var st []daemonStatus
+	var st []controlapi.AgentState
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
@@ -154,33 +154,55 @@ func TestCommandsGoThroughTheDaemon(t *testing.T) {
 	}
 }
 
-func TestReachDaemon(t *testing.T) {
+// A failed start whose unit was stopped again shows as failed with its
+// reason, not as systemd's "inactive (dead) success"; a vagentd that dies
+// during a call is named as such.
+func TestStatusShowsFailedAndLostDaemon(t *testing.T) {
 	conf, sock := daemonConfig(t)
-	cfg, err := config.Load(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// No socket: no daemon, no error.
-	if dc, err := reachDaemon(context.Background(), cfg); dc != nil || err != nil {
-		t.Errorf("no socket: %v, %v", dc, err)
-	}
-	// A socket nobody listens on (vagentd was killed): no daemon, no error.
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
-	if dc, err := reachDaemon(context.Background(), cfg); dc != nil || err != nil {
-		t.Errorf("stale socket: %v, %v", dc, err)
+	reason := "agent dev failed to start: unit is failed (failed), result exit-code: torch.OutOfMemoryError: CUDA out of memory"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case controlapi.PathStatus:
+			json.NewEncoder(w).Encode([]controlapi.AgentState{
+				{AgentStatus: supervisor.AgentStatus{Agent: "dev", Unit: "vagent@dev.service", LoadState: "loaded",
+					ActiveState: "inactive", SubState: "dead", Result: "success", Port: 8001},
+					State: controlapi.StateFailed, Error: reason},
+				{AgentStatus: supervisor.AgentStatus{Agent: "po", Unit: "vagent@po.service", LoadState: "loaded",
+					ActiveState: "inactive", SubState: "dead", Result: "success", Port: 8002},
+					State: controlapi.StateStopped},
+			})
+		default:
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	out, errOut, code := runCtl(t, conf, "status")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
 	}
-	os.Remove(sock)
-	ln, err = net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("status printed %d lines, want the table and one reason:\n%s", len(lines), out)
 	}
-	defer ln.Close()
-	if dc, err := reachDaemon(context.Background(), cfg); dc == nil || err != nil {
-		t.Errorf("live socket: %v, %v", dc, err)
+	if f := strings.Fields(lines[1]); f[0] != "dev" || f[1] != "failed" || strings.Contains(lines[1], "success") || strings.Contains(lines[1], "inactive") {
+		t.Errorf("dev line: %s", lines[1])
+	}
+	if f := strings.Fields(lines[2]); f[0] != "po" || f[1] != "inactive" {
+		t.Errorf("po line: %s", lines[2])
+	}
+	if lines[3] != "dev: "+reason {
+		t.Errorf("reason line: %q", lines[3])
+	}
+
+	_, errOut, code = runCtl(t, conf, "switch", "dev")
+	if code != 1 || !strings.Contains(errOut, "vagentd closed the connection mid-call (crashed or restarted?)") {
+		t.Errorf("switch while vagentd dies: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/supervisor"
 )
@@ -29,7 +31,7 @@ func lifecycleCmd(name, usage string) *cli.Command {
 				return err
 			}
 			// Through vagentd when it runs (see daemon.go for what goes where).
-			dc, err := reachDaemon(ctx, cfg)
+			dc, err := controlapi.Reach(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -112,7 +114,7 @@ func stopCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			dc, err := reachDaemon(ctx, cfg)
+			dc, err := controlapi.Reach(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -146,7 +148,7 @@ func statusCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
-			dc, err := reachDaemon(ctx, cfg)
+			dc, err := controlapi.Reach(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -196,8 +198,9 @@ func printStatus(w io.Writer, st []supervisor.AgentStatus, now time.Time) {
 // printStatusWith prints the status table; with vagentd's view (gw, one
 // per agent of st) it adds the gateway's columns: its state of the agent
 // (STATE is systemd's), requests in flight and requests queued.
-func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus, now time.Time) {
+func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.AgentState, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var failed []string // why, for agents vagentd reports failed
 	header := "AGENT\tSTATE\tPID\tSINCE\tRESTARTS\tRESULT\tPORT\tHEALTH\tVRAM"
 	if gw != nil {
 		header += "\tGATEWAY\tIN-FLIGHT\tQUEUED"
@@ -209,7 +212,7 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus
 			pid = fmt.Sprint(s.MainPID)
 		}
 		if !s.Since.IsZero() {
-			since = now.Sub(s.Since).Round(time.Second).String() + " ago"
+			since = config.FormatDuration(now.Sub(s.Since).Round(time.Second)) + " ago"
 		}
 		if s.ActiveState == "active" || s.ActiveState == "activating" {
 			health = "starting"
@@ -230,11 +233,25 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus
 		if s.LoadState != "loaded" {
 			state = s.LoadState
 		}
+		result := s.Result
+		if gw != nil && gw[i].State == controlapi.StateFailed {
+			if s.ActiveState != "failed" {
+				// A failed start whose unit was stopped again: systemd
+				// says inactive (dead) success, vagentd knows better.
+				state, result = controlapi.StateFailed, "start failed"
+			}
+			if gw[i].Error != "" {
+				failed = append(failed, s.Agent+": "+gw[i].Error)
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s",
-			s.Agent, state, pid, since, s.Restarts, s.Result, s.Port, health, vram)
+			s.Agent, state, pid, since, s.Restarts, result, s.Port, health, vram)
 		if gw != nil {
 			g := gw[i]
-			gstate := orDefault(g.State, "-")
+			gstate := g.State
+			if gstate == "" {
+				gstate = "-"
+			}
 			if g.Pinned {
 				gstate += " (pinned)"
 			}
@@ -243,6 +260,9 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []daemonStatus
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	for _, f := range failed {
+		fmt.Fprintln(w, f)
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -246,6 +246,27 @@ func (d *Doctor) checkSystemd(ctx context.Context) {
 	}
 }
 
+// checkSampling says what each [sampling] key an agent sets does on its
+// engine: a default a request overrides, or a default the gateway adds.
+func (d *Doctor) checkSampling(ctx context.Context) {
+	for _, a := range d.cfg.Agents {
+		keys := d.eng.Sampling(a)
+		if len(keys) == 0 {
+			continue
+		}
+		// Keys that do the same are named together.
+		var parts, same []string
+		for i, k := range keys {
+			same = append(same, k.Key+" "+k.Value)
+			if i == len(keys)-1 || keys[i+1].Effect != k.Effect {
+				parts = append(parts, strings.Join(same, ", ")+": "+k.Effect)
+				same = nil
+			}
+		}
+		d.add("sampling "+a.Name, Pass, "", "%s", strings.Join(parts, "; "))
+	}
+}
+
 func (d *Doctor) checkPorts(ctx context.Context) {
 	for _, a := range d.cfg.Agents {
 		ep := d.eng.Endpoint(a)

@@ -169,7 +169,7 @@ func (d *Doctor) Run(ctx context.Context) *Report {
 	}()
 	for _, check := range []func(context.Context){
 		d.checkDriver, d.checkCompute, d.checkUVM, d.checkEngine, d.checkModels,
-		d.checkUnits, d.checkSystemd, d.checkPorts, d.checkDisk, d.checkPlan,
+		d.checkUnits, d.checkSampling, d.checkSystemd, d.checkPorts, d.checkDisk, d.checkPlan,
 	} {
 		check(ctx)
 	}

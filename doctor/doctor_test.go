@@ -304,6 +304,9 @@ func TestEverythingPassesOnAGoodSimHost(t *testing.T) {
 		{"model dev", Pass, "snapshot"},
 		{"model po", Pass, "snapshot"},
 		{"units", Pass, "4 unit files in " + h.cfg.Paths.UnitDir + " match the configuration"},
+		{"sampling architect", Pass, "temperature 0.1, top_p 0.9: default for requests that set none (--override-generation-config); a request's own value wins"},
+		{"sampling dev", Pass, "temperature 0.3, top_p 0.95: default for requests that set none"},
+		{"sampling po", Pass, "temperature 0.5, top_p 0.9: default for requests that set none"},
 		{"systemd", Pass, "reachable over D-Bus"},
 		{"vagentd", Pass, "vagentd.service is active (running)"},
 		{"port architect", Pass, "127.0.0.1:8000 is free"},
@@ -340,7 +343,7 @@ func TestEverythingPassesOnAGoodSimHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	if len(lines) != len(want)+2 || !strings.HasPrefix(lines[0], "PASS  driver") || lines[len(lines)-1] != "16 passed, 0 warned, 0 failed, 1 skipped" {
+	if len(lines) != len(want)+2 || !strings.HasPrefix(lines[0], "PASS  driver") || lines[len(lines)-1] != "19 passed, 0 warned, 0 failed, 1 skipped" {
 		t.Errorf("text:\n%s", b.String())
 	}
 	b.Reset()
@@ -629,5 +632,25 @@ func TestPortHeldByAnotherEngineFails(t *testing.T) {
 	want := fmt.Sprintf("127.0.0.1:%d is in use by another program (vagent@dev.service is inactive)", port)
 	if res == nil || res.Status != Fail || res.Finding != want {
 		t.Errorf("port dev: %+v, want Fail %q", res, want)
+	}
+}
+
+// TestSamplingSaysDefaultOrCap: doctor says what each [sampling] key does,
+// and max_tokens is a default, not a cap.
+func TestSamplingSaysDefaultOrCap(t *testing.T) {
+	h := newHost(t, config.EngineSim, config.GPUBackendSim, nil)
+	temp, maxTok := 0.2, 2048
+	topK := 40
+	h.cfg.Agent("dev").Sampling = config.Sampling{Temperature: &temp, TopK: &topK, MaxTokens: &maxTok}
+	h.cfg.Agent("po").Sampling = config.Sampling{}
+	r := h.run()
+	res := find(r, "sampling dev")
+	want := "temperature 0.2, top_k 40: default for requests that set none (--override-generation-config); a request's own value wins; " +
+		"max_tokens 2048: default the gateway puts into requests that set none; not a cap: a request may ask for more"
+	if res == nil || res.Status != Pass || res.Finding != want {
+		t.Errorf("sampling dev: %+v\nwant Pass %q", res, want)
+	}
+	if res := find(r, "sampling po"); res != nil {
+		t.Errorf("an agent without [sampling] gets %+v", res)
 	}
 }

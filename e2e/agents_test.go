@@ -297,7 +297,7 @@ func TestE2EAgents(t *testing.T) {
 			t.Errorf("logs -n 5 printed %d lines:\n%s", len(lines), out)
 		}
 		all := h.mustCtl("logs", "architect", "-n", "200")
-		for _, want := range []string{"vLLM API server version", "Application startup complete."} {
+		for _, want := range []string{"█  version ", "Application startup complete."} {
 			if !strings.Contains(all, want) {
 				t.Errorf("logs lack %q:\n%s", want, all)
 			}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,7 +31,7 @@ type gwHost struct {
 }
 
 // gatewayUnit is the unit name vagentd runs as.
-const gatewayUnit = "vagentd.service"
+const gatewayUnit = sandbox.GatewayUnit
 
 // newGatewayHost boots a sandbox with the shipped agents on the simulator,
 // applies them, sets gateway settings (keys "gateway.x", merged over a free
@@ -91,24 +90,8 @@ func newGatewayHost(tb testing.TB, set map[string]any) *gwHost {
 // short restart delay.
 func (g *gwHost) installUnit() {
 	g.t.Helper()
-	data, err := os.ReadFile("../packaging/vagentd.service")
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	unit := string(data)
-	for _, r := range []struct{ old, new string }{
-		{"ExecStart=/usr/bin/vagentd\n", "ExecStart=" + g.s.Path("bin", "vagentd") + "\nEnvironment=VAGENT_CONFIG=" + g.conf + "\n"},
-		{"RestartSec=1s\n", "RestartSec=100ms\n"},
-	} {
-		if !strings.Contains(unit, r.old) {
-			g.t.Fatalf("packaging/vagentd.service lacks %q", r.old)
-		}
-		unit = strings.Replace(unit, r.old, r.new, 1)
-	}
-	if err := os.WriteFile(g.s.Path("units", gatewayUnit), []byte(unit), 0o644); err != nil {
-		g.t.Fatal(err)
-	}
-	if _, err := g.s.Systemctl(g.t.Context(), "daemon-reload"); err != nil {
+	if err := g.s.InstallGateway(g.t.Context(), "../packaging/vagentd.service", g.conf,
+		[2]string{"RestartSec=1s\n", "RestartSec=100ms\n"}); err != nil {
 		g.t.Fatal(err)
 	}
 }

@@ -14,6 +14,14 @@ import (
 // the 7B one: at most 19,036 MiB for two), three do not (24,348 MiB).
 const sleepBudgetMiB = 20000
 
+// sleepGPUMiB is the simulated card of TestE2ESleep. A sleeping engine
+// keeps its CUDA context and CUDA graphs (0.8-0.9 GB for these agents), so
+// on a 16 GiB card architect at 0.92 leaves room for one sleeper only; on
+// 24 GiB the GPU holds two sleepers beside it and, as on 16 GiB, not three
+// (2.06 GB free against 2.5 GB), so the host RAM budget is what this test
+// exercises.
+const sleepGPUMiB = 24576
+
 // ledgerPeaks samples the simulator's ledger every few milliseconds until
 // stop is closed: the most GPU 0 ever held, its total, and the most host
 // RAM sleeping engines ever held together.
@@ -61,6 +69,7 @@ func TestE2ESleep(t *testing.T) {
 		"gateway.max_wait":               "60s",
 		"supervisor.switch_mode":         "sleep",
 		"supervisor.host_ram_budget_mib": sleepBudgetMiB,
+		"gpu.sim_total_mib":              sleepGPUMiB,
 	})
 	stop := make(chan struct{})
 	gpuPeak, gpuTotal, hostPeak := g.ledgerPeaks(stop)

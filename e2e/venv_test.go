@@ -116,7 +116,7 @@ func TestE2EVenv(t *testing.T) {
 		if v := engineVersion(t, port); v != "0.18.0" {
 			t.Errorf("po runs engine %s, want 0.18.0", v)
 		}
-		if j := h.s.Journal(t.Context(), "vagent@po.service"); !strings.Contains(j, "vLLM API server version 0.18.0") {
+		if j := h.s.Journal(t.Context(), "vagent@po.service"); !strings.Contains(j, "█  version 0.18.0") {
 			t.Errorf("journal lacks the engine's version line:\n%s", j)
 		}
 	})
@@ -154,7 +154,7 @@ func TestE2EVenv(t *testing.T) {
 		if v := engineVersion(t, port); v != "0.18.1" {
 			t.Errorf("after restart po runs %s, want 0.18.1", v)
 		}
-		if j := h.s.Journal(t.Context(), "vagent@po.service"); !strings.Contains(j, "vLLM API server version 0.18.1") {
+		if j := h.s.Journal(t.Context(), "vagent@po.service"); !strings.Contains(j, "█  version 0.18.1") {
 			t.Errorf("journal lacks the new engine's version line:\n%s", j)
 		}
 	})

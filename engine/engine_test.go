@@ -293,3 +293,36 @@ func TestCommandSim(t *testing.T) {
 		t.Errorf("vllm binary = %+v", args[0])
 	}
 }
+
+// TestSamplingMaxTokensIsNoCap: vLLM caps every request at a max_new_tokens
+// given in --override-generation-config, so max_tokens is not rendered
+// there; it is the default the gateway injects.
+func TestSamplingMaxTokensIsNoCap(t *testing.T) {
+	temp, topK, maxTok := 0.2, 40, 512
+	a := &config.Agent{Sampling: config.Sampling{Temperature: &temp, TopK: &topK, MaxTokens: &maxTok}}
+	gen, err := GenerationConfig(a.Sampling)
+	if err != nil || gen != `{"temperature":0.2,"top_k":40}` {
+		t.Errorf("GenerationConfig = %s, %v", gen, err)
+	}
+	if gen, _ := GenerationConfig(config.Sampling{MaxTokens: &maxTok}); gen != "" {
+		t.Errorf("max_tokens alone renders %s", gen)
+	}
+	if n, ok := DefaultMaxTokens(a); !ok || n != 512 {
+		t.Errorf("DefaultMaxTokens = %d, %v", n, ok)
+	}
+	if _, ok := DefaultMaxTokens(&config.Agent{}); ok {
+		t.Error("DefaultMaxTokens without [sampling] max_tokens")
+	}
+	var got []string
+	for _, k := range (VLLM{}).Sampling(a) {
+		got = append(got, k.Key+"="+k.Value+": "+k.Effect)
+	}
+	want := []string{
+		"temperature=0.2: " + samplingDefault,
+		"top_k=40: " + samplingDefault,
+		"max_tokens=512: default the gateway puts into requests that set none; not a cap: a request may ask for more",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Sampling:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

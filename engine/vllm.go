@@ -159,6 +159,10 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 		add("enforce_eager", "--enforce-eager")
 	}
 	if a.ChatTemplate != "" {
+		if err := config.CheckPath(a.ChatTemplate); config.IsChatTemplateFile(a.ChatTemplate) && err != nil {
+			// vLLM opens it from "/": config.Load makes it absolute.
+			agentErr("chat_template", "a chat template file %v", err)
+		}
 		addText("chat_template", "--chat-template", a.ChatTemplate)
 	}
 	if a.Revision != "" && a.Revision != "main" {
@@ -329,12 +333,12 @@ func statusText(code int) string { return http.StatusText(code) }
 // max_new_tokens from that JSON (ModelConfig.get_diff_sampling_param in
 // vllm/config/model.py, the same list in v0.12.0 and v0.18.0rc2). The first
 // five are defaults a request's own value replaces. max_new_tokens is not:
-// the OpenAI serving classes keep it as override_max_tokens and take the
-// minimum with the request's max_tokens (vllm/entrypoints/openai/
-// completion/serving.py and chat_completion/serving.py in v0.18.0rc2), a
-// cap on every client. So [sampling] max_tokens is never rendered here:
-// it is a default the gateway puts into requests that carry none
-// (DefaultMaxTokens).
+// the OpenAI serving classes keep it as override_max_tokens
+// (vllm/entrypoints/openai/completion/serving.py and chat_completion/
+// serving.py in v0.18.0rc2), and get_max_tokens (vllm/entrypoints/utils.py)
+// takes the minimum of it and the request's max_tokens: a cap on every
+// client. So [sampling] max_tokens is never rendered here: it is a default
+// the gateway puts into requests that carry none (DefaultMaxTokens).
 func GenerationConfig(s config.Sampling) (string, error) {
 	m := map[string]any{}
 	for k, v := range map[string]*float64{
@@ -350,9 +354,6 @@ func GenerationConfig(s config.Sampling) (string, error) {
 	}
 	if s.TopK != nil {
 		m["top_k"] = *s.TopK
-	}
-	if s.MaxTokens != nil {
-		m["max_new_tokens"] = *s.MaxTokens
 	}
 	if len(m) == 0 {
 		return "", nil
@@ -375,6 +376,9 @@ func DefaultMaxTokens(a *config.Agent) (int, bool) {
 	return *a.Sampling.MaxTokens, true
 }
 
+// samplingDefault is what a key rendered into --override-generation-config does.
+const samplingDefault = "default for requests that set none (--override-generation-config); a request's own value wins"
+
 // Sampling says, for each [sampling] key agent a sets, how vLLM applies it.
 func (VLLM) Sampling(a *config.Agent) []SamplingKey {
 	s := a.Sampling
@@ -382,14 +386,13 @@ func (VLLM) Sampling(a *config.Agent) []SamplingKey {
 	num := func(key string, v *float64) {
 		if v != nil {
 			out = append(out, SamplingKey{key, strconv.FormatFloat(*v, 'g', -1, 64),
-				"default for requests that set none (--override-generation-config); a request's own value wins"})
+				samplingDefault})
 		}
 	}
 	num("temperature", s.Temperature)
 	num("top_p", s.TopP)
 	if s.TopK != nil {
-		out = append(out, SamplingKey{"top_k", strconv.Itoa(*s.TopK),
-			"default for requests that set none (--override-generation-config); a request's own value wins"})
+		out = append(out, SamplingKey{"top_k", strconv.Itoa(*s.TopK), samplingDefault})
 	}
 	num("min_p", s.MinP)
 	num("repetition_penalty", s.RepetitionPenalty)

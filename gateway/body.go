@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // request is what the gateway reads of a request body: the model it names
@@ -176,14 +177,19 @@ func hasSystemMessage(arr []byte) bool {
 			return
 		}
 		el := arr[es:ee]
+		// The last "role" wins, as in every JSON reader (vLLM's too).
+		role := ""
 		topLevel(el, func(key []byte, vs, ve int) {
-			if keyIs(el, key, "role") && el[vs] == '"' {
-				switch unquote(el[vs:ve]) {
-				case "system", "developer":
-					found = true
+			if keyIs(el, key, "role") {
+				role = ""
+				if el[vs] == '"' {
+					role = unquote(el[vs:ve])
 				}
 			}
 		})
+		if role == "system" || role == "developer" {
+			found = true
+		}
 	})
 	return found
 }
@@ -203,7 +209,8 @@ func keyIs(_ []byte, key []byte, want string) bool {
 
 // unquote decodes a JSON string token.
 func unquote(raw []byte) string {
-	if bytes.IndexByte(raw, '\\') < 0 {
+	// Invalid UTF-8 is decoded (to U+FFFD) as every JSON reader does.
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
 		return string(raw[1 : len(raw)-1])
 	}
 	var s string

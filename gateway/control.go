@@ -9,43 +9,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
-// AgentState is one agent in the control API's status: what systemd and
-// the GPU say, plus the gateway's view.
-type AgentState struct {
-	supervisor.AgentStatus
-	// State is running, loading, sleeping, stopped or failed.
-	State    string    `json:"state"`
-	InFlight int       `json:"in_flight"`
-	Queued   int       `json:"queued"`
-	LastUsed time.Time `json:"last_used,omitzero"`
-	// Pinned is true when the agent's config pins it or a load pinned it.
-	Pinned bool `json:"pinned"`
-	// Error is why its last start failed, while it stays failed.
-	Error string `json:"error,omitempty"`
-}
-
-// ControlRequest is the body of POST /vagent/v1/{switch,stop,load}.
-type ControlRequest struct {
-	Agent string `json:"agent"`
-	// Pin, for load: pin the agent (true) against idle stops and eviction
-	// for this vagentd's life, or drop such a pin (false).
-	Pin *bool `json:"pin,omitempty"`
-}
-
-// serveControl is the control API:
-//
-//	GET  /vagent/v1/status                     → []AgentState
-//	POST /vagent/v1/switch {"agent":"dev"}            → supervisor.Result
-//	POST /vagent/v1/load   {"agent":"dev","pin":true} → supervisor.Result
-//	POST /vagent/v1/stop   {"agent":"dev"}            → {"agent":"dev","stopped":true}
-//
+// serveControl is the control API (its routes and wire types are
+// controlapi's).
 // Errors are OpenAI-shaped: 404 unknown agent, 409 cannot fit or pinned,
 // 500 start failure (with the engine's root cause).
 func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
-	op := strings.TrimPrefix(r.URL.Path, "/vagent/v1/")
+	op := strings.TrimPrefix(r.URL.Path, controlapi.Prefix)
 	switch op {
 	case "status":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -63,7 +36,7 @@ func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
 			methodNotAllowed(w, r, http.MethodPost)
 			return
 		}
-		var req ControlRequest
+		var req controlapi.Request
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -86,7 +59,7 @@ func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
 				writeError(w, controlError(req.Agent, err))
 				return
 			}
-			writeJSON(w, http.StatusOK, map[string]any{"agent": g.agentName(req.Agent), "stopped": true})
+			writeJSON(w, http.StatusOK, controlapi.Stopped{Agent: g.agentName(req.Agent), Stopped: true})
 			return
 		}
 		reason := reasonSwitch
@@ -136,16 +109,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // status merges the supervisor's status with the gateway's view.
-func (g *Gateway) status(ctx context.Context) ([]AgentState, error) {
+func (g *Gateway) status(ctx context.Context) ([]controlapi.AgentState, error) {
 	sts, err := g.o.Switcher.Status(ctx)
 	if err != nil {
 		return nil, err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]AgentState, 0, len(sts))
+	out := make([]controlapi.AgentState, 0, len(sts))
 	for _, st := range sts {
-		as := AgentState{AgentStatus: st, State: unitState(st)}
+		as := controlapi.AgentState{AgentStatus: st, State: unitState(st)}
 		if ag := g.byAgent[st.Agent]; ag != nil {
 			if ag.phase == phaseStarting {
 				as.State = StateLoading

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -34,7 +35,7 @@ func (e *env) control(method, path string, body any) (int, []byte) {
 
 func TestControlSwitchLoadStopStatus(t *testing.T) {
 	e := newEnv(t, envOpts{modify: func(c *config.Config) { c.Agent("b").Aliases = []string{"planner"} }})
-	st, b := e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "a"})
+	st, b := e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "a"})
 	if st != 200 {
 		t.Fatalf("switch: %d %s", st, b)
 	}
@@ -45,7 +46,7 @@ func TestControlSwitchLoadStopStatus(t *testing.T) {
 	}
 	// load b by alias, pinned: a is evicted.
 	pin := true
-	st, b = e.control("POST", "/vagent/v1/load", ControlRequest{Agent: "planner", Pin: &pin})
+	st, b = e.control("POST", "/vagent/v1/load", controlapi.Request{Agent: "planner", Pin: &pin})
 	if st != 200 {
 		t.Fatalf("load: %d %s", st, b)
 	}
@@ -54,7 +55,7 @@ func TestControlSwitchLoadStopStatus(t *testing.T) {
 		t.Errorf("load result %+v", res)
 	}
 	// a cannot evict the pinned b: 409, and b still runs.
-	st, b = e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "a"})
+	st, b = e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "a"})
 	if st != 409 {
 		t.Fatalf("switch over a pinned agent: %d %s", st, b)
 	}
@@ -73,11 +74,11 @@ func TestControlSwitchLoadStopStatus(t *testing.T) {
 	if st != 200 {
 		t.Fatalf("status: %d %s", st, b)
 	}
-	var sts []AgentState
+	var sts []controlapi.AgentState
 	if err := json.Unmarshal(b, &sts); err != nil {
 		t.Fatal(err)
 	}
-	byName := map[string]AgentState{}
+	byName := map[string]controlapi.AgentState{}
 	for _, s := range sts {
 		byName[s.Agent] = s
 	}
@@ -95,21 +96,21 @@ func TestControlSwitchLoadStopStatus(t *testing.T) {
 	}
 
 	// stop drops the pin.
-	st, b = e.control("POST", "/vagent/v1/stop", ControlRequest{Agent: "b"})
+	st, b = e.control("POST", "/vagent/v1/stop", controlapi.Request{Agent: "b"})
 	if st != 200 {
 		t.Fatalf("stop: %d %s", st, b)
 	}
 	if e.sw.isRunning("b") || e.phase("b") != phaseStopped {
 		t.Errorf("b still runs")
 	}
-	if st, b := e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "a"}); st != 200 {
+	if st, b := e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "a"}); st != 200 {
 		t.Errorf("switch after unpin: %d %s", st, b)
 	}
 }
 
 func TestControlErrors(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	if st, b := e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "zz"}); st != 404 || !strings.Contains(string(b), "a, b") {
+	if st, b := e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "zz"}); st != 404 || !strings.Contains(string(b), "a, b") {
 		t.Errorf("unknown agent: %d %s", st, b)
 	}
 	if st, _ := e.control("POST", "/vagent/v1/switch", "not an object"); st != 400 {
@@ -122,11 +123,11 @@ func TestControlErrors(t *testing.T) {
 	e.sw.fail["a"] = &supervisor.StartError{Agent: "a", Reason: "exited", RootCause: "torch.OutOfMemoryError: CUDA out of memory."}
 	e.sw.fail["b"] = &supervisor.FitError{Agent: "b", Need: 20 << 30, Free: 10 << 30, Why: "the GPU has only 16.00 GiB in all"}
 	e.sw.mu.Unlock()
-	st, b := e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "a"})
+	st, b := e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "a"})
 	if st != 500 || !strings.Contains(string(b), "CUDA out of memory") {
 		t.Errorf("start failure: %d %s", st, b)
 	}
-	st, b = e.control("POST", "/vagent/v1/switch", ControlRequest{Agent: "b"})
+	st, b = e.control("POST", "/vagent/v1/switch", controlapi.Request{Agent: "b"})
 	if st != 409 || !strings.Contains(string(b), "does not fit") {
 		t.Errorf("fit failure: %d %s", st, b)
 	}
@@ -140,7 +141,7 @@ func TestControlStopCancelsStart(t *testing.T) {
 	defer open()
 	waiting := e.goChat(t.Context(), "a")
 	waitFor(t, "a starting", func() bool { return e.phase("a") == phaseStarting })
-	st, b := e.control("POST", "/vagent/v1/stop", ControlRequest{Agent: "a"})
+	st, b := e.control("POST", "/vagent/v1/stop", controlapi.Request{Agent: "a"})
 	if st != 200 {
 		t.Fatalf("stop: %d %s", st, b)
 	}

@@ -203,7 +203,7 @@ func New(o Options) (*Gateway, error) {
 			m:       g.m.forAgent(a.Name),
 		}
 		ag.timeoutErr = &APIError{Status: http.StatusGatewayTimeout, Type: typeTimeout,
-			Message: fmt.Sprintf("agent %s: request timed out after %s (gateway.request_timeout)", a.Name, o.Config.Gateway.RequestTimeout.Duration)}
+			Message: fmt.Sprintf("agent %s: request timed out after %s (gateway.request_timeout)", a.Name, o.Config.Gateway.RequestTimeout)}
 		g.agents = append(g.agents, ag)
 		g.byAgent[a.Name] = ag
 	}

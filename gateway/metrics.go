@@ -8,16 +8,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
 // Agent states as metrics, /v1/models and the control API report them.
 const (
-	StateRunning  = "running"
-	StateLoading  = "loading"
-	StateSleeping = "sleeping"
-	StateStopped  = "stopped"
-	StateFailed   = "failed"
+	StateRunning  = controlapi.StateRunning
+	StateLoading  = controlapi.StateLoading
+	StateSleeping = controlapi.StateSleeping
+	StateStopped  = controlapi.StateStopped
+	StateFailed   = controlapi.StateFailed
 )
 
 var metricStates = []string{StateRunning, StateLoading, StateSleeping, StateStopped, StateFailed}

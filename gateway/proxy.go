@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // maxParsedBody is the largest non-streamed response read whole (to count
@@ -158,10 +160,10 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 	if chat {
 		prompt = ag.cfg.SystemPrompt
 	}
-	if (chat || r.URL.Path == "/v1/completions") && ag.cfg.Sampling.MaxTokens != nil {
+	if chat || r.URL.Path == "/v1/completions" {
 		// A default, never a cap: vLLM would take the smaller of a
 		// server-side max_new_tokens and the client's value.
-		maxTokens = *ag.cfg.Sampling.MaxTokens
+		maxTokens, _ = engine.DefaultMaxTokens(ag.cfg)
 	}
 	out, rerr := req.rewrite(body, ag.cfg.ServedName(), prompt, maxTokens, chat)
 	if rerr != nil {

@@ -139,7 +139,7 @@ func (g *Gateway) errQueueFull() *APIError {
 
 func (g *Gateway) errMaxWait(ag *agentRT) *APIError {
 	return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryMaxWait,
-		Message: "agent " + ag.name + " did not become available within " + g.cfg.Gateway.MaxWait.Duration.String() + " (gateway.max_wait)"}
+		Message: "agent " + ag.name + " did not become available within " + g.cfg.Gateway.MaxWait.String() + " (gateway.max_wait)"}
 }
 
 // acquire admits l to ag, waiting in ag's queue when it is not running or
@@ -629,7 +629,7 @@ func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 
 	cause := &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryDrained,
 		Message: "agent " + agent + " was stopped to make room for another agent before this request finished (gateway.drain_timeout " +
-			g.cfg.Gateway.DrainTimeout.Duration.String() + ")"}
+			g.cfg.Gateway.DrainTimeout.String() + ")"}
 	err := g.drain(ctx, ag, cause)
 
 	g.mu.Lock()

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vagent-dev/vagent/internal/filelock"
 )
 
 // blobIDRE is a blob name: a git sha1 or a sha256, lower-case hex.
@@ -136,31 +138,24 @@ func verifyBlob(path string, f File) (ok bool, got string, err error) {
 }
 
 // lockBlob takes huggingface_hub's lock for one blob (flock on
-// .locks/models--X/ID.lock), waiting while ctx allows.
+// .locks/models--X/ID.lock), waiting while ctx allows. The lock file is
+// created through root, and then only opened, so that the lock writes
+// nothing outside the cache.
 func lockBlob(ctx context.Context, root *os.Root, dir, blobID string) (unlock func(), err error) {
 	if err := root.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	fh, err := root.OpenFile(filepath.Join(dir, blobID+".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	name := filepath.Join(dir, blobID+".lock")
+	fh, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	for {
-		err := unix.Flock(int(fh.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { unix.Flock(int(fh.Fd()), unix.LOCK_UN); fh.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			fh.Close()
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			fh.Close()
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	fh.Close()
+	l, err := filelock.Acquire(ctx, filepath.Join(root.Name(), name), filelock.Options{NoCreate: true})
+	if err != nil {
+		return nil, err
 	}
+	return func() { l.Unlock() }, nil
 }
 
 // fetchFile brings one file's blob into blobs/: skipped when already there

@@ -9,7 +9,7 @@
 # STAGE/etc/           the shipped configuration as packaged (see below)
 # STAGE/units/         vagent@.service rendered from it by the vagentctl just built
 # STAGE/man/*.gz       manual pages, STAGE/completion/ shell completions,
-#                      both generated from the CLI (internal/mandoc/gen)
+#                      both generated from the CLI (cmd/mandoc-gen)
 # STAGE/changelog.yml  nfpm's changelog for this version
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +67,7 @@ cp configs/agents/*.toml "$stage/etc/agents/"
 mv "$stage/units.all/vagent@.service" "$stage/units/"
 rm -rf "$stage/units.all"
 
-"$go" run ./internal/mandoc/gen -out "$stage" -vagentd "$stage/bin/vagentd" -version "$version"
+"$go" run ./cmd/mandoc-gen -out "$stage" -vagentd "$stage/bin/vagentd" -version "$version"
 gzip -9n "$stage"/man/*
 
 date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)

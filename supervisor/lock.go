@@ -2,13 +2,12 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
-	"time"
+
+	"github.com/vagent-dev/vagent/internal/filelock"
 )
 
 // lock takes the transition lock of every GPU in gpus, in index order so
@@ -22,40 +21,23 @@ func (s *Supervisor) lock(ctx context.Context, gpus []int) (func(), error) {
 	if err := os.MkdirAll(s.cfg.Paths.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("transition lock: %w", err)
 	}
-	var held []*os.File
+	var held []*filelock.Lock
 	release := func() {
 		for i := len(held) - 1; i >= 0; i-- {
-			held[i].Close()
+			held[i].Unlock()
 		}
 	}
 	for _, g := range sorted {
-		f, err := lockFile(ctx, filepath.Join(s.cfg.Paths.RunDir, fmt.Sprintf("gpu%d.lock", g)))
+		path := filepath.Join(s.cfg.Paths.RunDir, fmt.Sprintf("gpu%d.lock", g))
+		l, err := filelock.Acquire(ctx, path, filelock.Options{Perm: 0o660})
 		if err != nil {
 			release()
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("waiting for another transition on this GPU (%s): %w", path, ctx.Err())
+			}
+			return nil, fmt.Errorf("transition lock: %w", err)
 		}
-		held = append(held, f)
+		held = append(held, l)
 	}
 	return release, nil
-}
-
-func lockFile(ctx context.Context, path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o660)
-	if err != nil {
-		return nil, fmt.Errorf("transition lock: %w", err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("transition lock %s: %w", path, err)
-		}
-		if err := sleep(ctx, 10*time.Millisecond); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("waiting for another transition on this GPU (%s): %w", path, err)
-		}
-	}
 }

@@ -28,6 +28,8 @@ func FuzzRender(f *testing.F) {
 		{"m", "n", ";", "S", "; rm -rf /", ";"},
 		{"m", "n", `\;`, "S", `\;`, `\`},
 		{"m", "n", "#not a comment", "C", "#x", ";x"},
+		{"./relative/model", "n", "./relative.jinja", "R", "x", "y"},
+		{"/models/../x", "n", "/templates//t.jinja", "R", "x", "y"},
 		{"m", "n", " leading and trailing ", "W", " x ", " "},
 		{"m", "n", "tab\there\x01\x7f", "T", "\t", "\x1b[31m"},
 		{"m", "n", "line\n[Service]\nUser=root", "N", "1\nExecStartPre=/bin/sh", "a\rb"},
@@ -59,6 +61,10 @@ func FuzzRender(f *testing.F) {
 		envOK := fuzzEnvNameRE.MatchString(envKey) && !slices.Contains(fuzzLockedEnv, envKey)
 		mustFail := !clean(model) || !clean(served) || !clean(chat) || !clean(envVal) || !clean(extra) ||
 			model == "" || served == "" || strings.HasPrefix(model, "-") || strings.HasPrefix(served, "-") || !envOK
+		// A local model or template file must be a path systemd and the
+		// engine (run from "/") read as meant: config.Load makes it so.
+		mustFail = mustFail || config.IsLocalModel(model) && config.CheckPath(model) != nil ||
+			config.IsChatTemplateFile(chat) && config.CheckPath(chat) != nil
 		mayFail := mustFail || strings.HasPrefix(extra, "-") // a flag vLLM may not have
 		if err != nil {
 			if !mayFail {

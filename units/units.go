@@ -390,7 +390,7 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		// are), so its '$' is refused in argv rather than doubled.
 		w, err := quoteWord(x.Val, i > 0, false)
 		if err != nil {
-			r.agentErr(a, x.Field, "%v", err)
+			r.fieldErr(a, x.Field, "%v", err)
 			continue
 		}
 		u.b.WriteString(w)
@@ -405,7 +405,7 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		// second assignment.
 		w, err := quoteWord(kv.key+"="+kv.val, false, true)
 		if err != nil {
-			r.agentErr(a, kv.field, "%s: %v", kv.key, err)
+			r.fieldErr(a, kv.field, "%s: %v", kv.key, err)
 			continue
 		}
 		u.line("Environment=%s", w)
@@ -495,9 +495,9 @@ func (r *renderer) env(a *config.Agent) []envVar {
 		v := user[k]
 		switch i, ok := index[k]; {
 		case !envNameRE.MatchString(k):
-			r.envErr(a, v.field, "%q is not a valid environment variable name", k)
+			r.fieldErr(a, v.field, "%q is not a valid environment variable name", k)
 		case contains(locked, k):
-			r.envErr(a, v.field, "%s is set by vagent itself and cannot be overridden", k)
+			r.fieldErr(a, v.field, "%s is set by vagent itself and cannot be overridden", k)
 		case ok:
 			vars[i] = v
 		default:
@@ -507,10 +507,10 @@ func (r *renderer) env(a *config.Agent) []envVar {
 	return vars
 }
 
-// envErr reports a bad variable of engine.env in the main file, or of env in
-// the agent's file.
-func (r *renderer) envErr(a *config.Agent, field, format string, args ...any) {
-	if field == "engine.env" {
+// fieldErr reports a bad value in the file that sets field: the main file
+// for its keys (paths.hf_home, engine.env, ...), else the agent's file.
+func (r *renderer) fieldErr(a *config.Agent, field, format string, args ...any) {
+	if config.MainField(field) {
 		r.mainErr(field, format, args...)
 		return
 	}

@@ -513,7 +513,7 @@ func TestRenderedFlags(t *testing.T) {
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--tensor-parallel-size", "2",
 		"--enforce-eager", "--chat-template=-{{ messages }}", "--revision", "v1.0", "--trust-remote-code",
 		"--reasoning-parser", "deepseek_r1",
-		"--override-generation-config", `{"max_new_tokens":512,"temperature":0,"top_k":40}`}
+		"--override-generation-config", `{"temperature":0,"top_k":40}`}
 	if !reflect.DeepEqual(u.argv, want) {
 		t.Errorf("argv\n got %q\nwant %q", u.argv, want)
 	}
@@ -611,7 +611,7 @@ func TestRenderRefuses(t *testing.T) {
 		{"relative binary", func(c *config.Config, a *config.Agent) { c.Engine.SimBinary = "vllm-sim" }, true, "engine.sim_binary"},
 		{"$ in binary", func(c *config.Config, a *config.Agent) { c.Engine.SimBinary = "/opt/$X/vllm-sim" }, true, "engine.sim_binary"},
 		{"unclean venv", func(c *config.Config, a *config.Agent) { c.Engine.Kind, c.Engine.Venv = "vllm", "/opt//venv" }, true, "engine.venv"},
-		{"newline in HF home", func(c *config.Config, a *config.Agent) { c.Paths.HFHome = "/x\n" }, false, "paths.hf_home"},
+		{"newline in HF home", func(c *config.Config, a *config.Agent) { c.Paths.HFHome = "/x\n" }, true, "paths.hf_home"},
 		{"user with space", func(c *config.Config, a *config.Agent) { c.Units.User = "a b\n" }, true, "units.user"},
 		{"bad version", func(c *config.Config, a *config.Agent) { c.Engine.VLLMVersion = "latest" }, true, "engine.vllm_version"},
 		{"bad port", func(c *config.Config, a *config.Agent) { a.Port = 0 }, false, "port"},

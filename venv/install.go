@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vagent-dev/vagent/internal/filelock"
 )
 
 // ErrBusy is matched (errors.Is) when another install or rollback holds the
@@ -403,21 +405,14 @@ func writeMarker(dir string, mk marker) error {
 // race on the links.
 func (m *Manager) lock() (func(), error) {
 	path := filepath.Join(m.Dir, ".lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	l, err := filelock.TryLock(path, filelock.Options{Perm: 0o644})
+	if errors.Is(err, filelock.ErrHeld) {
+		return nil, fmt.Errorf("%w on %s: wait for it to finish", ErrBusy, m.Dir)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w on %s: wait for it to finish", ErrBusy, m.Dir)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
+	return func() { l.Unlock() }, nil
 }
 
 // links returns the targets of current and previous as names under Dir (or

@@ -89,8 +89,35 @@ func TestUnknownFlagExitsTwo(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit: %v", err)
 	}
-	if want := "usage: vllm serve [model_tag] [options]\nvllm: error: unrecognized arguments: --foo\n"; errw.String() != want {
+	if want := "usage: vllm serve [model_tag] [options]\nvllm serve: error: unrecognized arguments: --foo\n"; errw.String() != want {
 		t.Errorf("stderr %q, want %q", errw.String(), want)
+	}
+}
+
+// TestUsageErrorsExitTwo: like vllm's argparse, a missing or unknown
+// subcommand and an unknown top-level option exit 2 with the usage line.
+func TestUsageErrorsExitTwo(t *testing.T) {
+	const usage = "usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ...\n"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "vllm: error: the following arguments are required: subparser\n"},
+		{[]string{"bogus"}, "vllm: error: argument subparser: invalid choice: 'bogus'"},
+		{[]string{"--bogus"}, "vllm: error: argument subparser: invalid choice: '--bogus'"},
+		{[]string{"serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--port"}, "vllm serve: error: argument --port: expected one argument\n"},
+	} {
+		cmd, out, errw := simCommand(t, filepath.Join(t.TempDir(), "l.json"), tc.args...)
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Errorf("vllm-sim %q: exit %v, want 2", tc.args, err)
+		}
+		if s := errw.String(); !strings.Contains(s, tc.want) || !strings.HasPrefix(s, "usage: vllm") || (len(tc.args) < 2 && !strings.HasPrefix(s, usage)) {
+			t.Errorf("vllm-sim %q: stderr %q, want the usage line and %q", tc.args, s, tc.want)
+		}
+		if out.String() != "" {
+			t.Errorf("vllm-sim %q: stdout %q", tc.args, out.String())
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"net"
@@ -232,4 +233,36 @@ func copyTree(src, dst string) error {
 			return nil // links and special files are not configuration
 		}
 	})
+}
+
+// GatewayUnit is the unit vagentd runs as.
+const GatewayUnit = "vagentd.service"
+
+// InstallGateway installs the packaged vagentd unit (serviceFile, the
+// repository's packaging/vagentd.service) into the sandbox as GatewayUnit,
+// changed only in what a sandbox needs: ExecStart runs the vagentd that
+// Build put into BinDir, with $VAGENT_CONFIG set to config; more lists
+// further old→new replacements, each of which must match. Then it reloads
+// systemd; starting the unit is the caller's.
+func (s *Sandbox) InstallGateway(ctx context.Context, serviceFile, config string, more ...[2]string) error {
+	data, err := os.ReadFile(serviceFile)
+	if err != nil {
+		return fmt.Errorf("install vagentd unit: %w", err)
+	}
+	unit := string(data)
+	repl := append([][2]string{{"ExecStart=/usr/bin/vagentd\n",
+		"ExecStart=" + filepath.Join(s.BinDir(), "vagentd") + "\nEnvironment=VAGENT_CONFIG=" + config + "\n"}}, more...)
+	for _, r := range repl {
+		if !strings.Contains(unit, r[0]) {
+			return fmt.Errorf("install vagentd unit: %s lacks %q", serviceFile, r[0])
+		}
+		unit = strings.Replace(unit, r[0], r[1], 1)
+	}
+	if err := os.WriteFile(filepath.Join(s.UnitDir(), GatewayUnit), []byte(unit), 0o644); err != nil {
+		return fmt.Errorf("install vagentd unit: %w", err)
+	}
+	if _, err := s.Systemctl(ctx, "daemon-reload"); err != nil {
+		return fmt.Errorf("install vagentd unit: %w", err)
+	}
+	return nil
 }

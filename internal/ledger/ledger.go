@@ -6,6 +6,7 @@
 package ledger
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/vagent-dev/vagent/internal/filelock"
 )
 
 // Entry states.
@@ -101,7 +104,7 @@ func (l *Ledger) Path() string { return l.path }
 // Read returns the ledger as it is, without pruning dead processes (a reader
 // in another PID namespace could not tell which are dead).
 func (l *Ledger) Read() (*State, error) {
-	unlock, err := l.lock(syscall.LOCK_SH)
+	unlock, err := l.lock(true)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +116,7 @@ func (l *Ledger) Read() (*State, error) {
 // of dead processes in this PID namespace, and writes the result back
 // atomically if fn succeeds.
 func (l *Ledger) Update(fn func(*State) error) error {
-	unlock, err := l.lock(syscall.LOCK_EX)
+	unlock, err := l.lock(false)
 	if err != nil {
 		return err
 	}
@@ -139,43 +142,40 @@ func (s *State) PruneDead() { pruneDead(s) }
 // driver frees a dead process's memory.
 func (l *Ledger) Prune() error { return l.Update(func(*State) error { return nil }) }
 
-func (l *Ledger) lock(how int) (func(), error) {
+// lock takes the ledger's lock, shared or exclusive. It waits as long as a
+// holder keeps it: holders keep it for one read-modify-write of a small
+// file, and the ledger's callers (engines, the simulator) have no context
+// to bound the wait with.
+func (l *Ledger) lock(shared bool) (func(), error) {
 	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
 		return nil, fmt.Errorf("ledger dir: %w", err)
 	}
-	f, err := openLockFile(l.path + ".lock")
+	path := l.path + ".lock"
+	if err := makeLockFile(path); err != nil {
+		return nil, fmt.Errorf("ledger lock: %w", err)
+	}
+	lk, err := filelock.Acquire(context.Background(), path, filelock.Options{Shared: shared, NoCreate: true})
 	if err != nil {
 		return nil, fmt.Errorf("ledger lock: %w", err)
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), how)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("ledger lock: %w", err)
-	}
-	return func() { f.Close() }, nil
+	return func() { lk.Unlock() }, nil
 }
 
-// openLockFile opens the lock file, creating it so that every user who may
-// write the ledger's directory may lock it too: root's vagentctl may create
-// it first, and engines running as another user must still open it. The
-// creator's umask would otherwise decide.
-func openLockFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if !errors.Is(err, os.ErrNotExist) {
-		return f, err
+// makeLockFile creates the lock file when it is missing, so that every
+// user who may write the ledger's directory may lock it too: root's
+// vagentctl may create it first, and engines running as another user must
+// still open it. The creator's umask would otherwise decide.
+func makeLockFile(path string) error {
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o660)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o660)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	defer f.Close()
 	if err := f.Chmod(0o660); err != nil {
-		f.Close()
-		return nil, err
+		return err
 	}
 	if st, err := os.Stat(filepath.Dir(path)); err == nil {
 		if sys, ok := st.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
@@ -183,7 +183,7 @@ func openLockFile(path string) (*os.File, error) {
 			_ = f.Chown(int(sys.Uid), int(sys.Gid))
 		}
 	}
-	return f, nil
+	return nil
 }
 
 func (l *Ledger) load() (*State, error) {

@@ -14,7 +14,8 @@ import (
 // usageLine is what argparse prints before an error of `vllm serve`.
 const usageLine = "usage: vllm serve [model_tag] [options]"
 
-// usageError is an argparse error: usage line, "vllm: error: MSG", exit 2.
+// usageError is an argparse error of the serve subcommand: usage line,
+// "vllm serve: error: MSG" (the subparser's prog), exit 2.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }

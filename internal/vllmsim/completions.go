@@ -2,6 +2,7 @@ package vllmsim
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -91,23 +92,11 @@ func (e *engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	if !ok {
 		return
 	}
-	e.mu.Lock()
-	asleep, draining, stale := e.sleepingLocked(), e.draining, e.weightsStale
-	e.mu.Unlock()
-	if draining {
-		apiError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "The server is shutting down.", nil)
-		return
-	}
-	if asleep {
-		apiError(w, http.StatusInternalServerError, "InternalServerError", "The engine is sleeping: wake it up with POST /wake_up before sending requests.", nil)
-		return
-	}
 	j, msg := e.prepare(req, chat, model)
 	if msg != "" {
 		badRequest(w, msg)
 		return
 	}
-	j.garbage = stale
 	e.run(w, r, j)
 }
 
@@ -171,29 +160,42 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 	if j.promptTokens >= maxLen {
 		return nil, fmt.Sprintf("This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input messages.", maxLen, j.promptTokens)
 	}
-	limit := -1
-	if req.MaxCompletionTokens != nil {
+	// The request's max_tokens: the chat API has none by default, the
+	// completions API 16 (CompletionRequest.max_tokens = 16). 0.12 reads
+	// `max_completion_tokens or max_tokens` (a 0 falls through); 0.18
+	// takes max_completion_tokens when set.
+	limit, explicit := -1, true
+	switch {
+	case !chat && req.MaxTokens == nil:
+		limit, explicit = 16, false
+	case req.MaxCompletionTokens != nil && (e.env.v18 || *req.MaxCompletionTokens != 0):
 		limit = *req.MaxCompletionTokens
-	} else if req.MaxTokens != nil {
+	case req.MaxTokens != nil:
 		limit = *req.MaxTokens
 	}
 	if limit != -1 && limit < 1 {
 		return nil, fmt.Sprintf("max_tokens must be at least 1, got %d.", limit)
 	}
-	if limit > maxLen-j.promptTokens {
+	if explicit && limit > maxLen-j.promptTokens {
 		return nil, fmt.Sprintf("'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).", limit, maxLen, j.promptTokens, limit, maxLen, j.promptTokens)
 	}
+	// get_max_tokens: the least of the room left in the context, the
+	// request's value (0.18: else the default max_tokens) and the cap.
+	room := maxLen - j.promptTokens
+	limit = min(limit, room)
 	if limit == -1 {
-		if v, ok := e.defaults["max_new_tokens"].(float64); ok && v >= 1 {
-			limit = min(int(v), maxLen-j.promptTokens)
-		} else {
-			limit = maxLen - j.promptTokens
+		limit = room
+		if d, ok := e.defaults["max_tokens"].(float64); ok && d >= 1 && e.env.v18 {
+			limit = min(limit, int(d))
 		}
+	}
+	if e.capTokens > 0 {
+		limit = min(limit, e.capTokens)
 	}
 	// Effective sampling: request wins over the defaults.
 	j.sampling = map[string]any{}
 	for k, v := range e.defaults {
-		if k == "max_new_tokens" {
+		if k == "max_tokens" {
 			continue
 		}
 		j.sampling[k] = v
@@ -296,14 +298,18 @@ type streamChunk struct {
 	Usage   *usage `json:"usage,omitempty"`
 }
 
-// run schedules a planned request: queue for a slot (--max-num-seqs), first
-// token after the TTFT, then tokens at the configured rate.
+// run schedules a planned request: wait while the scheduler is paused
+// (0.18), queue for a slot (--max-num-seqs), first token after the TTFT,
+// then tokens at the configured rate. A request aborted on the way (a
+// sleep in mode abort, a 0.18 shutdown) ends with finish_reason "abort"
+// and HTTP 200: a stream with an abort chunk and [DONE].
 func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	e.mu.Lock()
 	e.inflight++
 	if e.opts.loadTracking {
 		e.serverLoad++
 	}
+	stopping := e.stopping
 	e.mu.Unlock()
 	defer func() {
 		e.mu.Lock()
@@ -320,19 +326,63 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	if b := marshal(j.sampling); len(b) > 0 {
 		w.Header().Set("X-Vllm-Sim-Sampling", string(b))
 	}
+	// FastAPI's StreamingResponse sends its headers before the first
+	// output: a stream is 200 at once, even while it waits to be scheduled.
+	var flusher http.Flusher
+	if j.stream {
+		flusher, _ = w.(http.Flusher)
+		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
 	arrived := time.Now()
 	m := e.met
 	m.mu.Lock()
 	m.waiting++
 	m.mu.Unlock()
+	if stopping {
+		// 0.18's _reject_add_in_shutdown: aborted before it runs.
+		e.finishMetrics(j, arrived, 0, "abort", true)
+		e.abortResponse(w, flusher, j, 0)
+		return
+	}
+	// The pause gate: requests that arrive while the scheduler is paused
+	// wait for the resume.
+	for g := e.gate(); g != nil; g = e.gate() {
+		select {
+		case <-g:
+		case <-r.Context().Done():
+			e.finishMetrics(j, arrived, 0, "abort", true)
+			return
+		case <-e.reqCtx.Done():
+			e.finishMetrics(j, arrived, 0, "abort", true)
+			return
+		}
+	}
+	e.mu.Lock()
+	e.scheduled++
+	abort := e.abortCtx
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.scheduled--
+		e.idle.Broadcast()
+		e.mu.Unlock()
+	}()
 	select {
 	case e.slots <- struct{}{}:
 	case <-r.Context().Done():
 		e.finishMetrics(j, arrived, 0, "abort", true)
 		return
+	case <-abort.Done():
+		e.finishMetrics(j, arrived, 0, "abort", true)
+		e.abortResponse(w, flusher, j, 0)
+		return
 	case <-e.reqCtx.Done():
 		e.finishMetrics(j, arrived, 0, "abort", true)
-		e.abortResponse(w, j)
 		return
 	}
 	defer func() { <-e.slots }()
@@ -356,53 +406,40 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	for _, c := range j.choices {
 		steps = max(steps, c.count)
 	}
+	var frozenFor time.Duration
 	at := func(i int) time.Time {
-		d := e.env.ttft
+		d := e.env.ttft + frozenFor
 		if e.env.tps > 0 && i > 0 {
 			d += time.Duration(float64(i) / e.env.tps * float64(time.Second))
 		}
 		return scheduled.Add(d)
 	}
-	var flusher http.Flusher
-	if j.stream {
-		flusher, _ = w.(http.Flusher)
-		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
 	var firstAt time.Time
 	emitted := 0
 	for i := 0; i < steps; i++ {
-		if !waitUntil(r, e, at(i)) {
-			e.finishMetrics(j, arrived, emitted, "abort", false)
-			if e.reqCtx.Err() != nil {
-				e.abortResponse(w, j)
+		if f := e.frozen(); f != nil {
+			t0 := time.Now()
+			select {
+			case <-f:
+			case <-abort.Done():
+			case <-r.Context().Done():
+			case <-e.reqCtx.Done():
 			}
-			return
+			frozenFor += time.Since(t0)
 		}
-		e.mu.Lock()
-		asleep := e.sleepingLocked()
-		e.mu.Unlock()
-		if asleep {
-			e.finishMetrics(j, arrived, emitted, "error", false)
-			msg := "The engine was put to sleep while the request ran."
-			if j.stream {
-				data := marshal(errorBody{errorInfo{Message: msg, Type: "InternalServerError", Code: 500}})
-				fmt.Fprintf(w, "data: %s\n\ndata: [DONE]\n\n", data)
-				if flusher != nil {
-					flusher.Flush()
-				}
-				return
-			}
-			apiError(w, http.StatusInternalServerError, "InternalServerError", msg, nil)
+		switch waitUntil(r, e, abort, at(i)) {
+		case waitAborted:
+			e.finishMetrics(j, arrived, emitted, "abort", false)
+			e.abortResponse(w, flusher, j, emitted)
+			return
+		case waitGone:
+			e.finishMetrics(j, arrived, emitted, "abort", false)
 			return
 		}
 		if i == 0 {
 			firstAt = time.Now()
 		}
+		j.garbage = e.garbage()
 		if j.stream {
 			var buf bytes.Buffer
 			if i == 0 && j.chat {
@@ -443,6 +480,17 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	e.finishMetricsDone(j, arrived, firstAt, reasons, genTotal)
 }
 
+// garbage reports whether the model computes on memory it does not have:
+// weights discarded by a sleep and not reloaded, or (0.12, which keeps
+// scheduling while asleep) released pools. Real vLLM answers nonsense or
+// dies on an illegal memory access; the simulator answers "!!" tokens so
+// that a test sees the request reached a sleeping engine.
+func (e *engine) garbage() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.weightsStale || (e.execAsleep && e.opts.sleepMode)
+}
+
 func (j *job) chunkObject() string {
 	if j.chat {
 		return "chat.completion.chunk"
@@ -450,30 +498,90 @@ func (j *job) chunkObject() string {
 	return "text_completion"
 }
 
-func waitUntil(r *http.Request, e *engine, t time.Time) bool {
+type waitResult int
+
+const (
+	waitDone waitResult = iota
+	waitAborted
+	waitGone // the client left, or the process is going away
+)
+
+func waitUntil(r *http.Request, e *engine, abort context.Context, t time.Time) waitResult {
+	if abort.Err() != nil {
+		return waitAborted
+	}
 	d := time.Until(t)
 	if d <= 0 {
-		return r.Context().Err() == nil && e.reqCtx.Err() == nil
+		if r.Context().Err() != nil || e.reqCtx.Err() != nil {
+			return waitGone
+		}
+		return waitDone
 	}
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
 	case <-tm.C:
-		return true
+		return waitDone
+	case <-abort.Done():
+		return waitAborted
 	case <-r.Context().Done():
-		return false
+		return waitGone
 	case <-e.reqCtx.Done():
-		return false
+		return waitGone
 	}
 }
 
-// abortResponse ends a request cut by shutdown: a stream just ends (no
-// [DONE]); a plain request loses its connection.
-func (e *engine) abortResponse(w http.ResponseWriter, j *job) {
-	if j.stream {
+// abortResponse ends a request aborted after emitted tokens: each choice
+// still open finishes with "abort". A stream gets (chat: the role chunk
+// if nothing was sent yet) an abort chunk per choice, the usage chunk if
+// asked for, and [DONE]; a plain request a 200 with the partial text.
+func (e *engine) abortResponse(w io.Writer, flusher http.Flusher, j *job, emitted int) {
+	gen := 0
+	for idx := range j.choices {
+		c := &j.choices[idx]
+		if emitted < c.count {
+			c.count = emitted
+			c.text = c.text[:emitted]
+			c.finish = "abort"
+			c.stopReason = nil
+		}
+		gen += c.count
+	}
+	u := usage{PromptTokens: j.promptTokens, CompletionTokens: gen, TotalTokens: j.promptTokens + gen}
+	if !j.stream {
+		writeJSON(w.(http.ResponseWriter), http.StatusOK, e.fullResponse(j, u))
 		return
 	}
-	panic(http.ErrAbortHandler)
+	var buf bytes.Buffer
+	if emitted == 0 && j.chat {
+		e.writeRoleChunk(&buf, j)
+	}
+	empty := ""
+	abort := "abort"
+	for idx, c := range j.choices {
+		if c.finish != "abort" {
+			continue
+		}
+		var choice any
+		if j.chat {
+			choice = chatStreamChoice{Index: idx, Delta: chatDelta{Content: &empty}, FinishReason: &abort}
+		} else {
+			choice = textStreamChoice{Index: idx, Text: "", FinishReason: &abort}
+		}
+		ch := streamChunk{ID: j.id, Object: j.chunkObject(), Created: j.created, Model: j.model, Choices: []any{choice}}
+		if j.continuousUsage {
+			ch.Usage = &usage{PromptTokens: j.promptTokens, CompletionTokens: emitted, TotalTokens: j.promptTokens + emitted}
+		}
+		fmt.Fprintf(&buf, "data: %s\n\n", marshal(ch))
+	}
+	if j.includeUsage {
+		fmt.Fprintf(&buf, "data: %s\n\n", marshal(streamChunk{ID: j.id, Object: j.chunkObject(), Created: j.created, Model: j.model, Choices: []any{}, Usage: &u}))
+	}
+	buf.WriteString("data: [DONE]\n\n")
+	w.Write(buf.Bytes())
+	if flusher != nil {
+		flusher.Flush()
+	}
 }
 
 // writeRoleChunk writes the first chat chunk (role only) for every choice.

@@ -45,6 +45,7 @@ func simEnvFor(t *testing.T, ledgerPath string, extra map[string]string) func(st
 }
 
 type simProc struct {
+	pid    int // the process's, when run as one
 	port   int
 	url    string
 	cancel context.CancelFunc

@@ -29,14 +29,26 @@ type claimOutcome struct {
 }
 
 // freeMemoryError is vLLM's startup check of free memory against
-// utilization × total (request_memory in vllm/v1/worker/utils.py).
-func freeMemoryError(free, total uint64, util float64, requested uint64) *startupError {
+// utilization × total: 0.12 in Worker.init_device, amounts in round(x, 2);
+// 0.18 in request_memory (vllm/v1/worker/utils.py), naming the torch
+// device ("cuda:0", the index among the visible GPUs).
+func freeMemoryError(v18 bool, device int, free, total uint64, util float64, requested uint64) *startupError {
+	if v18 {
+		return &startupError{
+			file: "vllm/v1/worker/utils.py", line: 413, fn: "request_memory", code: "raise ValueError(",
+			exc: fmt.Sprintf("ValueError: Free memory on device cuda:%d (%s/%s GiB) on startup is less than desired GPU memory utilization (%s, %s GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+				device, pyRound2(float64(free)/gib), pyRound2(float64(total)/gib), pyFloat(util), pyRound2(float64(requested)/gib)),
+		}
+	}
 	return &startupError{
-		file: "vllm/v1/worker/utils.py", line: 435, fn: "request_memory", code: "raise ValueError(",
+		file: "vllm/v1/worker/gpu_worker.py", line: 239, fn: "init_device", code: "raise ValueError(",
 		exc: fmt.Sprintf("ValueError: Free memory on device (%s/%s GiB) on startup is less than desired GPU memory utilization (%s, %s GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
 			pyRound2(float64(free)/gib), pyRound2(float64(total)/gib), pyFloat(util), pyRound2(float64(requested)/gib)),
 	}
 }
+
+// conservingMemory is the page 0.18's KV-cache errors point to.
+const conservingMemory = " See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
 
 // torchSize formats bytes as torch's OOM message does.
 func torchSize(b uint64) string {
@@ -82,7 +94,7 @@ func (s *sim) claim() (claimOutcome, error) {
 		for i, g := range s.gpus {
 			free := st.Free(g)
 			if free < p.requested {
-				return freeMemoryError(free, st.TotalBytes, p.utilization, p.requested)
+				return freeMemoryError(s.env.v18, i, free, st.TotalBytes, p.utilization, p.requested)
 			}
 			holds[i] = p.held
 			if out.oom != nil {
@@ -131,10 +143,17 @@ func (s *sim) claim() (claimOutcome, error) {
 // check_enough_kv_cache_memory does.
 func (s *sim) sizeKV() *startupError {
 	p := s.plan
-	const file, line, fn, code = "vllm/v1/core/kv_cache_utils.py", 641, "check_enough_kv_cache_memory", "raise ValueError("
+	// 0.12: check_enough_kv_cache_memory, GiB as %.2f; 0.18:
+	// _check_enough_kv_cache_memory, GiB as round(x, 2) and a link.
+	file, line, fn, code := "vllm/v1/core/kv_cache_utils.py", 686, "check_enough_kv_cache_memory", "raise ValueError("
+	link, gibs := "", func(b uint64) string { return fmt.Sprintf("%.2f", float64(b)/gib) }
+	if s.env.v18 {
+		line, fn = 623, "_check_enough_kv_cache_memory"
+		link, gibs = conservingMemory, func(b uint64) string { return pyRound2(float64(b) / gib) }
+	}
 	if p.kvShort {
 		return &startupError{file: file, line: line, fn: fn, code: code,
-			exc: "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine."}
+			exc: "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine." + link}
 	}
 	if s.opts.maxModelLen == -1 {
 		s.maxLen = min(s.facts.derivedLen, p.fitLen())
@@ -145,9 +164,14 @@ func (s *sim) sizeKV() *startupError {
 	blocks := (s.maxLen + p.blockSize - 1) / p.blockSize
 	need := uint64(blocks*p.blockSize) * p.kvPerToken
 	if need > p.kv {
+		if s.env.v18 {
+			line = 641
+		} else {
+			line = 708
+		}
 		return &startupError{file: file, line: line, fn: fn, code: code,
-			exc: fmt.Sprintf("ValueError: To serve at least one request with the models's max seq len (%d), (%.2f GiB KV cache is needed, which is larger than the available KV cache memory (%.2f GiB). Based on the available memory, the estimated maximum model length is %d. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
-				s.maxLen, float64(need)/gib, float64(p.kv)/gib, p.fitLen())}
+			exc: fmt.Sprintf("ValueError: To serve at least one request with the models's max seq len (%d), (%s GiB KV cache is needed, which is larger than the available KV cache memory (%s GiB). Based on the available memory, the estimated maximum model length is %d. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.%s",
+				s.maxLen, gibs(need), gibs(p.kv), p.fitLen(), link)}
 	}
 	return nil
 }
@@ -232,7 +256,7 @@ func (s *sim) reclaim(bytes, host uint64, state string) error {
 				room = st.TotalBytes - others
 			}
 			if room < bytes {
-				fe := freeMemoryError(room, st.TotalBytes, s.plan.utilization, bytes)
+				fe := freeMemoryError(s.env.v18, 0, room, st.TotalBytes, s.plan.utilization, bytes)
 				return &errWakeNoRoom{fe.exc}
 			}
 		}

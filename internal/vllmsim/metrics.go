@@ -115,10 +115,20 @@ func (w *promWriter) gauge(name, help string, v float64) {
 	w.sample(name, "", v)
 }
 
+// created writes a family's _created samples the way prometheus_client's
+// generate_latest does in the text format: as a gauge family of its own
+// after the family (they are OpenMetrics samples the text format lacks).
+func (w *promWriter) created(name, help string, extras []string, created float64) {
+	w.header(name+"_created", "gauge", help)
+	for _, x := range extras {
+		w.sample(name+"_created", x, created)
+	}
+}
+
 func (w *promWriter) counter(name, help string, v, created float64) {
 	w.header(name+"_total", "counter", help)
 	w.sample(name+"_total", "", v)
-	w.sample(name+"_created", "", created)
+	w.created(name, help, []string{""}, created)
 }
 
 func (w *promWriter) hist(name, help string, h *histogram, created float64) {
@@ -129,7 +139,7 @@ func (w *promWriter) hist(name, help string, h *histogram, created float64) {
 	w.sample(name+"_bucket", `le="+Inf"`, float64(h.count))
 	w.sample(name+"_count", "", float64(h.count))
 	w.sample(name+"_sum", "", h.sum)
-	w.sample(name+"_created", "", created)
+	w.created(name, help, []string{""}, created)
 }
 
 func labelEscape(s string) string {
@@ -163,9 +173,11 @@ func (m *metrics) render(modelName string, kvTokens int, cacheInfo map[string]st
 	for _, r := range reasons {
 		w.sample(name, fmt.Sprintf(`finished_reason="%s"`, r), float64(m.success[r]))
 	}
+	var extras []string
 	for _, r := range reasons {
-		w.sample("vllm:request_success_created", fmt.Sprintf(`finished_reason="%s"`, r), m.created)
+		extras = append(extras, fmt.Sprintf(`finished_reason="%s"`, r))
 	}
+	w.created("vllm:request_success", "Count of successfully processed requests.", extras, m.created)
 	w.hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", m.promptHist, m.created)
 	w.hist("vllm:request_generation_tokens", "Number of generation tokens processed.", m.genHist, m.created)
 	w.hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", m.ttft, m.created)

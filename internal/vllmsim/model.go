@@ -181,10 +181,10 @@ type memPlan struct {
 	blockSize    int
 	gpuBlocks    int
 	kvTokens     int
-	residual     uint64 // held while asleep
+	residual     uint64 // held asleep with --enable-sleep-mode: context + graphs
 	fixedKV      bool   // --kv-cache-memory-bytes
 	utilization  float64
-	graphsMemory uint64 // reported only
+	graphsMemory uint64 // CUDA graphs (0 with --enforce-eager), inside held
 }
 
 // activationFor is the profiled activation peak: ~1.5 GiB for 7B and up,
@@ -236,13 +236,13 @@ func planMemory(f modelFacts, o *options, totalBytes uint64) memPlan {
 	if p.gpuBlocks <= 0 {
 		p.kvShort = true
 	}
-	p.residual = uint64(float64(p.held) * 0.03)
-	if p.residual < 200*mib {
-		p.residual = 200 * mib
-	}
 	if !o.enforceEager {
 		p.graphsMemory = uint64(0.25*gib + 0.02*float64(p.weights))
 	}
+	// Asleep, vLLM frees only its sleep-mode pools (weights and KV cache)
+	// and torch's cache (CuMemAllocator.sleep ends in empty_cache): the
+	// CUDA context and the captured CUDA graphs' memory stay on the GPU.
+	p.residual = p.cudaContext + p.graphsMemory
 	return p
 }
 

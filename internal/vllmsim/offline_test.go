@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	vllmengine "github.com/vagent-dev/vagent/engine"
+	vengine "github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/journal"
 )
 
@@ -51,7 +51,7 @@ func TestOfflineRequiresTheCachedSnapshot(t *testing.T) {
 	for _, l := range strings.Split(strings.TrimSpace(p.stdout.String()+stderr), "\n") {
 		entries = append(entries, journal.Entry{Message: l, Priority: 6})
 	}
-	if got := journal.RootCause(entries, vllmengine.VLLM{}.Log()); !strings.HasPrefix(got, "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder") {
+	if got := journal.RootCause(entries, vengine.VLLM{}.Log()); !strings.HasPrefix(got, "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder") {
 		t.Errorf("root cause %q", got)
 	}
 

@@ -53,6 +53,19 @@ type simEnv struct {
 	devMode      bool
 	allowLongLen bool
 	cache        cacheEnv
+	// v18 selects vLLM 0.18's behaviour where it differs from 0.12's:
+	// the version whose flag list the simulator follows (the newest
+	// embedded list not newer than VLLM_SIM_VERSION) decides.
+	v18 bool
+}
+
+// behavesAs018 reports whether a flag list's version is 0.18 or newer:
+// versions between the two embedded lists take the older one's flags and
+// behaviour.
+func behavesAs018(flagsVersion string) bool {
+	var major, minor int
+	fmt.Sscanf(flagsVersion, "%d.%d", &major, &minor)
+	return major > 0 || minor >= 18
 }
 
 func readEnv(env func(string) string) (*simEnv, error) {
@@ -145,6 +158,24 @@ func unitFromCgroup() string {
 	return ""
 }
 
+// toolParsers are the registered tool-call parsers
+// (ToolParserManager.list_registered: sorted names).
+func toolParsers(v18 bool) []string {
+	if v18 {
+		return strings.Split("deepseek_v3,deepseek_v31,deepseek_v32,ernie45,functiongemma,gigachat3,glm45,glm47,granite,granite-20b-fc,granite4,hermes,hunyuan_a13b,internlm,jamba,kimi_k2,llama3_json,llama4_json,llama4_pythonic,longcat,minimax,minimax_m2,mistral,olmo3,openai,phi4_mini_json,pythonic,qwen3_coder,qwen3_xml,seed_oss,step3,step3p5,xlam", ",")
+	}
+	return strings.Split("deepseek_v3,deepseek_v31,ernie45,glm45,granite,granite-20b-fc,hermes,hunyuan_a13b,internlm,jamba,kimi_k2,llama3_json,llama4_json,llama4_pythonic,longcat,minimax,minimax_m2,mistral,olmo3,openai,phi4_mini_json,pythonic,qwen3_coder,qwen3_xml,seed_oss,step3,xlam", ",")
+}
+
+func knownToolParser(v18 bool, name string) bool {
+	for _, p := range toolParsers(v18) {
+		if p == name {
+			return true
+		}
+	}
+	return false
+}
+
 const topUsage = "usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ..."
 
 // Main runs the simulator with args (without the program name) and returns
@@ -179,12 +210,13 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		fmt.Fprintf(stderr, "vllm-sim: VLLM_SIM_VERSION: %v\n", err)
 		return 2
 	}
+	se.v18 = behavesAs018(set.Version)
 	c, err := parseCmdline(set, args[1:])
 	if err != nil {
 		var ue *usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintln(stderr, usageLine)
-			fmt.Fprintf(stderr, "vllm: error: %s\n", ue.msg)
+			fmt.Fprintf(stderr, "vllm serve: error: %s\n", ue.msg)
 			return 2
 		}
 		fmt.Fprintf(stderr, "vllm-sim: %v\n", err)
@@ -258,8 +290,30 @@ func (id entryIdent) mine(e ledger.Entry) bool {
 func (s *sim) run(ctx context.Context) int {
 	lg, o, se := s.log, s.opts, s.env
 	start := time.Now()
-	lg.info("api_server.py:1351", "vLLM API server version %s", se.version)
-	lg.info("utils.py:253", "non-default args: %s", nonDefaultArgs(s.cmd))
+	if se.v18 {
+		// log_version_and_model: the logo, monochrome as vLLM's
+		// NewLineFormatter prints it, each line prefixed.
+		lg.info("utils.py:297", "\n       █     █     █▄   ▄█\n ▄▄ ▄█ █     █     █ ▀▄▀ █  version %s\n  █▄█▀ █     █     █     █  model   %s\n   ▀▀  ▀▀▀▀▀ ▀▀▀▀▀ ▀     ▀\n", se.version, o.model)
+		lg.info("utils.py:233", "non-default args: %s", nonDefaultArgs(s.cmd))
+	} else {
+		if se.devMode {
+			// api_server.py warns when the module is imported.
+			lg.warn(procAPI, "api_server.py:858", "SECURITY WARNING: Development endpoints are enabled! This should NOT be used in production!")
+		}
+		lg.info("api_server.py:1772", "vLLM API server version %s", se.version)
+		lg.info("utils.py:253", "non-default args: %s", nonDefaultArgs(s.cmd))
+	}
+	// validate_api_server_args: the tool-call parser must be a registered
+	// one when auto tool choice is on.
+	if o.autoToolChoice && !knownToolParser(se.v18, o.toolCallParser) {
+		line := 1753
+		if se.v18 {
+			line = 498
+		}
+		lg.raw(s.stderr, procAPI, pyTraceback("vllm/entrypoints/openai/api_server.py", line, "validate_api_server_args",
+			"raise KeyError(", fmt.Sprintf("KeyError: 'invalid tool call parser: %s (chose from { %s })'", o.toolCallParser, strings.Join(toolParsers(se.v18), ",")))...)
+		return 1
+	}
 
 	sock, err := bindSocket(o.host, o.port)
 	if err != nil {

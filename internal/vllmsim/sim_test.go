@@ -39,16 +39,16 @@ func TestCommandLineErrorsExitTwoAtOnce(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown flag", []string{"serve", model7B, "--foo"}, "vllm: error: unrecognized arguments: --foo\n"},
-		{"unknown flag with value", []string{"serve", model7B, "--port", "8001", "--foo", "bar"}, "vllm: error: unrecognized arguments: --foo bar\n"},
-		{"bad int", []string{"serve", model7B, "--port", "abc"}, "vllm: error: argument --port: invalid int value: 'abc'\n"},
-		{"missing value", []string{"serve", model7B, "--max-num-seqs"}, "vllm: error: argument --max-num-seqs: expected one argument\n"},
-		{"value for a boolean", []string{"serve", model7B, "--enforce-eager=true"}, "vllm: error: argument --enforce-eager: ignored explicit argument 'true'\n"},
-		{"bad choice", []string{"serve", model7B, "--dtype", "int3"}, "vllm: error: argument --dtype: invalid choice: 'int3'"},
-		{"bad json", []string{"serve", model7B, "--override-generation-config", "{temperature"}, "vllm: error: argument --override-generation-config: invalid loads value: '{temperature'\n"},
-		{"bad alias value", []string{"serve", model7B, "-tp", "two"}, "vllm: error: argument --tensor-parallel-size/-tp: invalid int value: 'two'\n"},
-		{"removed flag", []string{"serve", model7B, "--disable-log-requests"}, "vllm: error: unrecognized arguments: --disable-log-requests\n"},
-		{"abbreviation", []string{"serve", model7B, "--max-model", "4096"}, "vllm: error: unrecognized arguments: --max-model 4096\n"},
+		{"unknown flag", []string{"serve", model7B, "--foo"}, "vllm serve: error: unrecognized arguments: --foo\n"},
+		{"unknown flag with value", []string{"serve", model7B, "--port", "8001", "--foo", "bar"}, "vllm serve: error: unrecognized arguments: --foo bar\n"},
+		{"bad int", []string{"serve", model7B, "--port", "abc"}, "vllm serve: error: argument --port: invalid int value: 'abc'\n"},
+		{"missing value", []string{"serve", model7B, "--max-num-seqs"}, "vllm serve: error: argument --max-num-seqs: expected one argument\n"},
+		{"value for a boolean", []string{"serve", model7B, "--enforce-eager=true"}, "vllm serve: error: argument --enforce-eager: ignored explicit argument 'true'\n"},
+		{"bad choice", []string{"serve", model7B, "--dtype", "int3"}, "vllm serve: error: argument --dtype: invalid choice: 'int3'"},
+		{"bad json", []string{"serve", model7B, "--override-generation-config", "{temperature"}, "vllm serve: error: argument --override-generation-config: invalid loads value: '{temperature'\n"},
+		{"bad alias value", []string{"serve", model7B, "-tp", "two"}, "vllm serve: error: argument --tensor-parallel-size/-tp: invalid int value: 'two'\n"},
+		{"removed flag", []string{"serve", model7B, "--disable-log-requests"}, "vllm serve: error: unrecognized arguments: --disable-log-requests\n"},
+		{"abbreviation", []string{"serve", model7B, "--max-model", "4096"}, "vllm serve: error: unrecognized arguments: --max-model 4096\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -82,7 +82,7 @@ func TestVersion(t *testing.T) {
 func TestTaskFlagDependsOnVersion(t *testing.T) {
 	path := tempLedger(t)
 	code, _, stderr := runMain(t, simEnvFor(t, path, nil), "serve", model7B, "--task", "generate")
-	if code != 2 || !strings.Contains(stderr, "vllm: error: unrecognized arguments: --task generate") {
+	if code != 2 || !strings.Contains(stderr, "vllm serve: error: unrecognized arguments: --task generate") {
 		t.Fatalf("0.18 accepted --task: exit %d, stderr %q", code, stderr)
 	}
 
@@ -143,7 +143,7 @@ func TestStartupLogOrder(t *testing.T) {
 	p.waitHealthy(t)
 	out := p.stdout.String()
 	order := []string{
-		"] vLLM API server version 0.18.0",
+		"]  ▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.18.0",
 		"] non-default args: {",
 		"Loading safetensors checkpoint shards:",
 		"] Model loading took 9.2946 GiB and ",
@@ -151,7 +151,7 @@ func TestStartupLogOrder(t *testing.T) {
 		"] GPU KV cache size: 19,264 tokens",
 		"] Maximum concurrency for 12,288 tokens per request: 1.57x",
 		"] init engine (profile, create kv cache, warmup model) took ",
-		"] Starting vLLM API server 0 on http://127.0.0.1:",
+		"] Starting vLLM server on http://127.0.0.1:",
 		"INFO:     Started server process [",
 		"INFO:     Waiting for application startup.",
 		"INFO:     Application startup complete.",
@@ -169,7 +169,7 @@ func TestStartupLogOrder(t *testing.T) {
 	}
 	first := strings.SplitN(out, "\n", 2)[0]
 	want := fmt.Sprintf("(APIServer pid=%d) INFO ", os.Getpid())
-	if !strings.HasPrefix(first, want) || !strings.HasSuffix(first, "[api_server.py:1351] vLLM API server version 0.18.0") {
+	if !strings.HasPrefix(first, want) || !strings.HasSuffix(first, "[utils.py:297] ") {
 		t.Errorf("first line %q", first)
 	}
 }
@@ -276,7 +276,7 @@ func TestOverCommitFailsWithVLLMsText(t *testing.T) {
 		t.Errorf("second engine exit %d, want 1", loser.code)
 	}
 	stderr := loser.stderr.String()
-	want := "ValueError: Free memory on device (1.6/15.99 GiB) on startup is less than desired GPU memory utilization (0.9, 14.39 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
+	want := "ValueError: Free memory on device cuda:0 (1.6/15.99 GiB) on startup is less than desired GPU memory utilization (0.9, 14.39 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
 	if !strings.Contains(stderr, want) {
 		t.Errorf("stderr lacks %q:\n%s", want, stderr)
 	}
@@ -309,9 +309,9 @@ func TestStartupMemoryFailures(t *testing.T) {
 		{"weights do not fit", "Qwen/Qwen2.5-32B-Instruct-AWQ", nil,
 			"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "},
 		{"no room for KV", model14B, []string{"--gpu-memory-utilization", "0.6"},
-			"ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine."},
+			"ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."},
 		{"context too long", model14B, []string{"--gpu-memory-utilization", "0.92"},
-			"ValueError: To serve at least one request with the models's max seq len (32768), (6.00 GiB KV cache is needed, which is larger than the available KV cache memory (3.53 GiB). Based on the available memory, the estimated maximum model length is 19264. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."},
+			"ValueError: To serve at least one request with the models's max seq len (32768), (6.0 GiB KV cache is needed, which is larger than the available KV cache memory (3.53 GiB). Based on the available memory, the estimated maximum model length is 19264. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -362,7 +362,7 @@ func TestKVCacheMemoryBytes(t *testing.T) {
 	}
 	// ...but vLLM still checks free memory against utilization × total.
 	q := startSim(t, simEnvFor(t, path, nil), model7B, "--kv-cache-memory-bytes", "2G")
-	if code := q.wait(t, 10*time.Second); code != 1 || !strings.Contains(q.stderr.String(), "ValueError: Free memory on device (") {
+	if code := q.wait(t, 10*time.Second); code != 1 || !strings.Contains(q.stderr.String(), "ValueError: Free memory on device cuda:0 (") {
 		t.Fatalf("exit %d\n%s", code, q.stderr)
 	}
 }
@@ -515,8 +515,8 @@ func TestErrorShapes(t *testing.T) {
 	p := startSim(t, simEnvFor(t, tempLedger(t), nil), model7B, "--served-model-name", "po")
 	p.waitHealthy(t)
 	r := p.do(t, http.MethodPost, "/v1/chat/completions", "text/plain", `{"model":"po","messages":[]}`)
-	if r.status != 415 || string(r.body) != `{"error":{"message":"Unsupported Media Type: Only 'application/json' is allowed","type":"Unsupported Media Type","param":null,"code":415}}` {
-		t.Errorf("415: %d %s", r.status, r.body)
+	if r.status != 400 || string(r.body) != `{"error":{"message":"[\"Unsupported Media Type: Only 'application/json' is allowed\"]","type":"Bad Request","param":null,"code":400}}` {
+		t.Errorf("wrong content type: %d %s", r.status, r.body)
 	}
 	r = p.postJSON(t, "/v1/chat/completions", `{"model":"x","messages":[{"role":"user","content":"hi"}]}`)
 	if r.status != 404 || string(r.body) != "{\"error\":{\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\",\"param\":\"model\",\"code\":404}}" {
@@ -634,77 +634,6 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-func TestShutdownReleasesMemory(t *testing.T) {
-	path := tempLedger(t)
-	env := simEnvFor(t, path, map[string]string{"VLLM_SIM_TOKENS_PER_SECOND": "5", "VLLM_SIM_RELEASE_MS": "50"})
-	p := startSim(t, env, model7B)
-	p.waitHealthy(t)
-	if es := entriesFor(readLedger(t, path), p.port); len(es) != 1 {
-		t.Fatalf("no ledger entry while serving")
-	}
-	// A stream in flight is cut: it ends without [DONE].
-	type result struct {
-		body []byte
-		err  error
-	}
-	got := make(chan result, 1)
-	go func() {
-		resp, err := http.Post(p.url+"/v1/completions", "application/json",
-			strings.NewReader(`{"prompt":"long story","max_tokens":1000,"stream":true}`))
-		if err != nil {
-			got <- result{nil, err}
-			return
-		}
-		defer resp.Body.Close()
-		buf := make([]byte, 1)
-		var body []byte
-		for {
-			n, err := resp.Body.Read(buf)
-			body = append(body, buf[:n]...)
-			if err != nil {
-				got <- result{body, nil}
-				return
-			}
-		}
-	}()
-	// A plain request in flight loses its connection.
-	plainErr := make(chan error, 1)
-	go func() {
-		resp, err := http.Post(p.url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"another long story","max_tokens":1000}`))
-		if err == nil {
-			resp.Body.Close()
-			err = fmt.Errorf("status %d", resp.StatusCode)
-			if resp.StatusCode == 200 {
-				err = nil
-			}
-		}
-		plainErr <- err
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(string(p.do(t, http.MethodGet, "/metrics", "", "").body), `vllm:num_requests_running{engine="0",model_name="`+model7B+`"} 2.0`) {
-		if time.Now().After(deadline) {
-			t.Fatal("the stream never started")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if code := p.stop(t); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	res := <-got
-	if res.err != nil || strings.Contains(string(res.body), "[DONE]") || !strings.Contains(string(res.body), "data: {") {
-		t.Errorf("cut stream: err %v, body %q", res.err, res.body)
-	}
-	if err := <-plainErr; err == nil {
-		t.Error("a plain request cut by shutdown got a 200")
-	}
-	if len(entriesFor(readLedger(t, path), p.port)) != 0 {
-		t.Error("the ledger still holds the engine's memory after shutdown")
-	}
-	if !strings.Contains(p.stdout.String(), "Shutting down FastAPI HTTP server.") {
-		t.Errorf("no shutdown line:\n%s", p.stdout)
-	}
-}
-
 func TestSleepAndWake(t *testing.T) {
 	path := tempLedger(t)
 	env := simEnvFor(t, path, map[string]string{"VLLM_SERVER_DEV_MODE": "1"})
@@ -728,15 +657,12 @@ func TestSleepAndWake(t *testing.T) {
 	if r := p.do(t, http.MethodGet, "/health", "", ""); r.status != 200 {
 		t.Errorf("/health while asleep: %d", r.status)
 	}
-	if r := p.postJSON(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`); r.status != 500 || !strings.Contains(string(r.body), `"code":500`) {
-		t.Errorf("completion while asleep: %d %s", r.status, r.body)
-	}
 
 	// Another engine takes the freed memory: waking cannot fit.
 	q := startSim(t, simEnvFor(t, path, nil), model7B, "--gpu-memory-utilization", "0.6")
 	q.waitHealthy(t)
 	r := p.do(t, http.MethodPost, "/wake_up", "", "")
-	if r.status != 500 || !strings.Contains(string(r.body), "Free memory on device (") {
+	if r.status != 500 || !strings.Contains(string(r.body), "Free memory on device cuda:0 (") {
 		t.Errorf("wake without room: %d %s", r.status, r.body)
 	}
 	if e := entriesFor(readLedger(t, path), p.port)[0]; e.State != ledger.StateSleeping {

@@ -57,11 +57,16 @@ func bindSocket(host string, port int) (*boundSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
-	// As Python's create_server_socket: SO_REUSEADDR, so that connections
-	// in TIME_WAIT from a previous engine on this port do not block it.
-	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		syscall.Close(fd)
-		return nil, fmt.Errorf("setsockopt: %w", err)
+	// As vLLM's create_server_socket (api_server.py, 0.12 and 0.18):
+	// SO_REUSEADDR, so that connections in TIME_WAIT from a previous
+	// engine do not block the port, and SO_REUSEPORT, so that a second
+	// engine on a port already served starts without error and the kernel
+	// splits connections between the two.
+	for _, opt := range []int{syscall.SO_REUSEADDR, soReusePort} {
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, opt, 1); err != nil {
+			syscall.Close(fd)
+			return nil, fmt.Errorf("setsockopt: %w", err)
+		}
 	}
 	if err := syscall.Bind(fd, sa); err != nil {
 		syscall.Close(fd)
@@ -110,3 +115,6 @@ func (b *boundSocket) close() {
 		b.fd = -1
 	}
 }
+
+// soReusePort is Linux's SO_REUSEPORT, which the syscall package lacks.
+const soReusePort = 0xf

@@ -7,7 +7,7 @@
 // vagentctl's page and completions come from its command tree (ctl.App);
 // vagentd's options from the flag usage the built binary prints for -h.
 //
-//	go run ./internal/mandoc/gen -out build/docs -vagentd bin/vagentd -version 1.2.3
+//	go run ./cmd/mandoc-gen -out build/docs -vagentd bin/vagentd -version 1.2.3
 package main
 
 import (
