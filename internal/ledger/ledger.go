@@ -215,10 +215,11 @@ func (l *Ledger) load() (*State, error) {
 var createTemp = os.CreateTemp
 
 // store writes s atomically: a new file renamed over the old one. When the
-// file system is full (ENOSPC, EDQUOT) and s is no larger than the file
-// now, as when an engine that exits removes its entries, s is written over
-// the file in place instead: that takes no new space, and a full run
-// directory must not keep a dead engine's memory held in the ledger. The
+// file system is full (ENOSPC, EDQUOT), s is written over the file in place
+// instead: an engine that exits removes its entries in space the file
+// already holds, and one that grows the file within the blocks it holds
+// (tmpfs pages) still fits, so a full run directory neither keeps a dead
+// engine's memory held nor, where it can be helped, refuses a start. The
 // exclusive lock keeps locked readers from seeing it half-written.
 func (l *Ledger) store(s *State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
@@ -235,21 +236,23 @@ func (l *Ledger) store(s *State) error {
 	return nil
 }
 
-// storeInPlace overwrites the ledger file with data when data fits in it.
+// storeInPlace overwrites the ledger file with data. A write that fails
+// part-way (the file grew past the space left) puts the old content back,
+// which fits where it was.
 func (l *Ledger) storeInPlace(data []byte) error {
+	old, err := os.ReadFile(l.path)
+	if err != nil {
+		return err
+	}
 	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if int64(len(data)) > fi.Size() {
-		return syscall.ENOSPC
-	}
 	if _, err := f.WriteAt(data, 0); err != nil {
+		if _, err2 := f.WriteAt(old, 0); err2 == nil {
+			f.Truncate(int64(len(old)))
+		}
 		return err
 	}
 	return f.Truncate(int64(len(data)))
