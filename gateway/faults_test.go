@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -63,5 +65,30 @@ func TestRestoredAgentServesAgain(t *testing.T) {
 	}
 	if n := e.sw.count("switch a"); n != 1 {
 		t.Errorf("%d switches to a, want 1 (restored agents need none): %v", n, e.sw.callList())
+	}
+}
+
+// A failed start whose unit the supervisor stopped again is failed in the
+// control API's status, with its reason, not stopped.
+func TestControlStatusShowsFailedStart(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.sw.mu.Lock()
+	e.sw.fail["a"] = &supervisor.StartError{Agent: "a", Reason: "exited", RootCause: "torch.OutOfMemoryError: CUDA out of memory."}
+	e.sw.mu.Unlock()
+	if st, b := e.chat("a"); st != 500 {
+		t.Fatalf("%d %s", st, b)
+	}
+	st, b := e.control("GET", "/vagent/v1/status", nil)
+	if st != 200 {
+		t.Fatalf("status: %d %s", st, b)
+	}
+	var as []controlapi.AgentState
+	if err := json.Unmarshal(b, &as); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		if a.Agent == "a" && (a.State != controlapi.StateFailed || !strings.Contains(a.Error, "CUDA out of memory")) {
+			t.Errorf("a in status: state %q error %q, want failed with its reason", a.State, a.Error)
+		}
 	}
 }
