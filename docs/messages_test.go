@@ -33,9 +33,13 @@ import (
 // package, with the test that produces them. Those tests fail when their
 // ids are missing from the documents.
 var checkedElsewhere = map[string]string{
-	"start-local":    "ctl/doc_messages_test.go",
-	"start-beside":   "ctl/doc_messages_test.go",
-	"polkit-refused": "supervisor/doc_messages_test.go",
+	"start-local":                 "ctl/doc_messages_test.go",
+	"start-beside":                "ctl/doc_messages_test.go",
+	"polkit-refused":              "supervisor/doc_messages_test.go",
+	"start-limit-refused":         "supervisor/doc_messages_test.go",
+	"start-backoff":               "supervisor/doc_messages_test.go",
+	"never-fits":                  "supervisor/doc_messages_test.go",
+	"restored-after-failed-start": "supervisor/doc_messages_test.go",
 }
 
 const (
