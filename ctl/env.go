@@ -18,7 +18,13 @@ import (
 )
 
 func loadConfig(cmd *cli.Command) (*config.Config, error) {
-	return config.Load(config.Path(cmd.Root().String("config")))
+	cfg, err := config.Load(config.Path(cmd.Root().String("config")))
+	if err != nil {
+		return nil, err
+	}
+	// Every command sees the backend "auto" stands for on this host.
+	gpu.ResolveBackend(context.Background(), cfg)
+	return cfg, nil
 }
 
 // agentArg loads the configuration and returns the command's single AGENT
@@ -93,6 +99,7 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		// The engine key is read from its file when a wake needs it.
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	return h, nil
 }

@@ -89,6 +89,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return ExitFailure
 	}
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		gpu.ResolveBackend(ctx, cfg)
+		log.Info("gpu backend", "backend", cfg.GPU.Backend, "why", cfg.GPU.BackendReason)
+	}
 	if err := Run(ctx, cfg, Options{Log: log}); err != nil {
 		log.Error("vagentd failed", "err", err)
 		return ExitFailure
@@ -176,6 +180,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		EngineKey:     engineKey,
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
