@@ -2,10 +2,15 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/packages/ssestream"
 )
 
 // TestE2ERestart drives vagentd through the ends a start or a stream can
@@ -60,5 +65,77 @@ func TestE2ERestart(t *testing.T) {
 		}
 		checkErrorShape(t, r.body)
 		t.Logf("client saw %d %s", r.status, msg)
+	})
+
+	// restartDuring streams tokens from dev and runs `systemctl restart
+	// vagentd` once the first chunks have arrived; it returns the content
+	// chunks, the last finish reason and the stream's error, after the
+	// restart has completed and the new vagentd serves.
+	restartDuring := func(t *testing.T, tokens int64) (chunks int, finish string, err error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		c := g.sdk("")
+		stream := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+			Model:     "dev",
+			Messages:  []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Write a long story.")},
+			MaxTokens: openai.Int(tokens),
+			// Past the answer's natural end: the stream must outlast the
+			// restart's start.
+		}, option.WithJSONSet("ignore_eos", true))
+		var restarted chan error
+		for stream.Next() {
+			ch := stream.Current()
+			if len(ch.Choices) > 0 {
+				if ch.Choices[0].Delta.Content != "" {
+					chunks++
+				}
+				if ch.Choices[0].FinishReason != "" {
+					finish = ch.Choices[0].FinishReason
+				}
+			}
+			if chunks == 5 && restarted == nil {
+				restarted = make(chan error, 1)
+				go func() {
+					_, err := g.s.Systemctl(ctx, "restart", gatewayUnit)
+					restarted <- err
+				}()
+			}
+		}
+		err = stream.Err()
+		if restarted == nil {
+			t.Fatalf("the stream ended after %d chunks, before the restart: %v", chunks, err)
+		}
+		if rerr := <-restarted; rerr != nil {
+			t.Fatalf("systemctl restart vagentd: %v", rerr)
+		}
+		g.waitHealthy(10 * time.Second)
+		return chunks, finish, err
+	}
+
+	t.Run("systemctl restart vagentd: a stream in flight completes", func(t *testing.T) {
+		const tokens = 300
+		chunks, finish, err := restartDuring(t, tokens)
+		if err != nil {
+			t.Fatalf("stream in flight during the restart: %v after %d chunks", err, chunks)
+		}
+		if chunks != tokens || finish != "length" {
+			t.Errorf("stream in flight during the restart: %d of %d chunks, finish_reason %q", chunks, tokens, finish)
+		}
+		if j := g.gatewayJournal(); !strings.Contains(j, "stopping: agents keep running") || strings.Contains(j, "cutting them with an error") {
+			t.Errorf("vagentd's journal does not show a drained stop:\n%s", j)
+		}
+	})
+
+	t.Run("past gateway.shutdown_timeout the stream ends with an error event", func(t *testing.T) {
+		if err := g.s.EditConfig("vagent.toml", map[string]any{"gateway.shutdown_timeout": "1s"}); err != nil {
+			t.Fatal(err)
+		}
+		g.restartGateway()
+		chunks, _, err := restartDuring(t, 3000)
+		var se *ssestream.StreamError
+		if !errors.As(err, &se) || !strings.Contains(se.Message, "did not finish within gateway.shutdown_timeout (1s)") {
+			t.Fatalf("stream past the bound: err %v (%T) after %d chunks; want an error event naming gateway.shutdown_timeout", err, err, chunks)
+		}
+		t.Logf("client saw %q after %d chunks", se.Message, chunks)
 	})
 }
