@@ -12,6 +12,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/docs"
+	"github.com/vagent-dev/vagent/journal"
 )
 
 func TestDocumentedMessagesOfFailedSwitches(t *testing.T) {
