@@ -21,6 +21,7 @@ func exportCmd() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "-", Usage: "directory to write one file per object into (created if missing), or - for one YAML stream on stdout"},
 			&cli.StringFlag{Name: "agents", Usage: "comma-separated agents to export (default: all)"},
+			&cli.StringFlag{Name: "resource-profile", Value: export.DefaultResourceProfile, Usage: "KubeAI resource profile the Models ask for (kubeai)"},
 		},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -40,7 +41,7 @@ func exportCmd() *cli.Command {
 			if s := cmd.String("agents"); s != "" {
 				agents = strings.Split(s, ",")
 			}
-			res, err := export.Export(cfg, cmd.Args().First(), agents)
+			res, err := export.Export(cfg, cmd.Args().First(), export.Options{Agents: agents, ResourceProfile: cmd.String("resource-profile")})
 			if err != nil {
 				return err
 			}

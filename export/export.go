@@ -18,10 +18,24 @@ import (
 // Targets.
 const (
 	Kubernetes = "kubernetes"
+	KubeAI     = "kubeai"
 )
 
 // Targets are the targets Export writes, in the order the docs list them.
-var Targets = []string{Kubernetes}
+var Targets = []string{Kubernetes, KubeAI}
+
+// DefaultResourceProfile is the KubeAI resource profile Models ask for
+// unless told otherwise: one of those KubeAI's chart defines.
+const DefaultResourceProfile = "nvidia-gpu-l4"
+
+// Options are what the configuration does not say about the cluster.
+type Options struct {
+	// Agents to export, all when empty.
+	Agents []string
+	// ResourceProfile is the KubeAI resource profile (kubeai target);
+	// empty takes DefaultResourceProfile.
+	ResourceProfile string
+}
 
 // Object is one file of an export: one cluster object, or one values file.
 type Object struct {
@@ -47,18 +61,25 @@ type Result struct {
 	NotCarried []NotCarried
 }
 
-// Export renders the agents named in agents (all when empty) of c for
-// target. Nothing is returned on any error, so a caller writes all or
-// nothing.
-func Export(c *config.Config, target string, agents []string) (*Result, error) {
+// Export renders the agents of c that opt selects for target. Nothing is
+// returned on any error, so a caller writes all or nothing.
+func Export(c *config.Config, target string, opt Options) (*Result, error) {
 	var render func(*config.Config, *config.Agent, *Result) config.Errors
 	switch target {
 	case Kubernetes:
 		render = kubernetes
+	case KubeAI:
+		profile := opt.ResourceProfile
+		if profile == "" {
+			profile = DefaultResourceProfile
+		}
+		render = func(c *config.Config, a *config.Agent, res *Result) config.Errors {
+			return kubeai(c, a, profile, res)
+		}
 	default:
 		return nil, fmt.Errorf("export target %q: want one of %s", target, strings.Join(Targets, ", "))
 	}
-	sel, err := selectAgents(c, agents)
+	sel, err := selectAgents(c, opt.Agents)
 	if err != nil {
 		return nil, err
 	}
@@ -161,9 +182,6 @@ func hostOnly(c *config.Config, a *config.Agent) []NotCarried {
 	var out []NotCarried
 	if len(a.Aliases) > 0 {
 		out = append(out, NotCarried{a.Name, "aliases", "vagentd's routing names; clients use served_names"})
-	}
-	if a.Pinned {
-		out = append(out, NotCarried{a.Name, "pinned", "vagentd's eviction; the cluster schedules pods"})
 	}
 	if c.Sleeps(a) {
 		out = append(out, NotCarried{a.Name, "switch_mode", "sleep mode needs vagentd to drive the engine's control routes"})

@@ -92,7 +92,7 @@ func TestBadInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := agentFile(t, tc.body)
 			for _, target := range Targets {
-				res, err := Export(c, target, nil)
+				res, err := Export(c, target, Options{})
 				if err == nil {
 					t.Fatalf("%s: no error; wrote %d objects", target, len(res.Objects))
 				}
@@ -115,15 +115,15 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestUnknownTarget(t *testing.T) {
-	_, err := Export(shipped(t), "nomad", nil)
-	if err == nil || !strings.Contains(err.Error(), `export target "nomad": want one of kubernetes`) {
+	_, err := Export(shipped(t), "nomad", Options{})
+	if err == nil || !strings.Contains(err.Error(), `export target "nomad": want one of kubernetes, kubeai`) {
 		t.Errorf("got %v", err)
 	}
 }
 
 func TestSelectAgents(t *testing.T) {
 	c := shipped(t)
-	res, err := Export(c, Kubernetes, []string{"po", "dev", "po"})
+	res, err := Export(c, Kubernetes, Options{Agents: []string{"po", "dev", "po"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestSelectAgents(t *testing.T) {
 	if strings.Join(agents, ",") != "dev,po" {
 		t.Errorf("agents %v, want dev,po", agents)
 	}
-	if _, err := Export(c, Kubernetes, []string{"qa"}); err == nil || !strings.Contains(err.Error(), `no agent "qa" (configured: architect, dev, po)`) {
+	if _, err := Export(c, Kubernetes, Options{Agents: []string{"qa"}}); err == nil || !strings.Contains(err.Error(), `no agent "qa" (configured: architect, dev, po)`) {
 		t.Errorf("unknown agent: %v", err)
 	}
 }
@@ -145,7 +145,7 @@ func TestSelectAgents(t *testing.T) {
 // exported engine does not run with it, and the key is reported.
 func TestSleepNotExported(t *testing.T) {
 	c := agentFile(t, devAgent+"switch_mode = \"sleep\"\n")
-	res, err := Export(c, Kubernetes, nil)
+	res, err := Export(c, Kubernetes, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,6 +164,9 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 		res.NotCarried = append(res.NotCarried, NotCarried{a.Name, "idle_timeout",
 			"a Deployment runs its replica until it is scaled down"})
 	}
+	if a.Pinned {
+		res.NotCarried = append(res.NotCarried, NotCarried{a.Name, "pinned", "vagentd's eviction; a Deployment keeps its replica anyway"})
+	}
 	res.NotCarried = append(res.NotCarried, hostOnly(c, a)...)
 	return nil
 }

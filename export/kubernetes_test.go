@@ -89,7 +89,7 @@ func required(obj any) error {
 // strictly with k8s.io/api's types, as the golden file shows them.
 func TestKubernetesShipped(t *testing.T) {
 	c := shipped(t)
-	res, err := Export(c, Kubernetes, nil)
+	res, err := Export(c, Kubernetes, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestKubernetesShipped(t *testing.T) {
 // of the agent's unit after the binary and "serve", less where it listens.
 func TestKubernetesArgsFromEngine(t *testing.T) {
 	c := agentFile(t, "model = \"Qwen/Qwen2.5-7B-Instruct\"\nport = 8001\ntensor_parallel_size = 2\ngpus = [0, 1]\nextra_args = [\"--max-num-batched-tokens\", \"8192\"]\n[sampling]\ntemperature = 0.2\nmax_tokens = 512\n")
-	res, err := Export(c, Kubernetes, nil)
+	res, err := Export(c, Kubernetes, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestKubernetesArgsFromEngine(t *testing.T) {
 // TestKubernetesStrict: the decoder the tests trust refuses an unknown
 // field and a missing required one.
 func TestKubernetesStrict(t *testing.T) {
-	res, err := Export(shipped(t), Kubernetes, []string{"dev"})
+	res, err := Export(shipped(t), Kubernetes, Options{Agents: []string{"dev"}})
 	if err != nil {
 		t.Fatal(err)
 	}
