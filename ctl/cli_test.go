@@ -59,8 +59,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 			cases = append(cases, usage{[]string{c.Name}, hint}, usage{[]string{c.Name, "tcsh"}, hint})
 		case "TARGET":
 			cases = append(cases,
-				usage{[]string{c.Name}, c.Name + " takes exactly one TARGET (kubernetes, kubeai), got 0 arguments\n" + hint},
-				usage{[]string{c.Name, "nomad"}, "export target \"nomad\": want one of kubernetes, kubeai\n" + hint})
+				usage{[]string{c.Name}, c.Name + " takes exactly one TARGET (kubernetes, kubeai, production-stack), got 0 arguments\n" + hint},
+				usage{[]string{c.Name, "nomad"}, "export target \"nomad\": want one of kubernetes, kubeai, production-stack\n" + hint})
 		case "[AGENT...]":
 			// Any number of agents; a wrong flag value instead.
 			cases = append(cases, usage{[]string{c.Name, "--jobs", "many"}, hint})

@@ -17,12 +17,13 @@ import (
 
 // Targets.
 const (
-	Kubernetes = "kubernetes"
-	KubeAI     = "kubeai"
+	Kubernetes      = "kubernetes"
+	KubeAI          = "kubeai"
+	ProductionStack = "production-stack"
 )
 
 // Targets are the targets Export writes, in the order the docs list them.
-var Targets = []string{Kubernetes, KubeAI}
+var Targets = []string{Kubernetes, KubeAI, ProductionStack}
 
 // DefaultResourceProfile is the KubeAI resource profile Models ask for
 // unless told otherwise: one of those KubeAI's chart defines.
@@ -65,6 +66,9 @@ type Result struct {
 // returned on any error, so a caller writes all or nothing.
 func Export(c *config.Config, target string, opt Options) (*Result, error) {
 	var render func(*config.Config, *config.Agent, *Result) config.Errors
+	// finish writes what the agents make together, for targets with one
+	// file for all of them.
+	finish := func(*config.Config, *Result) error { return nil }
 	switch target {
 	case Kubernetes:
 		render = kubernetes
@@ -76,6 +80,14 @@ func Export(c *config.Config, target string, opt Options) (*Result, error) {
 		render = func(c *config.Config, a *config.Agent, res *Result) config.Errors {
 			return kubeai(c, a, profile, res)
 		}
+	case ProductionStack:
+		var specs []any
+		render = func(c *config.Config, a *config.Agent, res *Result) config.Errors {
+			spec, errs := modelSpec(c, a, res)
+			specs = append(specs, spec)
+			return errs
+		}
+		finish = func(c *config.Config, res *Result) error { return stackValues(c, specs, res) }
 	default:
 		return nil, fmt.Errorf("export target %q: want one of %s", target, strings.Join(Targets, ", "))
 	}
@@ -90,6 +102,9 @@ func Export(c *config.Config, target string, opt Options) (*Result, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errs
+	}
+	if err := finish(c, res); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

@@ -116,7 +116,7 @@ func TestBadInput(t *testing.T) {
 
 func TestUnknownTarget(t *testing.T) {
 	_, err := Export(shipped(t), "nomad", Options{})
-	if err == nil || !strings.Contains(err.Error(), `export target "nomad": want one of kubernetes, kubeai`) {
+	if err == nil || !strings.Contains(err.Error(), `export target "nomad": want one of kubernetes, kubeai, production-stack`) {
 		t.Errorf("got %v", err)
 	}
 }
