@@ -5,7 +5,6 @@ package supervisor
 
 import (
 	"context"
-	"github.com/vagent-dev/vagent/journal"
 	"os"
 	"testing"
 	"time"
