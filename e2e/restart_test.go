@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -65,6 +69,58 @@ func TestE2ERestart(t *testing.T) {
 		}
 		checkErrorShape(t, r.body)
 		t.Logf("client saw %d %s", r.status, msg)
+	})
+
+	t.Run("streams that delivered [DONE] count as 200, whatever the client does next", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		defer cancel()
+		counted := func(status string) float64 {
+			code, body := g.get("/metrics", "")
+			if code != http.StatusOK {
+				t.Fatalf("/metrics: %d", code)
+			}
+			var sum float64
+			for _, line := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(line, "vagent_requests_total{") && strings.Contains(line, `status="`+status+`"`) {
+					f := strings.Fields(line)
+					v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+					sum += v
+				}
+			}
+			return sum
+		}
+		ok0, gone0 := counted("200"), counted("499")
+		// Each client hangs up the moment it has read [DONE], as scripts do.
+		const n = 300
+		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		body, _ := json.Marshal(chatBody("dev", 4, true))
+		for i := range n {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, g.base+"/v1/chat/completions", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatalf("stream %d: %v", i, err)
+			}
+			br := bufio.NewReader(resp.Body)
+			for {
+				line, err := br.ReadString('\n')
+				if line == "data: [DONE]\n" {
+					break
+				}
+				if err != nil {
+					t.Fatalf("stream %d ended before [DONE]: %v", i, err)
+				}
+			}
+			resp.Body.Close()
+		}
+		eventually(t, 10*time.Second, "every stream counted", func() bool {
+			return counted("200")-ok0+counted("499")-gone0 >= n
+		})
+		ok, gone := counted("200")-ok0, counted("499")-gone0
+		t.Logf("%d streams read to [DONE] and closed: %v counted 200, %v counted 499", n, ok, gone)
+		if ok != n || gone != 0 {
+			t.Errorf("%d streams delivered [DONE]: vagent_requests_total counts %v as 200 and %v as 499; want all 200", n, ok, gone)
+		}
 	})
 
 	// restartDuring streams tokens from dev and runs `systemctl restart
