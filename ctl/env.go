@@ -99,6 +99,7 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		// The engine key is read from its file when a wake needs it.
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	return h, nil
 }

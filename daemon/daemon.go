@@ -179,6 +179,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		EngineKey:     engineKey,
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

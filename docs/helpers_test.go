@@ -299,6 +299,10 @@ func (f *fakeSwitcher) Switch(ctx context.Context, agent string) (*supervisor.Re
 
 func (f *fakeSwitcher) Stop(ctx context.Context, agent string) error { return nil }
 
+// Backoff reports no agent backing off; its presence makes the gateway
+// export vagent_start_backoff_seconds, as it does with the supervisor.
+func (f *fakeSwitcher) Backoff(string) (supervisor.Backoff, bool) { return supervisor.Backoff{}, false }
+
 func (f *fakeSwitcher) Status(ctx context.Context) ([]supervisor.AgentStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -146,6 +146,9 @@ func TestStartBackoff(t *testing.T) {
 		if b, ok := s.Backoff("dev"); !ok || b.Failures != i+1 {
 			t.Errorf("Backoff() = %+v, %v", b, ok)
 		}
+		if st, err := s.Status(ctx); err != nil || st[0].Backoff == nil || st[0].Backoff.Cause != be.Cause {
+			t.Errorf("status during backoff: %+v, %v; want its backoff", st, err)
+		}
 		c.add(wait)
 	}
 	_, _ = s.Switch(ctx, "dev") // fails again: back off
