@@ -869,7 +869,7 @@ func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started tim
 		// systemd refused the start itself: its own message is only in
 		// the journal. The limit stays: the operator lifts it.
 		limit := fmt.Sprintf("Start request repeated too quickly: systemd's start limit (units.start_limit_burst = %d starts within units.start_limit_interval = %s) was hit; `systemctl reset-failed %s` allows starts again",
-			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval.Duration, a.Unit())
+			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval, a.Unit())
 		if cause != "" {
 			limit += "; the last failure: " + cause
 		}
