@@ -216,7 +216,7 @@ func rootCause(output string) string {
 	} {
 		entries = append(entries, journal.Entry{Message: l, Priority: 4, Identifier: "systemd", PID: 1})
 	}
-	return journal.RootCause(entries, engine.VLLM{}.Log())
+	return journal.RootCause(entries, engine.VLLM{}.Log(), journal.Exit{Code: journal.ExitedCode, Status: 1, Result: "exit-code"})
 }
 
 func freePort(t testing.TB) int {
