@@ -244,6 +244,10 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 				failed = append(failed, s.Agent+": "+gw[i].Error)
 			}
 		}
+		if b := s.Backoff; b != nil {
+			failed = append(failed, fmt.Sprintf("%s: start backoff: not started again for %s (%d failed start(s) in a row); `vagentctl restart %s` tries now",
+				s.Agent, config.FormatDuration(max(0, b.Until.Sub(now)).Round(time.Second)), b.Failures, s.Agent))
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s",
 			s.Agent, state, pid, since, s.Restarts, result, s.Port, health, vram)
 		if gw != nil {
