@@ -26,9 +26,10 @@ func TestShippedConfigsLoad(t *testing.T) {
 		temp  float64
 		port  int
 	}{
-		"architect": {"Qwen/Qwen2.5-14B-Instruct-AWQ", 0.1, 8000},
-		"dev":       {"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ", 0.3, 8001},
-		"po":        {"Qwen/Qwen2.5-7B-Instruct-AWQ", 0.5, 8002},
+		// No ports: the engines listen on unix sockets.
+		"architect": {"Qwen/Qwen2.5-14B-Instruct-AWQ", 0.1, 0},
+		"dev":       {"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ", 0.3, 0},
+		"po":        {"Qwen/Qwen2.5-7B-Instruct-AWQ", 0.5, 0},
 	}
 	if len(c.Agents) != len(want) {
 		t.Fatalf("got %d agents, want %d", len(c.Agents), len(want))

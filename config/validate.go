@@ -200,8 +200,8 @@ func (a *Agent) validate(data []byte) Errors {
 			f.fail("aliases", "entry %d %q must be non-empty without spaces", i+1, n)
 		}
 	}
-	if a.Port < 1 || a.Port > 65535 {
-		f.fail("port", "must be 1-65535, not %d", a.Port)
+	if a.Port != 0 && (a.Port < 1 || a.Port > 65535) {
+		f.fail("port", "must be 1-65535 (or unset, for a unix socket), not %d", a.Port)
 	}
 	if len(a.GPUs) == 0 {
 		f.fail("gpus", "must list at least one GPU index")
@@ -311,12 +311,15 @@ func (c *Config) validateAcrossAgents() Errors {
 			errs = append(errs, &Error{File: a.File, Agent: a.Name, Field: field,
 				Line: lineOf(data, toml.Key{field}), Msg: fmt.Sprintf(format, args...)})
 		}
-		if o, ok := ports[a.Port]; ok {
+		if a.Port == 0 {
+			// A unix socket instead: its path's length is checked where the
+			// engine's command line is rendered (engine.Command).
+		} else if o, ok := ports[a.Port]; ok {
 			at("port", "%d is already used by agent %q (%s)", a.Port, o.Name, o.File)
 		} else {
 			ports[a.Port] = a
 		}
-		if a.Port == gwPort {
+		if a.Port != 0 && a.Port == gwPort {
 			at("port", "%d is the gateway's port (gateway.listen in %s)", a.Port, c.Path)
 		}
 		for _, n := range a.Names()[1:] {

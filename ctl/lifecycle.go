@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -244,8 +245,12 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 				failed = append(failed, s.Agent+": "+gw[i].Error)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s",
-			s.Agent, state, pid, since, s.Restarts, result, s.Port, health, vram)
+		port := "-" // an engine on its unix socket
+		if s.Port != 0 {
+			port = strconv.Itoa(s.Port)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s",
+			s.Agent, state, pid, since, s.Restarts, result, port, health, vram)
 		if gw != nil {
 			g := gw[i]
 			gstate := g.State

@@ -31,7 +31,11 @@ type host struct {
 
 const simLoadSeconds = 0.5
 
-func newHost(t testing.TB) *host {
+func newHost(t testing.TB) *host { return newHostPorts(t, true) }
+
+// newHostPorts is newHost; without ports the agents keep the shipped files'
+// setting, a unix socket per engine.
+func newHostPorts(t testing.TB, ports bool) *host {
 	t.Helper()
 	s := sandbox.New(t, sandbox.Options{})
 	ctx := t.Context()
@@ -47,6 +51,9 @@ func newHost(t testing.TB) *host {
 	}
 	h := &host{t: t, s: s, conf: conf, ports: map[string]int{}}
 	for _, a := range []string{"architect", "dev", "po"} {
+		if !ports {
+			break
+		}
 		p, err := sandbox.FreePort()
 		if err != nil {
 			t.Fatal(err)

@@ -197,7 +197,7 @@ func New(o Options) (*Gateway, error) {
 	for _, a := range o.Config.Agents {
 		ag := &agentRT{
 			cfg: a, name: a.Name,
-			ep:      g.eng.Endpoint(a),
+			ep:      g.eng.Endpoint(o.Config, a),
 			active:  map[*lease]struct{}{},
 			changed: make(chan struct{}),
 			m:       g.m.forAgent(a.Name),
