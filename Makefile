@@ -25,10 +25,10 @@ build:
 	mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/vagentd ./cmd/vagentctl ./cmd/vllm-sim
 
-## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test (root); fails if e2e skipped
+## test: install what the tests need, then lint, the dependency check, unit tests, the e2e suite, the package install test and lintian (root); fails if e2e skipped
 # The packages come first, before anything that needs them, even under -j.
 test: test-deps
-	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test
+	$(MAKE) --no-print-directory lint vulncheck unit e2e install-test lintian
 
 ## test-deps: install the Debian packages the tests need, only those missing (root)
 test-deps:
@@ -66,9 +66,11 @@ bench:
 # make demo DEMO_ARGS=-keep (or make demo-keep) leaves it serving on 127.0.0.1:8080 until Ctrl-C.
 DEMO_ARGS ?=
 demo:
+	scripts/test-deps.sh demo
 	GO=$(GO) scripts/demo.sh $(DEMO_ARGS)
 
 demo-keep:
+	scripts/test-deps.sh demo
 	GO=$(GO) scripts/demo.sh -keep $(DEMO_ARGS)
 
 ## docs: regenerate docs/configuration.md from the config package

@@ -26,6 +26,9 @@ const (
 const (
 	GPUBackendNVML = "nvml"
 	GPUBackendSim  = "sim"
+	// GPUBackendAuto is NVML where engines are vLLM and an NVIDIA driver
+	// answers, else the simulator; gpu.ResolveBackend decides.
+	GPUBackendAuto = "auto"
 )
 
 // Config is the whole validated configuration: the main file plus every agent.
@@ -91,8 +94,13 @@ type Paths struct {
 
 // GPU selects the source of GPU facts and how much memory to keep free.
 type GPU struct {
-	// Backend is "nvml" (the NVIDIA driver) or "sim" (the simulator's ledger).
+	// Backend is "nvml" (the NVIDIA driver), "sim" (the simulator's
+	// ledger) or "auto" (see GPUBackendAuto). Once loaded by a command it
+	// is "nvml" or "sim": gpu.ResolveBackend replaces "auto".
 	Backend string `toml:"backend"`
+	// BackendReason says why "auto" became Backend; empty when the file
+	// named the backend.
+	BackendReason string `toml:"-"`
 	// ReserveMiB is memory per GPU that vagent never plans to use.
 	ReserveMiB uint64 `toml:"reserve_mib"`
 	// SimLedger is the ledger file shared by every simulator process.
@@ -134,7 +142,7 @@ type Gateway struct {
 	// The gateway's own bounds, so that no client can starve it.
 
 	// MaxBodyMiB bounds a request body; past it: 413.
-	MaxBodyMiB int64 `toml:"max_body_mib"`
+	MaxBodyMiB int `toml:"max_body_mib"`
 	// HeaderTimeout bounds how long a client may take to send a request's
 	// headers; past it the connection is closed.
 	HeaderTimeout Duration `toml:"header_timeout"`

@@ -47,7 +47,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 			t.Errorf("unit %s", a.Unit())
 		}
 	}
-	if c.Engine.Kind != EngineSim || c.GPU.Backend != GPUBackendSim {
+	if c.Engine.Kind != EngineSim || c.GPU.Backend != GPUBackendAuto {
 		t.Errorf("shipped default engine %s/%s, want the simulator", c.Engine.Kind, c.GPU.Backend)
 	}
 	shipped(t, "configs/examples/24gb")
@@ -94,6 +94,40 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			name:   "unknown key in agent",
 			agents: map[string]string{"po": goodAgent + "\n[sampling]\ntemprature = 0.5\n"},
 			want:   []string{"agents/po.toml:5:", `agent "po"`, "sampling.temprature: unknown key"},
+		},
+		{
+			name:   "typo in an agent key gets a suggestion",
+			agents: map[string]string{"po": goodAgent + "\n[sampling]\ntemprature = 0.5\n"},
+			want:   []string{"agents/po.toml:5:", `sampling.temprature: unknown key; did you mean "sampling.temperature"?`},
+		},
+		{
+			name:   "key outside its table gets a suggestion",
+			agents: map[string]string{"po": "temperature = 0.5\n" + goodAgent},
+			want:   []string{"agents/po.toml:1:", `temperature: unknown key; did you mean "sampling.temperature"?`},
+		},
+		{
+			name: "typo in a main key and table",
+			main: "[gpu]\nbackedn = \"sim\"\n[gatway]\nlisten = \"127.0.0.1:8080\"\n",
+			want: []string{"vagent.toml:2:", `gpu.backedn: unknown key; did you mean "gpu.backend"?`,
+				"vagent.toml:3:", `gatway: unknown key; did you mean "gateway"?`},
+		},
+		{
+			name:   "nothing close, no suggestion",
+			agents: map[string]string{"po": goodAgent + "flavour = \"vanilla\"\n"},
+			want:   []string{"agents/po.toml:3:", "flavour: unknown key"},
+		},
+		{
+			name: "every file's errors in one run",
+			main: "[gateway]\nlisten = \"127.0.0.1:8080\"\nport = 9\n",
+			agents: map[string]string{
+				"po":  goodAgent + "gpu_memory_utilization = 1.5\n",
+				"dev": "model = \"Qwen/x\nport = 1\n",
+				"qa":  "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\nport = 8003\nrevision = \"../x\"\nmax_model_lenn = 4\n",
+			},
+			want: []string{"vagent.toml:3:", "gateway.port: unknown key",
+				"agents/po.toml:3:", "gpu_memory_utilization: must be in (0, 1]",
+				"agents/dev.toml:1:",
+				"agents/qa.toml:3:", "revision:", "agents/qa.toml:4:", `max_model_lenn: unknown key; did you mean "max_model_len"?`},
 		},
 		{
 			name: "unknown key in main",

@@ -38,3 +38,31 @@ func TestDurationsPrintAsWritten(t *testing.T) {
 		}
 	}
 }
+
+func TestSuggest(t *testing.T) {
+	main, agent := knownKeys(true), knownKeys(false)
+	for _, tc := range []struct {
+		unknown string
+		main    bool
+		want    string
+	}{
+		{"sampling.temprature", false, "sampling.temperature"},
+		{"max_model_lenn", false, "max_model_len"},
+		{"gpu_memroy_utilization", false, "gpu_memory_utilization"},
+		{"top_p", false, "sampling.top_p"},
+		{"flavour", false, ""},
+		{"x", false, ""},
+		{"gpu.backedn", true, "gpu.backend"},
+		{"gatway", true, "gateway"},
+		{"gateway.port", true, ""},
+		{"paths.hf_hom", true, "paths.hf_home"},
+	} {
+		known := agent
+		if tc.main {
+			known = main
+		}
+		if got := suggest(tc.unknown, known); got != tc.want {
+			t.Errorf("suggest(%q) = %q, want %q", tc.unknown, got, tc.want)
+		}
+	}
+}

@@ -81,7 +81,7 @@ func Defaults() Config {
 			AgentsDir: "agents",
 		},
 		GPU: GPU{
-			Backend:     GPUBackendSim,
+			Backend:     GPUBackendAuto,
 			ReserveMiB:  256,
 			SimLedger:   "/run/vagent/sim-ledger.json",
 			SimCount:    1,
@@ -144,11 +144,13 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	if errs := decodeStrict(path, data, &c); len(errs) > 0 {
-		return nil, errs
+	// Every file is checked whatever the others hold, so that one run
+	// shows every problem; checks that need the main file's values run only
+	// when it decoded.
+	errs, decoded := decodeStrict(path, data, &c, true)
+	if decoded {
+		errs = append(errs, c.validateMain(data)...)
 	}
-	var errs Errors
-	errs = append(errs, c.validateMain(data)...)
 
 	dir := c.Paths.AgentsDir
 	if !filepath.IsAbs(dir) {
@@ -166,7 +168,9 @@ func Load(path string) (*Config, error) {
 			c.Agents = append(c.Agents, a)
 		}
 	}
-	errs = append(errs, c.validateAcrossAgents()...)
+	if decoded {
+		errs = append(errs, c.validateAcrossAgents()...)
+	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -181,35 +185,47 @@ func loadAgent(file string) (*Agent, Errors) {
 	if err != nil {
 		return nil, Errors{{File: file, Agent: a.Name, Msg: err.Error()}}
 	}
-	if errs := decodeStrict(file, data, &a); len(errs) > 0 {
-		for _, e := range errs {
-			e.Agent = a.Name
-		}
+	errs, decoded := decodeStrict(file, data, &a, false)
+	for _, e := range errs {
+		e.Agent = a.Name
+	}
+	if !decoded {
 		return nil, errs
 	}
-	return &a, a.validate(data)
+	// With only unknown keys the values decoded: check them too.
+	return &a, append(errs, a.validate(data)...)
 }
 
-// decodeStrict decodes data into v and turns syntax errors, type errors and
-// unknown keys into located Errors.
-func decodeStrict(file string, data []byte, v any) Errors {
+// decodeStrict decodes data into v (the main file's Config when main, else
+// an Agent) and turns syntax errors, type errors and unknown keys into
+// located Errors; an unknown key near a known one gets a "did you mean".
+// decoded is false when the values could not be read (syntax or type
+// errors), true when at most unknown keys were found.
+func decodeStrict(file string, data []byte, v any, main bool) (errs Errors, decoded bool) {
 	md, err := toml.Decode(string(data), v)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return Errors{{File: file, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}}
+			return Errors{{File: file, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}}, false
 		}
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return Errors{{File: file, Line: line, Field: m[2], Msg: m[3]}}
+			return Errors{{File: file, Line: line, Field: m[2], Msg: m[3]}}, false
 		}
-		return Errors{{File: file, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}
+		return Errors{{File: file, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}, false
 	}
-	var errs Errors
+	var known []string
 	for _, k := range md.Undecoded() {
-		errs = append(errs, &Error{File: file, Line: lineOf(data, k), Field: k.String(), Msg: "unknown key"})
+		if known == nil {
+			known = knownKeys(main)
+		}
+		msg := "unknown key"
+		if s := suggest(k.String(), known); s != "" {
+			msg += fmt.Sprintf("; did you mean %q?", s)
+		}
+		errs = append(errs, &Error{File: file, Line: lineOf(data, k), Field: k.String(), Msg: msg})
 	}
-	return errs
+	return errs, true
 }
 
 // typeErrRE parses the decoder's type errors, whose position is only in the text.

@@ -141,7 +141,7 @@ func (c *Config) checkPaths(f *fieldChecker) {
 	need("paths.run_dir", c.Paths.RunDir, true, checkDir)
 	need("paths.hf_home", c.Paths.HFHome, true, checkDir)
 	need("paths.cache_dir", c.Paths.CacheDir, true, checkDir)
-	need("gpu.sim_ledger", c.GPU.SimLedger, c.GPU.Backend == GPUBackendSim || c.Engine.Kind == EngineSim, CheckPath)
+	need("gpu.sim_ledger", c.GPU.SimLedger, c.GPU.Backend != GPUBackendNVML || c.Engine.Kind == EngineSim, CheckPath)
 	need("gateway.keys_file", c.Gateway.KeysFile, false, CheckPath)
 	need("gateway.control_socket", c.Gateway.ControlSocket, true, func(p string) error {
 		if err := CheckPath(p); err != nil {

@@ -34,7 +34,7 @@ var mainDocs = map[string]keyDoc{
 	"paths.hf_home":                  {"The Hugging Face home holding model weights.", "`HF_HOME=`"},
 	"paths.cache_dir":                {"Compiler and kernel caches (Triton, torch inductor, CUDA, vLLM).", "`XDG_CACHE_HOME=`, `TRITON_CACHE_DIR=`, `TORCHINDUCTOR_CACHE_DIR=`, `CUDA_CACHE_PATH=`, `VLLM_CACHE_ROOT=`"},
 	"paths.agents_dir":               {"The directory of agent files, relative to vagent.toml.", ""},
-	"gpu.backend":                    {"Where GPU facts come from: \"nvml\" (the NVIDIA driver) or \"sim\" (the simulator's ledger).", ""},
+	"gpu.backend":                    {"Where GPU facts come from: \"nvml\" (the NVIDIA driver), \"sim\" (the simulator's ledger), or \"auto\": NVML when engine.kind is \"vllm\" and an NVIDIA driver answers, else the simulator (`vagentctl doctor` says which and why).", ""},
 	"gpu.reserve_mib":                {"Memory per GPU vagent never plans to use (display, other programs).", "fit checks, `Conflicts=`"},
 	"gpu.sim_ledger":                 {"The ledger file shared by every simulator process.", "`VLLM_SIM_LEDGER=`"},
 	"gpu.sim_count":                  {"How many GPUs the simulator pretends to have.", "`VLLM_SIM_GPUS=`"},

@@ -93,10 +93,10 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	checkEnv(f, "engine.env", c.Engine.Env)
 	c.checkPaths(f)
-	if !oneOf(c.GPU.Backend, []string{GPUBackendNVML, GPUBackendSim}) {
-		f.fail("gpu.backend", "must be %q or %q, not %q", GPUBackendNVML, GPUBackendSim, c.GPU.Backend)
+	if !oneOf(c.GPU.Backend, []string{GPUBackendAuto, GPUBackendNVML, GPUBackendSim}) {
+		f.fail("gpu.backend", "must be %q, %q or %q, not %q", GPUBackendAuto, GPUBackendNVML, GPUBackendSim, c.GPU.Backend)
 	}
-	if c.GPU.Backend == GPUBackendSim || c.Engine.Kind == EngineSim {
+	if c.GPU.Backend != GPUBackendNVML || c.Engine.Kind == EngineSim {
 		if c.GPU.SimCount < 1 || c.GPU.SimCount > 64 {
 			f.fail("gpu.sim_count", "must be between 1 and 64, not %d", c.GPU.SimCount)
 		}

@@ -120,6 +120,8 @@ func hint(err error) string {
 		ce  config.Errors
 		se  *supervisor.StartError
 		fe  *supervisor.FitError
+		ne  *supervisor.NeverFitError
+		be  *supervisor.BackoffError
 		ue  *usageError
 		ae  *agentError
 		dbe *dbusError
@@ -127,8 +129,12 @@ func hint(err error) string {
 	switch {
 	case errors.As(err, &ce):
 		return "fix the lines above; nothing was changed"
+	case errors.As(err, &be):
+		return fmt.Sprintf("the engine's full log: vagentctl logs %s -n 50; fix the cause, then vagentctl restart %s", be.Agent, be.Agent)
 	case errors.As(err, &se):
 		return fmt.Sprintf("the engine's full log: vagentctl logs %s -n 50", se.Agent)
+	case errors.As(err, &ne):
+		return fmt.Sprintf("vagentctl plan shows the estimate: lower max_model_len of %s, quantize, or use a larger GPU", ne.Agent)
 	case errors.As(err, &fe):
 		return fmt.Sprintf("lower gpu_memory_utilization or max_model_len of %s, or stop what holds the GPU (vagentctl gpu)", fe.Agent)
 	case errors.As(err, &ae):

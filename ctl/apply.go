@@ -17,6 +17,7 @@ import (
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/internal/enginekey"
+	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/units"
 )
 
@@ -81,6 +82,7 @@ func applyCmd() *cli.Command {
 			"and names the running agents whose unit changed. A bad configuration changes nothing.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "restart", Usage: "restart running agents whose unit changed"},
+			&cli.BoolFlag{Name: "force", Usage: "apply even agents that `vagentctl plan` says can never start on their GPU"},
 		},
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -98,8 +100,12 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 	if err != nil {
 		return err
 	}
-	files, err := units.Render(cfg, gpuTotals(ctx, cfg, cmd.Root().ErrWriter))
+	totals := gpuTotals(ctx, cfg, cmd.Root().ErrWriter)
+	files, err := units.Render(cfg, totals)
 	if err != nil {
+		return err
+	}
+	if err := checkNeverFits(ctx, cfg, totals, cmd.Bool("force"), cmd.Root().ErrWriter); err != nil {
 		return err
 	}
 	h, err := connect(ctx, cmd)
@@ -210,4 +216,34 @@ func orphanedAgents(cfg *config.Config) []string {
 		}
 	}
 	return out
+}
+
+// applyNeverFits is the plan's verdict apply checks; tests replace it.
+var applyNeverFits = plan.NeverFits
+
+// checkNeverFits refuses, before anything is written, agents that the plan
+// says can never start on their GPU as configured (from the HF cache, a
+// local model or the built-in table: apply never asks the Hub); with force
+// it only warns. Unknown GPU sizes or model figures refuse nothing.
+func checkNeverFits(ctx context.Context, cfg *config.Config, totals map[int]uint64, force bool, warn io.Writer) error {
+	if totals == nil {
+		return nil
+	}
+	check := applyNeverFits(cfg)
+	var bad []string
+	for _, a := range cfg.Agents {
+		why := check(ctx, a, totals)
+		if why == "" {
+			continue
+		}
+		if force {
+			fmt.Fprintf(warn, "vagentctl: warning: agent %s (%s) can never start on its GPU as configured: %s\n", a.Name, a.File, why)
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("agent %s (%s) can never start on its GPU as configured: %s", a.Name, a.File, why))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("apply: %s\nnothing was changed: fix the agent (vagentctl plan shows the estimate), or apply --force to install it anyway", strings.Join(bad, "\napply: "))
+	}
+	return nil
 }

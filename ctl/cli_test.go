@@ -86,7 +86,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 }
 
 // TestCompletionCommand prints the scripts the package ships:
-// internal/mandoc/gen writes the packaged files through WriteCompletion, and
+// cmd/mandoc-gen writes the packaged files through WriteCompletion, and
 // the command prints exactly that.
 func TestCompletionCommand(t *testing.T) {
 	for _, shell := range CompletionShells {

@@ -18,7 +18,7 @@ import (
 var CompletionShells = []string{"bash", "zsh", "fish"}
 
 // WriteCompletion writes vagentctl's completion script for shell: the same
-// bytes the packages install (internal/mandoc/gen calls it), generated from
+// bytes the packages install (cmd/mandoc-gen calls it), generated from
 // the command tree.
 func WriteCompletion(w io.Writer, shell string) error {
 	c := mandoc.FromCommand(App(io.Discard, io.Discard), config.DefaultPath)

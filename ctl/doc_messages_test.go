@@ -98,14 +98,15 @@ func docSimFailure(t *testing.T, args ...string) string {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	argv := append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(freeTCPPort(t))}, args...)
-	if code := vllmsim.Main(ctx, argv, func(k string) string { return env[k] }, &out, &errOut); code == 0 {
+	code := vllmsim.Main(ctx, argv, func(k string) string { return env[k] }, &out, &errOut)
+	if code == 0 {
 		t.Fatalf("the simulator did not fail:\n%s%s", out.String(), errOut.String())
 	}
 	var entries []journal.Entry
 	for _, l := range strings.Split(strings.TrimRight(out.String()+errOut.String(), "\n"), "\n") {
 		entries = append(entries, journal.Entry{Message: l, Priority: 6, Identifier: "vllm", PID: 4242})
 	}
-	return journal.RootCause(entries, engine.VLLM{}.Log())
+	return journal.RootCause(entries, engine.VLLM{}.Log(), journal.Exit{Code: journal.ExitedCode, Status: code, Result: "exit-code"})
 }
 
 func freeTCPPort(t *testing.T) int {
@@ -125,7 +126,7 @@ var docProducers = map[string]func(t *testing.T) string{
 		cfg := docConfig(t)
 		sup := supervisor.New(cfg, supervisor.Options{
 			Systemd: &docSystemd{states: map[string]supervisor.UnitState{}}, GPU: docGPU{},
-			RootCause: func(context.Context, string, time.Time) string { return cause },
+			RootCause: func(context.Context, string, time.Time, journal.Exit) string { return cause },
 		})
 		_, err := sup.Start(t.Context(), "dev")
 		var se *supervisor.StartError

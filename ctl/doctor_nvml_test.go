@@ -49,7 +49,7 @@ func doctorMockNVML(initRet nvml.Return) *mock.Interface {
 
 func TestDoctorAndPlanCommandsOnNVMLMocks(t *testing.T) {
 	conf, _ := hostConfig(t, "configs/examples/24gb", func(m string) string {
-		m = strings.Replace(m, `backend = "sim"`, `backend = "nvml"`, 1)
+		m = strings.Replace(m, `backend = "auto"`, `backend = "nvml"`, 1)
 		return strings.Replace(m, `kind = "sim"`, `kind = "vllm"`, 1)
 	})
 	savedEnv, savedOpen := doctorEnv, planOpenGPU

@@ -23,6 +23,7 @@ func TestDoctorCommandOnTheSimulator(t *testing.T) {
 		t.Errorf("stderr %q", errOut)
 	}
 	for _, want := range []string{
+		"PASS  gpu backend         auto chose sim: engine.kind is \"sim\": the simulator's engines hold memory in its ledger",
 		"PASS  driver              simulator backend, no NVIDIA driver needed",
 		"SKIP  nvidia_uvm          not needed with the simulator",
 		"FAIL  engine              the simulator " + dir + "/bin/vllm-sim is missing: no such file or directory — fix: install the vagent package",
@@ -43,14 +44,14 @@ func TestDoctorCommandOnTheSimulator(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &r); err != nil || r.OK || r.Failed < 1 || code != ExitFailure {
 		t.Fatalf("json (exit %d, %v):\n%s", code, err, out)
 	}
-	if r.Checks[0].Check != "driver" || r.Checks[0].Status != doctor.Pass {
+	if r.Checks[0].Check != "gpu backend" || r.Checks[0].Status != doctor.Pass || r.Checks[1].Check != "driver" || r.Checks[1].Status != doctor.Pass {
 		t.Errorf("first check %+v", r.Checks[0])
 	}
 }
 
 func TestDoctorCommandWithoutADriver(t *testing.T) {
 	conf, _ := hostConfig(t, "configs", func(m string) string {
-		m = strings.Replace(m, `backend = "sim"`, `backend = "nvml"`, 1)
+		m = strings.Replace(m, `backend = "auto"`, `backend = "nvml"`, 1)
 		return strings.Replace(m, `kind = "sim"`, `kind = "vllm"`, 1)
 	})
 	saved := doctorEnv
@@ -79,7 +80,7 @@ func TestDoctorCommandWithoutADriver(t *testing.T) {
 // this host's GPUs or says in one line that there is no driver.
 func TestGPUCommandOnThisHost(t *testing.T) {
 	conf, _ := hostConfig(t, "configs", func(m string) string {
-		return strings.Replace(m, `backend = "sim"`, `backend = "nvml"`, 1)
+		return strings.Replace(m, `backend = "auto"`, `backend = "nvml"`, 1)
 	})
 	cfg, err := config.Load(conf)
 	if err != nil {

@@ -18,7 +18,13 @@ import (
 )
 
 func loadConfig(cmd *cli.Command) (*config.Config, error) {
-	return config.Load(config.Path(cmd.Root().String("config")))
+	cfg, err := config.Load(config.Path(cmd.Root().String("config")))
+	if err != nil {
+		return nil, err
+	}
+	// Every command sees the backend "auto" stands for on this host.
+	gpu.ResolveBackend(context.Background(), cfg)
+	return cfg, nil
 }
 
 // agentArg loads the configuration and returns the command's single AGENT
@@ -93,6 +99,7 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		// The engine key is read from its file when a wake needs it.
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	return h, nil
 }
@@ -100,15 +107,16 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
 // f is how its engine writes the log.
-func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
-	return func(ctx context.Context, unit string, since time.Time) string {
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
+	return func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
 		// journald stamps lines when it receives them; a second of slack covers
 		// the clock granularity of the start time we were given.
 		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
 		if err != nil {
-			return ""
+			// Without the log, how the engine ended is still a cause.
+			entries = nil
 		}
-		return journal.RootCause(entries, f)
+		return journal.RootCause(entries, f, exit)
 	}
 }
 

@@ -152,7 +152,7 @@ func normalize(s string) []string {
 
 func nvmlHostConfig(t *testing.T) string {
 	conf, _ := hostConfig(t, "configs/examples/24gb", func(m string) string {
-		m = strings.Replace(m, `backend = "sim"`, `backend = "nvml"`, 1)
+		m = strings.Replace(m, `backend = "auto"`, `backend = "nvml"`, 1)
 		return strings.Replace(m, `kind = "sim"`, `kind = "vllm"`, 1)
 	})
 	return conf

@@ -245,6 +245,10 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 				failed = append(failed, s.Agent+": "+gw[i].Error)
 			}
 		}
+		if b := s.Backoff; b != nil {
+			failed = append(failed, fmt.Sprintf("%s: start backoff: not started again for %s (%d failed start(s) in a row); `vagentctl restart %s` tries now",
+				s.Agent, config.FormatDuration(max(0, b.Until.Sub(now)).Round(time.Second)), b.Failures, s.Agent))
+		}
 		port := "-" // an engine on its unix socket
 		if s.Port != 0 {
 			port = strconv.Itoa(s.Port)

@@ -140,7 +140,7 @@ func TestPlan32BOn16GBExitsOne(t *testing.T) {
 
 func TestPlanWithoutADriver(t *testing.T) {
 	conf, _ := hostConfig(t, "configs", func(m string) string {
-		return strings.Replace(m, `backend = "sim"`, `backend = "nvml"`, 1)
+		return strings.Replace(m, `backend = "auto"`, `backend = "nvml"`, 1)
 	})
 	saved := planOpenGPU
 	defer func() { planOpenGPU = saved }()

@@ -89,6 +89,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 		return ExitFailure
 	}
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		gpu.ResolveBackend(ctx, cfg)
+		log.Info("gpu backend", "backend", cfg.GPU.Backend, "why", cfg.GPU.BackendReason)
+	}
 	if err := Run(ctx, cfg, Options{Log: log}); err != nil {
 		log.Error("vagentd failed", "err", err)
 		return ExitFailure
@@ -175,6 +179,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		EngineKey:     engineKey,
 		HostWeights:   plan.HostWeights(cfg),
 		SleepResidual: plan.SleepResidual,
+		NeverFits:     plan.NeverFits(cfg),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -323,12 +328,13 @@ func Loopback(listen string) (bool, error) {
 // rootCause reads the unit's log since t and lifts the line that explains a
 // failed start.
 // f is how its engine writes the log.
-func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time) string {
-	return func(ctx context.Context, unit string, since time.Time) string {
+func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
+	return func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
 		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
 		if err != nil {
-			return ""
+			// Without the log, how the engine ended is still a cause.
+			entries = nil
 		}
-		return journal.RootCause(entries, f)
+		return journal.RootCause(entries, f, exit)
 	}
 }

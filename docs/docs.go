@@ -14,6 +14,12 @@
 //     simulator path, which e2e/quickstart_test.go runs in a throwaway
 //     systemd, matching each sample output against what the commands
 //     printed.
+//   - ```text e2e-output id=ID: what a real systemd prints, which an e2e
+//     test (named in the block's ID's test) produces in a throwaway
+//     systemd and Matches.
+//
+// Every ```text block is one of these: TestEverySampleIsChecked fails on
+// a sample no test produces.
 //
 // Match's rule, which the documents state too: lines are compared with runs
 // of blanks collapsed and blank lines ignored; <...> or a lower-case
@@ -147,6 +153,31 @@ func ReadBlocks(path string) ([]Block, error) {
 
 // MessageKind is the word that marks a checked message block.
 const MessageKind = "vagent-message"
+
+// E2EKind is the word that marks a sample an e2e test produces in a real
+// systemd (see E2EBlock).
+const E2EKind = "e2e-output"
+
+// E2EBlock returns the block ```text e2e-output id=ID of the Markdown files
+// in dir.
+func E2EBlock(dir, id string) (Block, error) {
+	files, err := Files(dir)
+	if err != nil {
+		return Block{}, err
+	}
+	for _, f := range files {
+		blocks, err := ReadBlocks(f)
+		if err != nil {
+			return Block{}, err
+		}
+		for _, b := range blocks {
+			if b.Lang == "text" && b.Has(E2EKind) && b.Attrs["id"] == id {
+				return b, nil
+			}
+		}
+	}
+	return Block{}, fmt.Errorf("no ```text %s id=%s in %s", E2EKind, id, dir)
+}
 
 // Messages returns the message blocks (```text vagent-message id=ID) of
 // every Markdown file in dir, by ID. A block without an id, or an id used

@@ -216,7 +216,7 @@ func rootCause(output string) string {
 	} {
 		entries = append(entries, journal.Entry{Message: l, Priority: 4, Identifier: "systemd", PID: 1})
 	}
-	return journal.RootCause(entries, engine.VLLM{}.Log())
+	return journal.RootCause(entries, engine.VLLM{}.Log(), journal.Exit{Code: journal.ExitedCode, Status: 1, Result: "exit-code"})
 }
 
 func freePort(t testing.TB) int {
@@ -298,6 +298,10 @@ func (f *fakeSwitcher) Switch(ctx context.Context, agent string) (*supervisor.Re
 }
 
 func (f *fakeSwitcher) Stop(ctx context.Context, agent string) error { return nil }
+
+// Backoff reports no agent backing off; its presence makes the gateway
+// export vagent_start_backoff_seconds, as it does with the supervisor.
+func (f *fakeSwitcher) Backoff(string) (supervisor.Backoff, bool) { return supervisor.Backoff{}, false }
 
 func (f *fakeSwitcher) Status(ctx context.Context) ([]supervisor.AgentStatus, error) {
 	f.mu.Lock()

@@ -33,9 +33,13 @@ import (
 // package, with the test that produces them. Those tests fail when their
 // ids are missing from the documents.
 var checkedElsewhere = map[string]string{
-	"start-local":    "ctl/doc_messages_test.go",
-	"start-beside":   "ctl/doc_messages_test.go",
-	"polkit-refused": "supervisor/doc_messages_test.go",
+	"start-local":                 "ctl/doc_messages_test.go",
+	"start-beside":                "ctl/doc_messages_test.go",
+	"polkit-refused":              "supervisor/doc_messages_test.go",
+	"start-limit-refused":         "supervisor/doc_messages_test.go",
+	"start-backoff":               "supervisor/doc_messages_test.go",
+	"never-fits":                  "supervisor/doc_messages_test.go",
+	"restored-after-failed-start": "supervisor/doc_messages_test.go",
 }
 
 const (
@@ -197,7 +201,9 @@ var producers = map[string]func(t *testing.T) string{
 			st := supervisor.AgentStatus{Agent: a.Name, Unit: a.Unit(), LoadState: "loaded", ActiveState: "inactive",
 				SubState: "dead", Result: "success", Port: a.Port, GPUs: a.GPUs}
 			if a.Name == "dev" {
-				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "start-limit-hit", 3
+				// What systemd 252 reports after a crash loop, as
+				// e2e's TestE2ECrashLoopIsTheDocumentedSample sees it.
+				st.ActiveState, st.SubState, st.Result, st.Restarts = "failed", "failed", "exit-code", 3
 			}
 			sw.status = append(sw.status, st)
 		}
@@ -222,6 +228,15 @@ var producers = map[string]func(t *testing.T) string{
 			"llama": {"model": "meta-llama/Llama-3.1-8B-Instruct", "port": 8003, "max_model_len": 8192}})
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "llama")
 		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
+	"pull-offline": func(t *testing.T) string {
+		t.Setenv("HF_HUB_OFFLINE", "1")
+		cfgPath := installConfig(t, "configs", nil, nil)
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "pull", "po")
+		if code == 0 {
+			t.Fatal("an offline pull of a model not in the cache succeeded")
+		}
+		return errOut
 	},
 	"pull-disk-full": func(t *testing.T) string {
 		repo := hubtest.ModelRepo(model7B, 3<<20, 2<<20)
@@ -313,6 +328,7 @@ var producers = map[string]func(t *testing.T) string{
 		return fmt.Sprintf("HTTP %d\n%s\nHTTP %d\n%s", code1, body1, code2, body2)
 	},
 	"gateway-drain-cut": drainCut,
+	"gateway-abort":     engineAbort,
 	"gateway-bounds": func(t *testing.T) string {
 		cfg := loadConfig(t, installConfig(t, "configs", map[string]any{
 			"gateway.max_body_mib": 1, "gateway.body_timeout": "100ms", "gateway.max_requests_per_key": 1}, nil))
@@ -484,6 +500,39 @@ func drainCut(t *testing.T) string {
 	if err := <-evicted; err != nil {
 		t.Fatal(err)
 	}
+	return first + string(rest)
+}
+
+// engineAbort is a stream through vagentd whose vLLM 0.18 engine is put to
+// sleep by hand while it runs: 0.18 aborts the request.
+func engineAbort(t *testing.T) string {
+	port := freePort(t)
+	cfgPath := installConfig(t, "configs", nil, map[string]map[string]any{"po": {"port": port}})
+	cfg := loadConfig(t, cfgPath)
+	simServe(t, map[string]string{"VLLM_SIM_LEDGER": filepath.Join(t.TempDir(), "ledger.json"),
+		"VLLM_SIM_LOAD_SECONDS": "0", "VLLM_SIM_TOKENS_PER_SECOND": "2", "VLLM_SIM_TTFT_MS": "0",
+		"VLLM_SIM_VERSION": "0.18.0", "VLLM_SERVER_DEV_MODE": "1"},
+		model7B, "--port", itoa(port), "--served-model-name", "po", "--max-model-len", "32768", "--enable-sleep-mode")
+	v := startVagentd(t, cfg, gateway.Options{Switcher: &fakeSwitcher{cfg: cfg}})
+	body := `{"model": "po", "stream": true, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello."}]}`
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, v.base+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	first, err := br.ReadString('\n') // the stream runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sleep?level=1", port), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.Body.Close()
+	rest, _ := io.ReadAll(br)
 	return first + string(rest)
 }
 

@@ -142,6 +142,13 @@ type Doctor struct {
 
 // New returns a doctor for cfg on env.
 func New(cfg *config.Config, env Env) *Doctor {
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		// Checks need the backend "auto" stands for (vagentctl resolves it
+		// on load; a caller that did not gets it resolved here).
+		c := *cfg
+		gpu.ResolveBackend(context.Background(), &c)
+		cfg = &c
+	}
 	return &Doctor{cfg: cfg, env: env, eng: engine.Of(cfg)}
 }
 
@@ -243,6 +250,9 @@ func trimGPU(err error) string { return strings.TrimPrefix(err.Error(), "gpu: ")
 
 func (d *Doctor) checkDriver(ctx context.Context) {
 	c := d.cfg
+	if c.GPU.BackendReason != "" {
+		d.add("gpu backend", Pass, "", "auto chose %s: %s", c.GPU.Backend, c.GPU.BackendReason)
+	}
 	if c.Engine.Kind == config.EngineVLLM && c.GPU.Backend == config.GPUBackendSim {
 		d.add("gpu backend", Warn, fmt.Sprintf(`set [gpu] backend = "nvml" in %s`, c.Path),
 			"engine kind vllm with the simulated GPU backend: vagent would plan and switch against made-up GPUs")

@@ -506,6 +506,9 @@ func TestChecks(t *testing.T) {
 				}
 			},
 			want: []check{{"model own", Pass, "Qwen/Qwen2.5-7B-Instruct-AWQ@main snapshot", ""}}},
+		{name: "auto backend says what it chose", engine: vllm, gpuKnd: nvml,
+			breakIt: func(h *host) { h.cfg.GPU.BackendReason = "NVIDIA driver 550.54.15 answered with 1 GPU(s)" },
+			want:    []check{{"gpu backend", Pass, "auto chose nvml: NVIDIA driver 550.54.15 answered with 1 GPU(s)", ""}}},
 		{name: "local model directory", engine: vllm, gpuKnd: nvml,
 			agents: map[string]string{
 				"loc":  "model = \"DIR/models/loc\"\nserved_names = [\"loc\"]\nport = 8010\ngpu_memory_utilization = 0.9\nmax_model_len = 4096\n",

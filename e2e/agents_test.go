@@ -363,7 +363,7 @@ func TestE2EAgents(t *testing.T) {
 		}
 	})
 
-	t.Run("an agent that cannot fit fails with vLLM's error", func(t *testing.T) {
+	t.Run("an agent that can never fit is refused before anything is stopped", func(t *testing.T) {
 		port, err := sandbox.FreePort()
 		if err != nil {
 			t.Fatal(err)
@@ -379,17 +379,27 @@ func TestE2EAgents(t *testing.T) {
 			os.Remove(path)
 			h.mustCtl("apply")
 		}()
-		h.mustCtl("apply")
-		h.mustCtl("stop", "architect")
+		// apply refuses it as the plan does, and changes nothing.
+		if _, errOut, code := h.ctl("apply"); code != 1 || !strings.Contains(errOut, "agent big ("+path+") can never start on its GPU as configured: does not fit: its weights alone") {
+			t.Fatalf("apply with big: exit %d, want 1 naming why; stderr: %s", code, errOut)
+		}
+		if _, err := os.Stat(filepath.Join(h.s.UnitDir(), "vagent@big.service.d")); !os.IsNotExist(err) {
+			t.Errorf("a refused apply wrote big's drop-in: %v", err)
+		}
+		h.mustCtl("apply", "--force")
+		before := h.status()["architect"]
 		_, errOut, code := h.ctl("switch", "big")
 		if code != 1 {
 			t.Fatalf("switch big: exit %d, want 1; stderr: %s", code, errOut)
 		}
-		if !strings.Contains(errOut, "torch.OutOfMemoryError: CUDA out of memory") {
-			t.Errorf("switch big did not print the engine's error:\n%s", errOut)
+		if !strings.Contains(errOut, "agent big can never start on its GPU as configured, so nothing was stopped for it: does not fit: its weights alone") {
+			t.Errorf("switch big did not say why it can never fit:\n%s", errOut)
 		}
 		if !strings.Contains(errOut, "hint: ") {
 			t.Errorf("no hint:\n%s", errOut)
+		}
+		if after := h.status()["architect"]; before.Healthy && (!after.Healthy || after.MainPID != before.MainPID) {
+			t.Errorf("architect was touched by a refused switch: before %+v after %+v", before, after)
 		}
 		st := h.status()["big"]
 		if st.ActiveState == "active" || st.ActiveState == "activating" {
@@ -399,8 +409,10 @@ func TestE2EAgents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if u := ls.Used(0); u != 0 {
-			t.Errorf("ledger holds %d bytes after the failed start", u)
+		for _, e := range ls.Entries {
+			if e.Unit == "vagent@big.service" {
+				t.Errorf("ledger holds an entry of big after the refused start: %+v", e)
+			}
 		}
 	})
 

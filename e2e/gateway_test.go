@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/packages/ssestream"
 
 	"github.com/vagent-dev/vagent/internal/ledger"
@@ -133,7 +134,9 @@ func TestE2EGateway(t *testing.T) {
 			Model:     "dev",
 			Messages:  []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Write a long story.")},
 			MaxTokens: openai.Int(3000),
-		})
+			// Past the answer's natural end: the stream must outlast the
+			// kill however slowly a loaded host delivers it.
+		}, option.WithJSONSet("ignore_eos", true))
 		chunks := 0
 		var killedAt time.Time
 		for stream.Next() {

@@ -56,14 +56,20 @@ func (s streamEvents) finishReasons() []string {
 
 // startStream sends a streamed chat request for agent through the gateway;
 // first is closed once the first event arrived, and the result comes on
-// the returned channel when the stream ends.
-func (g *gwHost) startStream(ctx context.Context, agent string, maxTokens int) (first <-chan struct{}, done <-chan streamEvents) {
+// the returned channel when the stream ends. With ignoreEOS the engine
+// generates all maxTokens (vLLM's ignore_eos), so that the stream outlasts
+// a cut on a loaded host; without, it ends at its natural length.
+func (g *gwHost) startStream(ctx context.Context, agent string, maxTokens int, ignoreEOS bool) (first <-chan struct{}, done <-chan streamEvents) {
 	f := make(chan struct{})
 	d := make(chan streamEvents, 1)
 	go func() {
 		var res streamEvents
 		defer func() { d <- res }()
-		b, _ := json.Marshal(chatBody(agent, maxTokens, true))
+		body := chatBody(agent, maxTokens, true)
+		if ignoreEOS {
+			body["ignore_eos"] = true
+		}
+		b, _ := json.Marshal(body)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, g.base+"/v1/chat/completions", strings.NewReader(string(b)))
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := g.hc.Do(req)
@@ -126,10 +132,11 @@ func checkCut(t *testing.T, what string, s streamEvents, codes ...int) {
 // TestE2ESleepNeverMeetsASleepingEngine runs sleep agents against the
 // simulator of vLLM 0.12 and of 0.18, whose sleeps treat requests
 // differently (0.18 aborts what runs and queues new requests until the
-// wake; 0.12 stops nothing): a request for a sleeping agent is served after
-// its wake; a stream cut by a sleep switch or by a stop ends as an explicit
-// error; sleepers are counted with the residual the GPU shows, and the
-// ledger is never exceeded.
+// wake; 0.12 stops nothing), as they do a stop: a request for a sleeping
+// agent is served after its wake; a stream cut by a sleep switch, or by a
+// stop of 0.18, ends as an explicit error (0.12 finishes it whole);
+// sleepers are counted with the residual the GPU shows, and the ledger is
+// never exceeded.
 func TestE2ESleepNeverMeetsASleepingEngine(t *testing.T) {
 	t.Parallel()
 	for _, version := range []string{"0.12.0", "0.18.0"} {
@@ -213,7 +220,7 @@ func TestE2ESleepNeverMeetsASleepingEngine(t *testing.T) {
 
 			t.Run("a stream cut by a sleep switch is an explicit error", func(t *testing.T) {
 				chat(t, "dev")
-				first, done := g.startStream(t.Context(), "dev", 400)
+				first, done := g.startStream(t.Context(), "dev", 400, true)
 				<-first
 				chat(t, "po") // drains dev for drain_timeout, cuts the stream, puts dev to sleep
 				s := <-done
@@ -226,15 +233,34 @@ func TestE2ESleepNeverMeetsASleepingEngine(t *testing.T) {
 				}
 			})
 
-			t.Run("a stream cut by a stop is an explicit error", func(t *testing.T) {
+			// Behind vagent's back, systemd stops the engine (SIGTERM):
+			// 0.18 aborts what runs; 0.12 stops uvicorn, which lets
+			// requests in flight finish.
+			name := "a stream cut by a stop is an explicit error"
+			if version == "0.12.0" {
+				name = "a stream in flight at a stop is finished whole"
+			}
+			t.Run(name, func(t *testing.T) {
 				chat(t, "dev")
-				first, done := g.startStream(t.Context(), "dev", 400)
+				// 0.12 lets the stream end at its natural length first.
+				first, done := g.startStream(t.Context(), "dev", 400, version != "0.12.0")
 				<-first
-				// Behind vagent's back: systemd stops the engine (SIGTERM).
 				if _, err := g.s.Systemctl(t.Context(), "stop", "vagent@dev.service"); err != nil {
 					t.Fatal(err)
 				}
-				checkCut(t, "stream on dev", <-done, http.StatusServiceUnavailable, http.StatusBadGateway)
+				s := <-done
+				if version == "0.12.0" {
+					_, msg, isErr := s.errorEvent()
+					fr := s.finishReasons()
+					if isErr || len(fr) != 1 || (fr[0] != "stop" && fr[0] != "length") || s.events[len(s.events)-1] != "[DONE]" {
+						t.Fatalf("stream on dev: finish reasons %v, error %q; want a whole answer", fr, msg)
+					}
+				} else {
+					checkCut(t, "stream on dev", s, http.StatusServiceUnavailable)
+					if _, msg, _ := s.errorEvent(); !strings.Contains(msg, "abort") {
+						t.Errorf("error event %q; want it to say the engine aborted the request", msg)
+					}
+				}
 				chat(t, "dev") // started again
 			})
 

@@ -83,6 +83,9 @@ type LogFormat struct {
 	LevelPrefix *regexp.Regexp
 	// UsageError is the line that refuses a bad command line.
 	UsageError *regexp.Regexp
+	// Progress is a progress bar's line (a frame of tqdm's), never a cause;
+	// nil for none.
+	Progress *regexp.Regexp
 	// Generic are texts of the exceptions the engine raises only to say
 	// that the cause was logged above them.
 	Generic []string

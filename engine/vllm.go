@@ -325,6 +325,9 @@ var vllmLog = LogFormat{
 	// argparse's complaint before exit status 2:
 	// "vllm: error: unrecognized arguments: --foo".
 	UsageError: regexp.MustCompile(`^[\w.\- ]+: error: \S`),
+	// tqdm's bars: "Loading safetensors checkpoint shards:  50% Completed |
+	// 1/2 [00:01<00:01,  1.10s/it]", "Capturing CUDA graphs: 100%|██| 67/67".
+	Progress: regexp.MustCompile(`\d{1,3}%(?: Completed)? ?\|.*\d+/\d+`),
 	Generic: []string{
 		"See root cause above",
 		"Engine core initialization failed",

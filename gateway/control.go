@@ -129,6 +129,12 @@ func (g *Gateway) status(ctx context.Context) ([]controlapi.AgentState, error) {
 			as.Pinned = g.pinnedLocked(ag)
 			if ag.phase == phaseFailed && ag.lastErr != nil {
 				as.Error = ag.lastErr.Error()
+				if errors.As(ag.lastErr, new(*supervisor.StartError)) {
+					// A failed start whose unit was stopped again:
+					// systemd says inactive, the truth is failed. (A
+					// start refused for what else runs is not one.)
+					as.State = StateFailed
+				}
 			}
 		}
 		out = append(out, as)

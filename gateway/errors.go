@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -103,15 +104,23 @@ func (e *PinnedError) Error() string {
 // switchError turns an error from Switcher.Switch into what a client sees:
 // 409 when the agent cannot fit or would need to evict a pinned or starting
 // agent, 500 with the engine's root cause when it failed to start, 503 when
-// the wait was cut short.
+// the wait was cut short or the agent is in its start backoff.
 func switchError(agent string, err error) *APIError {
 	var ae *APIError
 	if errors.As(err, &ae) {
 		return ae
 	}
+	var be *supervisor.BackoffError
+	if errors.As(err, &be) {
+		// The agent failed to start moments ago: say why, and when a new
+		// try will be made, rather than starting it again in a loop.
+		return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Message: be.Error(),
+			RetryAfter: max(1, int(math.Ceil(be.RetryAfter.Seconds())))}
+	}
 	var se *supervisor.StartError
 	if errors.As(err, &se) {
-		return apiErr(http.StatusInternalServerError, typeServer, "%s", se.Error())
+		// err, not se: it also says what was restored after the failure.
+		return apiErr(http.StatusInternalServerError, typeServer, "%s", err.Error())
 	}
 	if isConflict(err) {
 		return apiErr(http.StatusConflict, typeConflict, "cannot start agent %s: %v", agent, err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -228,6 +229,14 @@ func (f *fakeSwitcher) Switch(ctx context.Context, agent string) (*supervisor.Re
 	}
 	f.mu.Lock()
 	err := f.fail[agent]
+	var re *supervisor.RestoreError
+	if errors.As(err, &re) {
+		// The supervisor brings back what it evicted for a failed start.
+		for _, n := range re.Restored {
+			f.running[n] = true
+		}
+		res.Restored = re.Restored
+	}
 	if err == nil {
 		f.running[agent] = true
 		if f.asleep[agent] {

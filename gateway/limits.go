@@ -142,7 +142,7 @@ const bodyChunk = 16 << 10
 // after the reply: what is left of the body must not be read as the next
 // request, nor waited for.
 func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *APIError) {
-	limit := g.cfg.Gateway.MaxBodyMiB << 20
+	limit := int64(g.cfg.Gateway.MaxBodyMiB) << 20
 	tooBig := func() *APIError {
 		w.Header().Set("Connection", "close")
 		return apiErr(http.StatusRequestEntityTooLarge, typeInvalidRequest,

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vagent-dev/vagent/controlapi"
+	"github.com/vagent-dev/vagent/supervisor"
 )
 
 // Agent states as metrics, /v1/models and the control API report them.
@@ -151,6 +152,12 @@ func (m *metrics) forAgent(name string) *agentMetrics {
 	return am
 }
 
+// backoffs is implemented by a Switcher that backs agents off after failed
+// starts (*supervisor.Supervisor).
+type backoffs interface {
+	Backoff(agent string) (supervisor.Backoff, bool)
+}
+
 // stateCollector reports, at scrape time, what the gateway holds in memory:
 // each agent's state, queue and requests in flight, and its VRAM from the GPU.
 type stateCollector struct {
@@ -160,6 +167,7 @@ type stateCollector struct {
 	inflight *prometheus.Desc
 	pinned   *prometheus.Desc
 	vram     *prometheus.Desc
+	backoff  *prometheus.Desc
 }
 
 func newStateCollector(g *Gateway) *stateCollector {
@@ -177,6 +185,8 @@ func newStateCollector(g *Gateway) *stateCollector {
 			[]string{"agent"}, nil),
 		vram: prometheus.NewDesc("vagent_vram_bytes",
 			"GPU memory held by each agent's processes, summed over its GPUs.", []string{"agent"}, nil),
+		backoff: prometheus.NewDesc("vagent_start_backoff_seconds",
+			"Seconds until an agent whose starts failed may be started again (0 when it is not backing off).", []string{"agent"}, nil),
 	}
 }
 
@@ -185,6 +195,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.queue
 	ch <- c.inflight
 	ch <- c.pinned
+	if _, ok := c.g.o.Switcher.(backoffs); ok {
+		ch <- c.backoff
+	}
 	if c.g.o.GPU != nil {
 		ch <- c.vram
 	}
@@ -218,6 +231,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			p = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.pinned, prometheus.GaugeValue, p, s.name)
+		if bo, ok := g.o.Switcher.(backoffs); ok {
+			left := 0.0
+			if b, in := bo.Backoff(s.name); in {
+				left = max(0, time.Until(b.Until).Seconds())
+			}
+			ch <- prometheus.MustNewConstMetric(c.backoff, prometheus.GaugeValue, left, s.name)
+		}
 	}
 	if g.o.GPU != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -505,6 +505,7 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 		usage      usageCounts
 		haveUsage  bool
 		sawDone    bool
+		delivered  bool   // the client has been handed data: [DONE]: a success whatever comes next
 		lineStart  = true // the next byte begins a line
 		inEvent    bool   // a non-blank line was written since the last blank one
 		firstEvent = true
@@ -535,6 +536,9 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 				}
 			}
 			if _, werr := w.Write(line); werr != nil {
+				if delivered {
+					break
+				}
 				x.status, x.errMsg = 499, "the client went away"
 				return
 			}
@@ -543,9 +547,15 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 				inEvent = false
 				if !completeEventBuffered(br) {
 					if rc.Flush() != nil {
+						if delivered {
+							break
+						}
 						x.status, x.errMsg = 499, "the client went away"
 						return
 					}
+					// A client may close as soon as it reads [DONE]; that
+					// cancels the exchange with the engine before its EOF.
+					delivered = sawDone
 				}
 			} else {
 				inEvent = true
@@ -562,6 +572,9 @@ func (g *Gateway) copyStream(w http.ResponseWriter, r *http.Request, x *exchange
 	if haveUsage {
 		ag.m.prompt.Add(float64(usage.PromptTokens))
 		ag.m.completion.Add(float64(usage.CompletionTokens))
+	}
+	if delivered {
+		return
 	}
 	if rerr == io.EOF && sawDone {
 		rc.Flush()

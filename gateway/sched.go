@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -441,6 +442,12 @@ func (g *Gateway) runStart(ctx context.Context, ag *agentRT, op *startOp) {
 		if ag.phase == phaseStarting {
 			ag.setPhase(phaseFailed, now)
 		}
+		if errors.As(err, new(*supervisor.BackoffError)) {
+			// Refused, not tried: the failure it waits out was counted
+			// and stays lastErr.
+			g.failWaitersLocked(ag, inferenceError(ag.name, err))
+			break
+		}
 		ag.lastErr = err
 		ag.m.startFailures.Inc()
 		g.log.Error("switch failed", "agent", ag.name, "err", err)
@@ -471,6 +478,14 @@ func (g *Gateway) afterSwitchLocked(ag *agentRT, res *supervisor.Result, now tim
 				if v.phase != phaseStarting {
 					v.setPhase(phaseStopped, now)
 				}
+			}
+		}
+		for _, name := range res.Restored {
+			// Brought back after the agent's start failed: it serves again.
+			if v := g.byAgent[name]; v != nil {
+				v.evicting = false
+				v.setPhase(phaseRunning, now)
+				g.admitAllLocked(v)
 			}
 		}
 		if res.Woken {

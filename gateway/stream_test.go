@@ -353,3 +353,42 @@ func TestRequestTimeout(t *testing.T) {
 		t.Fatalf("stream events %q", evs)
 	}
 }
+
+// A client that closes as soon as it has read [DONE] got its whole answer:
+// the request counts as a success, not as 499, even though its closing
+// cancels the exchange with an engine that has not yet ended its body.
+func TestStreamDoneThenCloseIsSuccess(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.engines["a"].setHandler(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"n\":0}\n\ndata: [DONE]\n\n")
+		w.(http.Flusher).Flush()
+		// The body ends only after the client has gone.
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp, err := e.post(ctx, "/v1/chat/completions", chatBody("a", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before [DONE]: %v", err)
+		}
+		if line == "data: [DONE]\n" {
+			break
+		}
+	}
+	cancel()
+	resp.Body.Close()
+	waitFor(t, "log", func() bool { return len(e.logLines("request")) == 1 })
+	if l := e.logLines("request")[0]; l["status"] != float64(200) {
+		t.Errorf("log %v", l)
+	}
+	if v := counterValue(t, e.reg, "vagent_requests_total", map[string]string{"agent": "a", "status": "200"}); v != 1 {
+		t.Errorf("vagent_requests_total{agent=a,status=200} = %v", v)
+	}
+}

@@ -110,8 +110,14 @@ var ErrNoDriver = errors.New("gpu: NVIDIA driver library (libnvidia-ml.so.1) not
 
 // Open returns the backend cfg.GPU.Backend names: "nvml" loads the NVIDIA
 // driver library and fails with one line saying what to do when it cannot;
-// "sim" reads the simulator's ledger and cannot fail until it is read.
+// "sim" reads the simulator's ledger and cannot fail until it is read;
+// "auto" is resolved first (ResolveBackend, on a copy of cfg).
 func Open(cfg *config.Config) (Backend, error) {
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		c := *cfg
+		ResolveBackend(context.Background(), &c)
+		cfg = &c
+	}
 	switch cfg.GPU.Backend {
 	case config.GPUBackendNVML:
 		return openNVML()

@@ -126,6 +126,7 @@ func (s *Sim) state(ctx context.Context) (*ledger.State, error) {
 		return nil, fmt.Errorf("gpu: simulator ledger %s: %w", s.ledger.Path(), err)
 	}
 	if st, err2 := s.ledger.Read(); err2 == nil {
+		st.PruneDead()
 		return st, nil
 	} else if !readOnly(err2) {
 		return nil, fmt.Errorf("gpu: simulator ledger %s: %w", s.ledger.Path(), err2)
@@ -148,11 +149,15 @@ func (s *Sim) readUnlocked() (*ledger.State, error) {
 		}
 	}
 	st.GPUs, st.TotalBytes = s.count, s.total
+	st.PruneDead()
 	return st, nil
 }
 
 // readOnly reports whether err is a refusal to write (permissions, a
-// read-only file system) rather than a broken ledger.
+// read-only or full file system) rather than a broken ledger: the reader
+// then reads the ledger as it is, so that status and gpu work on a full
+// run directory.
 func readOnly(err error) bool {
-	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) ||
+		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }

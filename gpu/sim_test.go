@@ -254,3 +254,48 @@ func TestReadOnly(t *testing.T) {
 		}
 	}
 }
+
+// fullLedger is a ledger on a full file system: writes fail with ENOSPC,
+// reads work.
+type fullLedger struct {
+	path  string
+	state *ledger.State
+}
+
+func (f *fullLedger) Update(func(*ledger.State) error) error {
+	return fmt.Errorf("write ledger: %w", &fs.PathError{Op: "open", Path: f.path, Err: syscall.ENOSPC})
+}
+func (f *fullLedger) Read() (*ledger.State, error) {
+	cp := *f.state
+	cp.Entries = append([]ledger.Entry(nil), f.state.Entries...)
+	return &cp, nil
+}
+func (f *fullLedger) Path() string { return f.path }
+
+// gpu and status keep working on a full run directory, and a dead engine's
+// entry, which nobody can prune from the file, does not count.
+func TestSimReadsFullLedger(t *testing.T) {
+	cfg := simConfig(t)
+	cfg.SimCount = 1
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Wait()
+	s := NewSim(cfg)
+	s.ledger = &fullLedger{path: cfg.SimLedger, state: &ledger.State{Entries: []ledger.Entry{
+		{PID: p.Pid, PIDNS: ledger.SelfNS(), GPU: 0, Bytes: 6 * gib, Unit: "vagent@dev.service"},
+		{PID: os.Getpid(), PIDNS: ledger.SelfNS(), GPU: 0, Bytes: gib, Unit: "vagent@po.service"},
+	}}}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatalf("Info on a full run directory: %v", err)
+	}
+	if info.Devices[0].UsedBytes != gib {
+		t.Errorf("used %d, want only the live engine's %d", info.Devices[0].UsedBytes, gib)
+	}
+	ps, err := s.Processes(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].Agent != "po" {
+		t.Errorf("processes on a full run directory: %+v, %v", ps, err)
+	}
+}

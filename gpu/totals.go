@@ -12,6 +12,11 @@ import (
 // `vagentctl render` writes nothing outside its output directory.
 func Totals(ctx context.Context, cfg *config.Config) (map[int]uint64, error) {
 	totals := map[int]uint64{}
+	if cfg.GPU.Backend == config.GPUBackendAuto {
+		c := *cfg
+		ResolveBackend(ctx, &c)
+		cfg = &c
+	}
 	if cfg.GPU.Backend == config.GPUBackendSim {
 		for i := 0; i < cfg.GPU.SimCount; i++ {
 			totals[i] = cfg.GPU.SimTotalMiB << 20

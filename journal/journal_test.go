@@ -99,7 +99,7 @@ func TestReadRecordedOutput(t *testing.T) {
 	}
 
 	want := "ValueError: Free memory on device (3.22/15.98 GiB) on startup is less than desired GPU memory utilization (0.9, 14.38 GiB). caf\uFFFD"
-	if got := RootCause(es, vllmLog); got != want {
+	if got := RootCause(es, vllmLog, Exit{}); got != want {
 		t.Errorf("RootCause of the recorded start = %q, want %q", got, want)
 	}
 }

@@ -34,21 +34,22 @@ var systemdNoise = []string{
 
 // RootCause returns the line that says why an engine's start failed, for a
 // user who would otherwise scroll a page of tracebacks, reading the log as
-// the engine writes it (f, from engine.Engine.Log). An engine ends a failed
-// start with a generic exception (vLLM: "RuntimeError: Engine core
-// initialization failed. See root cause above."); the answer is the last
-// exception line before it (ValueError: Free memory on device ...,
-// OSError: [Errno 98] Address already in use), or the engine's usage error
-// for bad flags, without the engine's process and logging prefixes.
-// Failing that, it is the last ERROR line, then the last line that is not
-// systemd's own report of the failure, then the last line. "" for no
-// entries.
-func RootCause(entries []Entry, f engine.LogFormat) string {
+// the engine writes it (f, from engine.Engine.Log) and how systemd recorded
+// the engine's end (exit; zero when unknown). An engine ends a failed start
+// with a generic exception (vLLM: "RuntimeError: Engine core initialization
+// failed. See root cause above."); the answer is the last exception line
+// before it (ValueError: Free memory on device ..., OSError: [Errno 98]
+// Address already in use), or the engine's usage error for bad flags,
+// without the engine's process and logging prefixes. Failing that, it is
+// the last ERROR line; then the signal that killed the engine ("the engine
+// was killed by SIGKILL during load"); then the last line that says
+// something (neither a progress bar nor logged at INFO or DEBUG) and is not
+// systemd's own report of the failure, or the exit status; then systemd's
+// report. Never a progress line: a bar that stopped at 50% says when the
+// engine died, not why. "" when nothing is known.
+func RootCause(entries []Entry, f engine.LogFormat, exit Exit) string {
 	lines := logLines(entries, f)
 	isGeneric := func(line string) bool { return generic(line, f.Generic) }
-	if len(lines) == 0 {
-		return ""
-	}
 	// The cause comes before the last generic summary; lines after it are
 	// the unit's stop, not the cause.
 	end := len(lines)
@@ -70,14 +71,23 @@ func RootCause(entries []Entry, f engine.LogFormat) string {
 			return strings.TrimSpace(l.text)
 		}
 	}
-	for i := len(lines) - 1; i >= 0; i-- {
-		if t := strings.TrimSpace(lines[i].text); t != "" && !isSystemdNoise(lines[i]) {
-			return t
-		}
+	if exit.signalled() {
+		return exit.describe()
+	}
+	says := func(l logLine) bool {
+		return !l.info
 	}
 	for i := len(lines) - 1; i >= 0; i-- {
-		if t := strings.TrimSpace(lines[i].text); t != "" {
-			return t
+		if says(lines[i]) && !isSystemdNoise(lines[i]) {
+			return strings.TrimSpace(lines[i].text)
+		}
+	}
+	if exit.failed() {
+		return exit.describe()
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		if says(lines[i]) {
+			return strings.TrimSpace(lines[i].text)
 		}
 	}
 	return ""
@@ -86,13 +96,14 @@ func RootCause(entries []Entry, f engine.LogFormat) string {
 type logLine struct {
 	text     string // prefixes stripped, not trimmed: indentation tells code from exceptions
 	error    bool   // the engine logged it at ERROR or CRITICAL
+	info     bool   // the engine logged it at INFO or DEBUG: progress, not a cause
 	priority int
 	systemd  bool // systemd's own record about the unit
 }
 
 // logLines splits the entries into single lines, as a record may hold
 // several, and strips colour codes, progress-bar redraws and the engine's
-// prefixes.
+// prefixes, and drops progress bars, which say when the engine died, not why.
 func logLines(entries []Entry, f engine.LogFormat) []logLine {
 	var out []logLine
 	for _, e := range entries {
@@ -107,17 +118,18 @@ func logLines(entries []Entry, f engine.LogFormat) []logLine {
 			if f.ProcessPrefix != nil {
 				l = f.ProcessPrefix.ReplaceAllString(l, "")
 			}
-			isErr := false
+			isErr, isInfo := false, false
 			if f.LevelPrefix != nil {
 				if m := f.LevelPrefix.FindStringSubmatch(l); m != nil {
 					isErr = m[1] == "ERROR" || m[1] == "CRITICAL"
+					isInfo = m[1] == "INFO" || m[1] == "DEBUG"
 					l = l[len(m[0]):]
 				}
 			}
-			if strings.TrimSpace(l) == "" {
+			if strings.TrimSpace(l) == "" || (f.Progress != nil && f.Progress.MatchString(l)) {
 				continue
 			}
-			out = append(out, logLine{text: l, error: isErr, priority: e.Priority, systemd: systemd})
+			out = append(out, logLine{text: l, error: isErr, info: isInfo, priority: e.Priority, systemd: systemd})
 		}
 	}
 	return out

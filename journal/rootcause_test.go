@@ -125,7 +125,7 @@ func TestRootCauseVLLMStartFailures(t *testing.T) {
 				`    raise ` + strings.SplitN(c.want, ":", 2)[0] + `(`,
 			}
 			log := engineStart + loggedTraceback(frames, c.want) + engineFailure(c.want)
-			if got := RootCause(transcript(log), vllmLog); got != c.want {
+			if got := RootCause(transcript(log), vllmLog, Exit{}); got != c.want {
 				t.Errorf("RootCause =\n%q\nwant\n%q", got, c.want)
 			}
 		})
@@ -146,7 +146,7 @@ func TestRootCausePortTaken(t *testing.T) {
 [systemd] vagent@dev.service: Main process exited, code=exited, status=1/FAILURE
 [systemd] vagent@dev.service: Failed with result 'exit-code'.
 `
-	if got, want := RootCause(transcript(log), vllmLog), "OSError: [Errno 98] Address already in use"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog, Exit{}), "OSError: [Errno 98] Address already in use"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -157,7 +157,7 @@ vllm: error: unrecognized arguments: --disable-log-requests
 [systemd] vagent@dev.service: Main process exited, code=exited, status=2/INVALIDARGUMENT
 [systemd] vagent@dev.service: Failed with result 'exit-code'.
 `
-	if got, want := RootCause(transcript(log), vllmLog), "vllm: error: unrecognized arguments: --disable-log-requests"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog, Exit{}), "vllm: error: unrecognized arguments: --disable-log-requests"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -171,11 +171,11 @@ func TestRootCauseBrokenVenv(t *testing.T) {
 ModuleNotFoundError: No module named 'torch'
 [systemd] vagent@dev.service: Main process exited, code=exited, status=1/FAILURE
 `
-	if got, want := RootCause(transcript(log), vllmLog), "ModuleNotFoundError: No module named 'torch'"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog, Exit{}), "ModuleNotFoundError: No module named 'torch'"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 	log = strings.Replace(log, "ModuleNotFoundError: No module named 'torch'", "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory", 1)
-	if got, want := RootCause(transcript(log), vllmLog), "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory"; got != want {
+	if got, want := RootCause(transcript(log), vllmLog, Exit{}), "ImportError: libcudart.so.12: cannot open shared object file: No such file or directory"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -200,7 +200,7 @@ Traceback (most recent call last):
 RuntimeError: Engine core initialization failed. See root cause above.
 `
 	want := "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine."
-	if got := RootCause(transcript(log), vllmLog); got != want {
+	if got := RootCause(transcript(log), vllmLog, Exit{}); got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -217,7 +217,7 @@ func TestRootCauseSkipsShutdownNoise(t *testing.T) {
 (APIServer pid=1200) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
 `
 	want := "ValueError: Free memory on device (1.02/15.98 GiB) on startup is less than desired GPU memory utilization (0.9, 14.38 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
-	if got := RootCause(transcript(log), vllmLog); got != want {
+	if got := RootCause(transcript(log), vllmLog, Exit{}); got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -266,13 +266,13 @@ Killed
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := RootCause(transcript(c.log), vllmLog); got != c.want {
+			if got := RootCause(transcript(c.log), vllmLog, Exit{}); got != c.want {
 				t.Errorf("RootCause = %q, want %q", got, c.want)
 			}
 		})
 	}
-	if got := RootCause(nil, vllmLog); got != "" {
-		t.Errorf("RootCause(nil, vllmLog) = %q", got)
+	if got := RootCause(nil, vllmLog, Exit{}); got != "" {
+		t.Errorf("RootCause(nil, vllmLog, Exit{}) = %q", got)
 	}
 }
 
@@ -282,12 +282,59 @@ func TestRootCauseColoursAndProgressBars(t *testing.T) {
 		{Message: "(EngineCore_DP0 pid=1290) \x1b[1;31mERROR\x1b[0m 11-29 15:51:30 [core.py:708] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."},
 		{Message: "(APIServer pid=1200) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"},
 	}
-	if got, want := RootCause(entries, vllmLog), "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."; got != want {
+	if got, want := RootCause(entries, vllmLog, Exit{}), "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
-	// Without the exception, the last frame of the progress bar is the
-	// last line.
-	if got, want := RootCause(entries[:1], vllmLog), "Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.10s/it]"; got != want {
+	// Without the exception, a progress bar is no cause, however last.
+	if got := RootCause(entries[:1], vllmLog, Exit{}); got != "" {
+		t.Errorf("RootCause = %q, want none", got)
+	}
+}
+
+// An engine killed while it loads leaves a log of progress: the cause is
+// the signal systemd recorded, never the bar's last frame.
+func TestRootCauseKilledDuringLoad(t *testing.T) {
+	log := engineStart + `(EngineCore_DP0 pid=1290) INFO 11-29 15:51:30 [gpu_model_runner.py:2602] Starting to load model Qwen/Qwen2.5-7B-Instruct-AWQ...
+(EngineCore_DP0 pid=1290) Loading safetensors checkpoint shards:   0% Completed | 0/2 [00:00<?, ?it/s]
+(EngineCore_DP0 pid=1290) Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.10s/it]
+[systemd] vagent@po.service: Main process exited, code=killed, status=9/KILL
+[systemd] vagent@po.service: Failed with result 'signal'.
+`
+	cases := []struct {
+		name string
+		exit Exit
+		want string
+	}{
+		{"SIGKILL", Exit{Code: KilledCode, Status: 9, Result: "signal"}, "the engine was killed by SIGKILL during load"},
+		{"OOM killer", Exit{Code: KilledCode, Status: 9, Result: "oom-kill"}, "the engine was killed by SIGKILL during load (the kernel's out-of-memory killer)"},
+		{"core dump", Exit{Code: DumpedCode, Status: 11, Result: "core-dump"}, "the engine was killed by SIGSEGV during load (core dumped)"},
+		{"exit status", Exit{Code: ExitedCode, Status: 3, Result: "exit-code"}, "the engine exited with status 3 during load"},
+		// Unknown: systemd's report, still not the bar.
+		{"no exit known", Exit{}, "vagent@po.service: Failed with result 'signal'."},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := RootCause(transcript(log), vllmLog, c.exit); got != c.want {
+				t.Errorf("RootCause = %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+// The engine's own error outranks how it ended: a traceback that ends in
+// exit status 1, or an ERROR line before an abort, says why.
+func TestRootCauseEngineErrorBeforeExit(t *testing.T) {
+	log := engineStart + `(EngineCore_DP0 pid=1290) ERROR 11-29 15:51:30 [core.py:708] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB.
+(EngineCore_DP0 pid=1290) Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.10s/it]
+`
+	for _, exit := range []Exit{{Code: DumpedCode, Status: 6, Result: "core-dump"}, {Code: ExitedCode, Status: 1, Result: "exit-code"}} {
+		if got, want := RootCause(transcript(log), vllmLog, exit), "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 896.00 MiB."; got != want {
+			t.Errorf("RootCause(%+v) = %q, want %q", exit, got, want)
+		}
+	}
+	// A bare line the engine printed says more than a status.
+	bare := engineStart + "No CUDA GPUs are available\n"
+	if got, want := RootCause(transcript(bare), vllmLog, Exit{Code: ExitedCode, Status: 1, Result: "exit-code"}), "No CUDA GPUs are available"; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }
@@ -296,7 +343,7 @@ func TestRootCauseIgnoresEarlierRuns(t *testing.T) {
 	// Two failed runs in one log: the cause of the last one wins.
 	first := engineStart + loggedTraceback(nil, "OSError: [Errno 98] Address already in use") + engineFailure("OSError: [Errno 98] Address already in use")
 	second := engineStart + loggedTraceback(nil, "ValueError: No available memory for the cache blocks.") + engineFailure("ValueError: No available memory for the cache blocks.")
-	if got, want := RootCause(transcript(first+second), vllmLog), "ValueError: No available memory for the cache blocks."; got != want {
+	if got, want := RootCause(transcript(first+second), vllmLog, Exit{}), "ValueError: No available memory for the cache blocks."; got != want {
 		t.Errorf("RootCause = %q, want %q", got, want)
 	}
 }

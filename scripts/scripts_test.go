@@ -8,9 +8,10 @@ import (
 	"testing"
 )
 
-// fakeSystem puts stand-ins for dpkg-query, apt-get and id first in PATH:
-// dpkg-query reports the packages in installed as installed, apt-get notes
-// each call in the returned log, id -u prints uid.
+// fakeSystem puts stand-ins for dpkg-query, apt-get, id and
+// systemd-machine-id-setup first in PATH: dpkg-query reports the packages in
+// installed as installed, apt-get notes each call in the returned log, id -u
+// prints uid.
 func fakeSystem(t *testing.T, uid string, installed ...string) (env []string, aptLog string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -20,6 +21,8 @@ func fakeSystem(t *testing.T, uid string, installed ...string) (env []string, ap
 case " $FAKE_INSTALLED " in *" $pkg "*) printf 'ii ' ;; *) exit 1 ;; esac`,
 		"apt-get": `echo "$*" >>"$FAKE_APT_LOG"`,
 		"id":      `[ "$1" = -u ] && echo "$FAKE_UID"`,
+		// Where /etc/machine-id is empty, the script would make one.
+		"systemd-machine-id-setup": `true`,
 	}
 	for name, body := range scripts {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/bash\n"+body+"\n"), 0o755); err != nil {
@@ -35,9 +38,9 @@ case " $FAKE_INSTALLED " in *" $pkg "*) printf 'ii ' ;; *) exit 1 ;; esac`,
 	), aptLog
 }
 
-func runDeps(t *testing.T, env []string) (string, error) {
+func runDeps(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command("bash", "test-deps.sh")
+	cmd := exec.Command("bash", append([]string{"test-deps.sh"}, args...)...)
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -87,7 +90,7 @@ func TestTestDepsNotRoot(t *testing.T) {
 	if err == nil {
 		t.Fatalf("missing packages without root: no error\n%s", out)
 	}
-	if !strings.Contains(out, "missing packages: util-linux mount") || !strings.Contains(out, "hint: run sudo make test") {
+	if !strings.Contains(out, "missing packages: util-linux mount") || !strings.Contains(out, "hint: run it as root") {
 		t.Errorf("without root: %s", out)
 	}
 	if _, err := os.Stat(aptLog); !os.IsNotExist(err) {
@@ -95,15 +98,46 @@ func TestTestDepsNotRoot(t *testing.T) {
 	}
 }
 
+// makeN prints what make would run for args in the repository, without the
+// flags of a make this test runs under (make unit).
+func makeN(args ...string) ([]byte, error) {
+	cmd := exec.Command("make", append([]string{"-C", "..", "-n", "--no-print-directory"}, args...)...)
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	return cmd.CombinedOutput()
+}
+
+// TestTestDepsDemo: make demo installs only what the demo needs.
+func TestTestDepsDemo(t *testing.T) {
+	env, aptLog := fakeSystem(t, "0", "systemd", "mount")
+	if out, err := runDeps(t, env, "demo"); err != nil {
+		t.Fatalf("test-deps.sh demo: %v\n%s", err, out)
+	}
+	got, _ := os.ReadFile(aptLog)
+	if want := "update -qq\ninstall -y -qq --no-install-recommends dbus util-linux\n"; string(got) != want {
+		t.Errorf("apt-get calls:\n%s\nwant:\n%s", got, want)
+	}
+	if out, err := runDeps(t, env, "bogus"); err == nil || !strings.Contains(out, "unknown argument bogus") {
+		t.Errorf("test-deps.sh bogus: %v %s", err, out)
+	}
+	out, err := makeN("demo", "DEMO_ARGS=-keep")
+	if err != nil || !strings.HasPrefix(string(out), "scripts/test-deps.sh demo\n") || !strings.Contains(string(out), "scripts/demo.sh -keep\n") {
+		t.Errorf("make -n demo DEMO_ARGS=-keep: %v\n%s", err, out)
+	}
+}
+
 // TestMakeTestInstallsFirst: make test runs test-deps.sh before the rest,
 // and CI runs make test rather than installing packages itself.
 func TestMakeTestInstallsFirst(t *testing.T) {
 	// MAKE=true: make -n still runs the recursive make line, as "true".
-	out, err := exec.Command("make", "-C", "..", "-n", "--no-print-directory", "test", "MAKE=true").CombinedOutput()
+	out, err := makeN("test", "MAKE=true")
 	if err != nil {
 		t.Fatalf("make -n test: %v\n%s", err, out)
 	}
-	want := "scripts/test-deps.sh\ntrue --no-print-directory lint vulncheck unit e2e install-test\n"
+	want := "scripts/test-deps.sh\ntrue --no-print-directory lint vulncheck unit e2e install-test lintian\n"
 	if string(out) != want {
 		t.Errorf("make test runs:\n%s\nwant:\n%s", out, want)
 	}

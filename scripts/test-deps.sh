@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs, as root and only where missing, the Debian/Ubuntu packages that
-# "make test" needs beyond Go, gcc, git and make; "make test" runs it first,
-# so that "sudo make test" is all a fresh Debian 12 or Ubuntu 24.04 machine
-# needs. Without root it installs nothing: it lists what is missing and
+# "make test" needs beyond Go, gcc, git and make; "make test" runs it first
+# (and "make demo" with "demo"), so that "sudo make demo" and "sudo make
+# test" are all a fresh Debian 12 or Ubuntu 24.04 machine needs. Without root it installs nothing: it lists what is missing and
 # fails, or says nothing when all is there.
 #
 #   systemd, dbus, util-linux, mount   the e2e sandboxes (systemd as PID 1 of
@@ -14,13 +14,24 @@
 #   systemd-container                  systemd-nspawn, which boots that root
 #   lintian                            Debian's checks on the built .deb
 #
+# With the argument "demo" it installs only what "make demo" needs: the
+# first line above.
+#
 # Environment: VAGENT_TEST_DEPS_LOG, where apt's output goes
 # (default .e2e/test-deps.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(systemd dbus util-linux mount python3 python3-venv curl ca-certificates
-	mmdebstrap debian-archive-keyring systemd-container lintian)
+want=(systemd dbus util-linux mount)
+case "${1:-}" in
+"") want+=(python3 python3-venv curl ca-certificates
+	mmdebstrap debian-archive-keyring systemd-container lintian) ;;
+demo) ;;
+*)
+	echo "test-deps: unknown argument $1 (none, or demo)" >&2
+	exit 2
+	;;
+esac
 
 if ! command -v dpkg-query >/dev/null; then
 	echo "test-deps: no dpkg-query: this script knows Debian and Ubuntu only; install the equivalents of: ${want[*]}" >&2
@@ -37,7 +48,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "test-deps: missing packages: ${missing[*]}" >&2
-		echo "hint: run sudo make test (it installs them), or: sudo apt-get install ${missing[*]}" >&2
+		echo "hint: run it as root (sudo make test and sudo make demo install them), or: sudo apt-get install ${missing[*]}" >&2
 		exit 1
 	fi
 	log=${VAGENT_TEST_DEPS_LOG:-.e2e/test-deps.log}

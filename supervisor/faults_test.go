@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/journal"
 )
 
 // A switch whose new agent fails to start brings back what it evicted
@@ -120,7 +121,7 @@ func TestStartBackoff(t *testing.T) {
 	h.failing["vagent@dev.service"] = true
 	c := &clock{t: time.Unix(1e9, 0)}
 	s := New(cfg, Options{Systemd: h, GPU: h, Now: c.now,
-		RootCause: func(context.Context, string, time.Time) string { return "ValueError: boom" }})
+		RootCause: func(context.Context, string, time.Time, journal.Exit) string { return "ValueError: boom" }})
 	ctx := context.Background()
 	starts := func() int {
 		n := 0
@@ -145,6 +146,9 @@ func TestStartBackoff(t *testing.T) {
 		}
 		if b, ok := s.Backoff("dev"); !ok || b.Failures != i+1 {
 			t.Errorf("Backoff() = %+v, %v", b, ok)
+		}
+		if st, err := s.Status(ctx); err != nil || st[0].Backoff == nil || st[0].Backoff.Cause != be.Cause {
+			t.Errorf("status during backoff: %+v, %v; want its backoff", st, err)
 		}
 		c.add(wait)
 	}
@@ -189,7 +193,7 @@ func TestStartLimitIsNamedNotReset(t *testing.T) {
 	fh.states["vagent@dev.service"] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code"}
 	h := &limitHost{fakeHost: fh, hit: map[string]bool{"vagent@dev.service": true}}
 	s := New(cfg, Options{Systemd: h, GPU: fh,
-		RootCause: func(context.Context, string, time.Time) string {
+		RootCause: func(context.Context, string, time.Time, journal.Exit) string {
 			return "RuntimeError: Engine core initialization failed."
 		}})
 	_, err := s.Switch(context.Background(), "dev")

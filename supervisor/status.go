@@ -33,6 +33,9 @@ type AgentStatus struct {
 	// HostBytes is the host memory a sleeping agent holds: its weights in
 	// host RAM, or its cgroup's memory where that is more.
 	HostBytes uint64 `json:"host_bytes,omitempty"`
+	// Backoff, while the agent is in its start backoff, says until when
+	// and why: its starts failed, and it is not started again before.
+	Backoff *Backoff `json:"backoff,omitempty"`
 }
 
 // Status reports every configured agent, rebuilt from systemd, the GPU and,
@@ -68,6 +71,9 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 		}
 		if st.ActiveState == "active" {
 			as.Since = st.Since
+		}
+		if b, ok := s.Backoff(a.Name); ok {
+			as.Backoff = &b
 		}
 		if st.Running() {
 			as.Healthy = s.healthy(ctx, a)

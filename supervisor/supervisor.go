@@ -36,6 +36,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/engine"
+	"github.com/vagent-dev/vagent/journal"
 )
 
 // GPUMemory is one GPU's memory as the driver reports it.
@@ -57,8 +58,9 @@ type Options struct {
 	Systemd Systemd
 	GPU     GPU
 	// RootCause returns the line explaining why unit failed since t, from
-	// its journal ("" when nothing useful was logged).
-	RootCause func(ctx context.Context, unit string, since time.Time) string
+	// its journal and how its engine ended (zero while it runs); "" when
+	// nothing useful is known.
+	RootCause func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string
 	// LastUsed returns when an agent last served a request; zero when
 	// unknown (then the unit's start time stands in).
 	LastUsed func(agent string) time.Time
@@ -138,7 +140,7 @@ func New(cfg *config.Config, o Options) *Supervisor {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.RootCause == nil {
-		o.RootCause = func(context.Context, string, time.Time) string { return "" }
+		o.RootCause = func(context.Context, string, time.Time, journal.Exit) string { return "" }
 	}
 	if o.MemAvailable == nil {
 		o.MemAvailable = memAvailable
@@ -863,13 +865,19 @@ const stateCheckInterval = 100 * time.Millisecond
 // failStart stops a unit whose start failed, so that systemd's restarts do
 // not keep retrying a start that cannot succeed, and reports why from its log.
 func (s *Supervisor) failStart(ctx context.Context, a *config.Agent, started time.Time, reason string) error {
-	// Read the log first: stopping adds lines of its own.
-	cause := s.o.RootCause(ctx, a.Unit(), started)
-	if st, err := s.o.Systemd.State(ctx, a.Unit()); err == nil && st.Result == "start-limit-hit" {
+	// Read the state and log first: stopping adds lines of its own, and
+	// resets how the engine ended.
+	st, stErr := s.o.Systemd.State(ctx, a.Unit())
+	var exit journal.Exit
+	if stErr == nil && !st.Running() {
+		exit = journal.Exit{Code: st.ExecMainCode, Status: st.ExecMainStatus, Result: st.Result}
+	}
+	cause := s.o.RootCause(ctx, a.Unit(), started, exit)
+	if stErr == nil && st.Result == "start-limit-hit" {
 		// systemd refused the start itself: its own message is only in
 		// the journal. The limit stays: the operator lifts it.
 		limit := fmt.Sprintf("Start request repeated too quickly: systemd's start limit (units.start_limit_burst = %d starts within units.start_limit_interval = %s) was hit; `systemctl reset-failed %s` allows starts again",
-			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval.Duration, a.Unit())
+			s.cfg.Units.StartLimitBurst, s.cfg.Units.StartLimitInterval, a.Unit())
 		if cause != "" {
 			limit += "; the last failure: " + cause
 		}

@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
+	"github.com/vagent-dev/vagent/journal"
 )
 
 const gib = uint64(1) << 30
@@ -116,7 +118,8 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 		}
 	}
 	if h.failing[unit] {
-		h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code"}
+		h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "exit-code",
+			ExecMainCode: journal.ExitedCode, ExecMainStatus: 1}
 		return nil
 	}
 	h.pids++
@@ -279,7 +282,7 @@ func agent(name string, util float64, prio int) *config.Agent {
 
 func newSup(cfg *config.Config, h *fakeHost, cause string) *Supervisor {
 	return New(cfg, Options{Systemd: h, GPU: h, EngineKey: "test-engine-key",
-		RootCause: func(context.Context, string, time.Time) string { return cause }})
+		RootCause: func(context.Context, string, time.Time, journal.Exit) string { return cause }})
 }
 
 func TestSwitchEvictsConflictingAgentBeforeStarting(t *testing.T) {
@@ -490,5 +493,26 @@ func TestStartRefusesPortInUse(t *testing.T) {
 	l.Close()
 	if _, err := s.Switch(ctx, "dev"); err != nil {
 		t.Fatalf("switch once the port is free: %v", err)
+	}
+}
+
+// The root cause learns how systemd recorded the engine's end, read before
+// the failed unit is stopped (the stop resets it).
+func TestFailedStartPassesHowTheEngineEnded(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.5, 10))
+	h := newFakeHost(t, cfg, 16*gib)
+	h.failing["vagent@po.service"] = true
+	var got journal.Exit
+	s := New(cfg, Options{Systemd: h, GPU: h, EngineKey: "test-engine-key",
+		RootCause: func(_ context.Context, _ string, _ time.Time, exit journal.Exit) string {
+			got = exit
+			return journal.RootCause(nil, engine.VLLM{}.Log(), exit)
+		}})
+	_, err := s.Switch(context.Background(), "po")
+	if want := (journal.Exit{Code: journal.ExitedCode, Status: 1, Result: "exit-code"}); got != want {
+		t.Errorf("exit %+v, want %+v", got, want)
+	}
+	if err == nil || !strings.Contains(err.Error(), "agent po failed to start: the engine exited with status 1 during load") {
+		t.Errorf("error %v", err)
 	}
 }

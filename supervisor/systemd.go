@@ -23,8 +23,13 @@ type UnitState struct {
 	NRestarts int
 	// Result is the service's last result: success, exit-code, signal,
 	// timeout, start-limit-hit, ...
-	Result       string
-	InvocationID string
+	Result string
+	// ExecMainCode and ExecMainStatus are how the main process last ended:
+	// CLD_EXITED (1) and its exit status, or CLD_KILLED (2) / CLD_DUMPED (3)
+	// and the signal; 0 while it runs.
+	ExecMainCode   int
+	ExecMainStatus int
+	InvocationID   string
 	// MemoryBytes is the host memory the unit's processes hold now
 	// (systemd's MemoryCurrent, from the unit's cgroup); 0 when systemd
 	// does not account it.
@@ -196,6 +201,12 @@ func (d *DBus) State(ctx context.Context, unit string) (UnitState, error) {
 		st.NRestarts = int(n)
 	}
 	st.Result, _ = svc["Result"].(string)
+	if c, ok := svc["ExecMainCode"].(int32); ok {
+		st.ExecMainCode = int(c)
+	}
+	if c, ok := svc["ExecMainStatus"].(int32); ok {
+		st.ExecMainStatus = int(c)
+	}
 	if m, ok := svc["MemoryCurrent"].(uint64); ok && m != math.MaxUint64 {
 		st.MemoryBytes = m
 	}

@@ -132,6 +132,12 @@ func (l *Ledger) Update(fn func(*State) error) error {
 	return l.store(s)
 }
 
+// PruneDead drops, in memory, the entries of dead processes in this PID
+// namespace: what a reader that cannot write the ledger (a full or
+// read-only run directory) should count, as the driver frees a dead
+// process's memory.
+func (s *State) PruneDead() { pruneDead(s) }
+
 // Prune removes entries of dead processes in this PID namespace, as the
 // driver frees a dead process's memory.
 func (l *Ledger) Prune() error { return l.Update(func(*State) error { return nil }) }
@@ -205,12 +211,55 @@ func (l *Ledger) load() (*State, error) {
 	return s, nil
 }
 
+// createTemp is os.CreateTemp; tests replace it to fill the disk.
+var createTemp = os.CreateTemp
+
+// store writes s atomically: a new file renamed over the old one. When the
+// file system is full (ENOSPC, EDQUOT), s is written over the file in place
+// instead: an engine that exits removes its entries in space the file
+// already holds, and one that grows the file within the blocks it holds
+// (tmpfs pages) still fits, so a full run directory neither keeps a dead
+// engine's memory held nor, where it can be helped, refuses a start. The
+// exclusive lock keeps locked readers from seeing it half-written.
 func (l *Ledger) store(s *State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(l.path), ".ledger-*")
+	err = l.storeAtomic(data)
+	if err == nil || !(errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+		return err
+	}
+	if err2 := l.storeInPlace(data); err2 != nil {
+		return err
+	}
+	return nil
+}
+
+// storeInPlace overwrites the ledger file with data. A write that fails
+// part-way (the file grew past the space left) puts the old content back,
+// which fits where it was.
+func (l *Ledger) storeInPlace(data []byte) error {
+	old, err := os.ReadFile(l.path)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(data, 0); err != nil {
+		if _, err2 := f.WriteAt(old, 0); err2 == nil {
+			f.Truncate(int64(len(old)))
+		}
+		return err
+	}
+	return f.Truncate(int64(len(data)))
+}
+
+func (l *Ledger) storeAtomic(data []byte) error {
+	tmp, err := createTemp(filepath.Dir(l.path), ".ledger-*")
 	if err != nil {
 		return fmt.Errorf("write ledger: %w", err)
 	}

@@ -40,6 +40,10 @@ type completionRequest struct {
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	Echo                bool            `json:"echo"`
 	AddGenerationPrompt *bool           `json:"add_generation_prompt"`
+	// IgnoreEOS is vLLM's extra sampling parameter: generate until the
+	// length limit, past end-of-sequence (chat_completion/protocol.py and
+	// completion/protocol.py, v0.18.0rc2).
+	IgnoreEOS bool `json:"ignore_eos"`
 }
 
 type usage struct {
@@ -92,21 +96,27 @@ func (e *engine) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	if !ok {
 		return
 	}
-	j, msg := e.prepare(req, chat, model)
+	j, msg, param := e.prepare(req, chat, model)
 	if msg != "" {
-		badRequest(w, msg)
+		// 0.18 raises VLLMValidationError for lengths, naming the
+		// parameter; 0.12 a plain ValueError.
+		var pp *string
+		if param != "" && e.env.v18 {
+			pp = &param
+		}
+		apiError(w, http.StatusBadRequest, "BadRequestError", msg, pp)
 		return
 	}
 	e.run(w, r, j)
 }
 
 // prepare validates a request and plans its output; msg is a 400 message.
-func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, string) {
+func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, string, string) {
 	j := &job{model: model, chat: chat, created: time.Now().Unix(), stream: req.Stream}
 	if chat {
 		j.id = "chatcmpl-" + randomHex()
 		if req.Messages == nil {
-			return nil, "[{'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required', 'input': None}]"
+			return nil, "[{'type': 'missing', 'loc': ('body', 'messages'), 'msg': 'Field required', 'input': None}]", ""
 		}
 		if len(req.Tools) > 0 && string(req.Tools) != "null" {
 			choice := "auto"
@@ -115,7 +125,7 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 				choice = s
 			}
 			if choice == "auto" && !(e.opts.autoToolChoice && e.opts.toolCallParser != "") {
-				return nil, "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set"
+				return nil, "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set", ""
 			}
 		}
 		j.prompt = chatPieces(req.Messages, req.AddGenerationPrompt == nil || *req.AddGenerationPrompt)
@@ -125,14 +135,14 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 		var list []string
 		switch {
 		case len(req.Prompt) == 0 || string(req.Prompt) == "null":
-			return nil, "[{'type': 'missing', 'loc': ('body', 'prompt'), 'msg': 'Field required', 'input': None}]"
+			return nil, "[{'type': 'missing', 'loc': ('body', 'prompt'), 'msg': 'Field required', 'input': None}]", ""
 		case json.Unmarshal(req.Prompt, &s) == nil:
 		case json.Unmarshal(req.Prompt, &list) == nil && len(list) > 0:
 			s = list[0]
 		default:
 			var ids []int
 			if json.Unmarshal(req.Prompt, &ids) != nil {
-				return nil, "prompt must be a string, a list of strings or a list of token ids"
+				return nil, "prompt must be a string, a list of strings or a list of token ids", ""
 			}
 			s = e.tok.decode(ids)
 		}
@@ -144,7 +154,7 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 	j.promptTokens = len(j.prompt)
 	if req.StreamOptions != nil {
 		if !req.Stream {
-			return nil, "Stream options can only be defined when `stream=True`."
+			return nil, "Stream options can only be defined when `stream=True`.", ""
 		}
 		j.includeUsage = req.StreamOptions.IncludeUsage
 		j.continuousUsage = req.StreamOptions.IncludeUsage && req.StreamOptions.ContinuousUsageStats
@@ -153,31 +163,37 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 	if req.N != nil {
 		n = *req.N
 		if n < 1 {
-			return nil, "n must be at least 1, got " + fmt.Sprint(n) + "."
+			return nil, "n must be at least 1, got " + fmt.Sprint(n) + ".", ""
 		}
 	}
 	maxLen := e.maxLen
 	if j.promptTokens >= maxLen {
-		return nil, fmt.Sprintf("This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input messages.", maxLen, j.promptTokens)
+		return nil, fmt.Sprintf("This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input messages.", maxLen, j.promptTokens), "input_tokens"
 	}
 	// The request's max_tokens: the chat API has none by default, the
 	// completions API 16 (CompletionRequest.max_tokens = 16). 0.12 reads
 	// `max_completion_tokens or max_tokens` (a 0 falls through); 0.18
 	// takes max_completion_tokens when set.
-	limit, explicit := -1, true
+	limit := -1
 	switch {
 	case !chat && req.MaxTokens == nil:
-		limit, explicit = 16, false
+		limit = 16
 	case req.MaxCompletionTokens != nil && (e.env.v18 || *req.MaxCompletionTokens != 0):
 		limit = *req.MaxCompletionTokens
 	case req.MaxTokens != nil:
 		limit = *req.MaxTokens
 	}
 	if limit != -1 && limit < 1 {
-		return nil, fmt.Sprintf("max_tokens must be at least 1, got %d.", limit)
+		return nil, fmt.Sprintf("max_tokens must be at least 1, got %d.", limit), ""
 	}
-	if explicit && limit > maxLen-j.promptTokens {
-		return nil, fmt.Sprintf("'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).", limit, maxLen, j.promptTokens, limit, maxLen, j.promptTokens)
+	// _validate_input checks the request's value, the completions
+	// default of 16 included.
+	if limit > maxLen-j.promptTokens {
+		if e.env.v18 {
+			return nil, fmt.Sprintf("This model's maximum context length is %d tokens. However, you requested %d output tokens and your prompt contains %d input tokens, for a total of %d tokens (%d + %d = %d > %d). Please reduce the length of the input prompt or the number of requested output tokens.",
+				maxLen, limit, j.promptTokens, j.promptTokens+limit, j.promptTokens, limit, j.promptTokens+limit, maxLen), "max_tokens"
+		}
+		return nil, fmt.Sprintf("'max_tokens' or 'max_completion_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).", limit, maxLen, j.promptTokens, limit, maxLen, j.promptTokens), ""
 	}
 	// get_max_tokens: the least of the room left in the context, the
 	// request's value (0.18: else the default max_tokens) and the cap.
@@ -216,9 +232,13 @@ func (e *engine) prepare(req completionRequest, chat bool, model string) (*job, 
 	j.sampling["n"] = n
 	stops := parseStops(req.Stop)
 	for i := 0; i < n; i++ {
-		j.choices = append(j.choices, planChoice(newGeneration(j.prompt, i), limit, stops))
+		g := newGeneration(j.prompt, i)
+		if req.IgnoreEOS {
+			g.natural = limit
+		}
+		j.choices = append(j.choices, planChoice(g, limit, stops))
 	}
-	return j, ""
+	return j, "", ""
 }
 
 func deref(p *float64) float64 { return *p }
@@ -353,6 +373,11 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	// wait for the resume.
 	for g := e.gate(); g != nil; g = e.gate() {
 		select {
+		case <-e.stopCh:
+			// A 0.18 shutdown aborts what waits in the paused scheduler.
+			e.finishMetrics(j, arrived, 0, "abort", true)
+			e.abortResponse(w, flusher, j, 0)
+			return
 		case <-g:
 		case <-r.Context().Done():
 			e.finishMetrics(j, arrived, 0, "abort", true)

@@ -380,10 +380,9 @@ func TestDevRoutesWithoutSleepMode(t *testing.T) {
 				"--gpu-memory-utilization", "0.5", "--max-model-len", "8192")
 			p.waitHealthy(t)
 			held := entriesFor(readLedger(t, path), p.port)[0].Bytes
+			p.waitOutput(t, "SECURITY WARNING: Development endpoints are enabled!")
 			for _, route := range []string{"/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/reset_mm_cache"} {
-				if !strings.Contains(p.stdout.String(), "Route: "+route+", Methods: POST") || !strings.Contains(p.stdout.String(), "SECURITY WARNING: Development endpoints are enabled!") {
-					t.Errorf("route %s not served", route)
-				}
+				p.waitOutput(t, "Route: "+route+", Methods: POST")
 			}
 			if r := p.do(t, http.MethodPost, "/sleep", "", ""); r.status != 200 {
 				t.Fatalf("/sleep: %d", r.status)
@@ -436,9 +435,8 @@ func TestSleepResidualIsContextAndGraphs(t *testing.T) {
 			if e.Bytes != want || e.HostBytes != uint64(5.57e9) {
 				t.Errorf("asleep: %d bytes on the GPU (%d on the host), want %d: CUDA context + graphs", e.Bytes, e.HostBytes, want)
 			}
-			if !strings.Contains(p.stdout.String(), fmt.Sprintf("memory, %s GiB memory is still in use.", pyRound2(float64(want)/gib))) {
-				t.Errorf("no sleep line with the residual:\n%s", p.stdout)
-			}
+			// The line went out before the answer; the pipe may lag.
+			p.waitOutput(t, fmt.Sprintf("memory, %s GiB memory is still in use.", pyRound2(float64(want)/gib)))
 		})
 	}
 }
@@ -565,8 +563,11 @@ func TestShutdownPerVersion(t *testing.T) {
 			if len(entriesFor(readLedger(t, path), p.port)) != 0 {
 				t.Error("the ledger still holds the engine's memory after shutdown")
 			}
+			if v == "0.12.0" && !strings.Contains(p.stdout.String(), "INFO:     Shutting down\n"+fmt.Sprintf("(APIServer pid=%d) ", p.pid)+"INFO:     Waiting for connections to close. (CTRL+C to force quit)") {
+				t.Errorf("no uvicorn line about the connections it waits for:\n%s", p.stdout)
+			}
 			if v == "0.18.0" && !strings.Contains(p.stdout.String(), "Shutdown initiated (timeout=0)") {
-				t.Errorf("no shutdown line:\n%s", p.stdout)
+				t.Errorf("no shutdown line:\n%s", p.stdout) // the process has exited: its output is all in
 			}
 		})
 	}
@@ -583,6 +584,7 @@ func TestStartupTextsPerVersion(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			p := execSim(t, procEnv(tempLedger(t), v, nil), freePort(t), model7B)
 			p.waitHealthy(t)
+			p.waitOutput(t, "Application startup complete.")
 			out := p.stdout.String()
 			for _, w := range want[v] {
 				if !strings.Contains(out, w) {
@@ -766,6 +768,15 @@ func TestAPIShapesPerVersion(t *testing.T) {
 			if want := "{\"error\":{\"message\":\"The model `x` does not exist.\",\"type\":\"NotFoundError\",\"param\":" + param + ",\"code\":404}}"; r.status != 404 || string(r.body) != want {
 				t.Errorf("unknown model: %d %s, want %s", r.status, r.body, want)
 			}
+			// The length check (_validate_input): 0.18 names the parameter.
+			r = p.postJSON(t, "/v1/completions", `{"model":"po","prompt":"hi","max_tokens":40000}`, auth...)
+			want := map[string]string{
+				"0.12.0": `{"error":{"message":"'max_tokens' or 'max_completion_tokens' is too large: 40000. This model's maximum context length is 32768 tokens and your request has 1 input tokens (40000 > 32768 - 1).","type":"BadRequestError","param":null,"code":400}}`,
+				"0.18.0": `{"error":{"message":"This model's maximum context length is 32768 tokens. However, you requested 40000 output tokens and your prompt contains 1 input tokens, for a total of 40001 tokens (1 + 40000 = 40001 > 32768). Please reduce the length of the input prompt or the number of requested output tokens.","type":"BadRequestError","param":"max_tokens","code":400}}`,
+			}[v]
+			if r.status != 400 || string(r.body) != want {
+				t.Errorf("max_tokens too large: %d %s\nwant %s", r.status, r.body, want)
+			}
 			if r := p.do(t, http.MethodGet, "/nope", "", ""); r.status != 404 || string(r.body) != `{"detail":"Not Found"}` {
 				t.Errorf("unknown route: %d %s", r.status, r.body)
 			}
@@ -808,5 +819,56 @@ func TestAPIShapesPerVersion(t *testing.T) {
 				t.Errorf("/health: %d %q", r.status, r.body)
 			}
 		})
+	}
+}
+
+// TestIgnoreEOS: vLLM's ignore_eos makes a request generate up to its
+// length limit, past the point where the "model" would end its answer.
+func TestIgnoreEOS(t *testing.T) {
+	p := execSim(t, procEnv(tempLedger(t), "0.18.0", nil), freePort(t), model7B)
+	p.waitHealthy(t)
+	var resp struct {
+		Choices []struct {
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+		Usage usage `json:"usage"`
+	}
+	r := p.postJSON(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"write a long plan"}],"max_tokens":200}`)
+	decode(t, r.body, &resp)
+	if resp.Usage.CompletionTokens >= 200 || resp.Choices[0].FinishReason != "stop" {
+		t.Fatalf("without ignore_eos the answer should end by itself before 200 tokens: %s", r.body)
+	}
+	r = p.postJSON(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"write a long plan"}],"max_tokens":200,"ignore_eos":true}`)
+	decode(t, r.body, &resp)
+	if resp.Usage.CompletionTokens != 200 || resp.Choices[0].FinishReason != "length" {
+		t.Errorf("ignore_eos: %s", r.body)
+	}
+}
+
+// TestShutdownAbortsWhatWaitsForWake: a 0.18 shutdown aborts the requests
+// queued in the paused scheduler too (finish_requests(None)): they end with
+// HTTP 200 and "abort" instead of a dropped connection. 0.12 queues nothing
+// while asleep.
+func TestShutdownAbortsWhatWaitsForWake(t *testing.T) {
+	p := execSim(t, procEnv(tempLedger(t), "0.18.0", map[string]string{"VLLM_SERVER_DEV_MODE": "1"}), freePort(t), model7B,
+		"--enable-sleep-mode", "--gpu-memory-utilization", "0.5", "--max-model-len", "8192")
+	p.waitHealthy(t)
+	p.do(t, http.MethodPost, "/sleep", "", "")
+	st := send(p, "/v1/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true}`)
+	plain := send(p, "/v1/completions", `{"prompt":"hi","max_tokens":3}`)
+	waitMetric(t, p, `vllm:num_requests_waiting`, 2)
+	p.cancel()
+	evs := st.all(t)
+	if n := len(evs); n != 3 || evs[2] != "[DONE]" || finishOf(t, evs[1]) != "abort" || !strings.Contains(evs[0], `"role":"assistant"`) {
+		t.Errorf("queued stream at shutdown: %q", evs)
+	}
+	if s := <-plain.status; s != 200 {
+		t.Errorf("queued request at shutdown: %d", s)
+	}
+	if text, fin := plainResult(t, <-plain.body); fin != "abort" || text != "" {
+		t.Errorf("queued request at shutdown: %q %q", text, fin)
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("exit %d", code)
 	}
 }

@@ -51,7 +51,7 @@ func TestOfflineRequiresTheCachedSnapshot(t *testing.T) {
 	for _, l := range strings.Split(strings.TrimSpace(p.stdout.String()+stderr), "\n") {
 		entries = append(entries, journal.Entry{Message: l, Priority: 6})
 	}
-	if got := journal.RootCause(entries, vengine.VLLM{}.Log()); !strings.HasPrefix(got, "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder") {
+	if got := journal.RootCause(entries, vengine.VLLM{}.Log(), journal.Exit{}); !strings.HasPrefix(got, "huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder") {
 		t.Errorf("root cause %q", got)
 	}
 

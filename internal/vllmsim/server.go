@@ -48,9 +48,10 @@ type engine struct {
 	// finish_reason "abort" (a pause in mode abort, a 0.18 shutdown).
 	abortCtx   context.Context
 	abortNow   context.CancelFunc
-	stopping   bool // 0.18: shutdown requested; new requests end at once
-	inflight   int  // requests inside a handler
-	scheduled  int  // requests past the pause gate, not finished
+	stopping   bool          // 0.18: shutdown requested; new requests end at once
+	stopCh     chan struct{} // closed when stopping is set
+	inflight   int           // requests inside a handler
+	scheduled  int           // requests past the pause gate, not finished
 	serverLoad int
 	idle       *sync.Cond
 }
@@ -63,6 +64,7 @@ func (s *sim) serve(ctx context.Context, loadTime time.Duration) int {
 	e.reqCtx, e.abortAll = context.WithCancel(context.Background())
 	defer e.abortAll()
 	e.abortCtx, e.abortNow = context.WithCancel(context.Background())
+	e.stopCh = make(chan struct{})
 	e.defaults, e.capTokens = samplingDefaults(s.facts.genDefaults, o, se018(s))
 	e.cacheInfo = map[string]string{
 		"block_size": strconv.Itoa(s.plan.blockSize), "cache_dtype": o.kvCacheDtype,
@@ -157,11 +159,17 @@ func (s *sim) serve(ctx context.Context, loadTime time.Duration) int {
 	if s.env.v18 {
 		sctx, cancel = context.WithTimeout(context.Background(), shutdownHTTPBudget)
 	}
+	lg.uvicorn("Shutting down")
+	e.mu.Lock()
+	busy := e.inflight > 0
+	e.mu.Unlock()
+	if busy {
+		lg.uvicorn("Waiting for connections to close. (CTRL+C to force quit)")
+	}
 	_ = srv.Shutdown(sctx)
 	cancel()
 	e.abortAll()
 	_ = srv.Close()
-	lg.uvicorn("Shutting down")
 	lg.uvicorn("Waiting for application shutdown.")
 	lg.uvicorn("Application shutdown complete.")
 	time.Sleep(s.env.release)
@@ -179,6 +187,7 @@ func (e *engine) shutdownEngine018() {
 	timeout := e.opts.shutdownTimeout
 	e.mu.Lock()
 	e.stopping = true
+	close(e.stopCh)
 	n := e.scheduled
 	e.mu.Unlock()
 	e.log.engine("core.py:1201", "Shutdown initiated (timeout=%d)", timeout)
@@ -802,7 +811,11 @@ func (e *engine) handleWakeUp(w http.ResponseWriter, r *http.Request) {
 	if len(tags) > 0 {
 		shown = pyRepr(anySlice(tags))
 	}
-	e.log.info("api_router.py:37", "wake up the engine with tags: %s", shown)
+	if e.env.v18 {
+		e.log.info("api_router.py:37", "wake up the engine with tags: %s", shown)
+	} else {
+		e.log.info("api_server.py:915", "wake up the engine with tags: %s", shown)
+	}
 	execTags := tags
 	if e.env.v18 && len(tags) > 0 {
 		execTags = nil
