@@ -227,6 +227,9 @@ type Agent struct {
 	// its private unix socket (EngineSocket): vLLM then checks its key on
 	// /v1 paths only, and every local user reaches the rest.
 	Port int `toml:"port"`
+	// Listen, when set, is an address (host:port) where vagentd serves
+	// this agent alone: every request there goes to it, whatever its model.
+	Listen string `toml:"listen"`
 	// GPUs are the device indexes the engine sees (CUDA_VISIBLE_DEVICES);
 	// more than one only with tensor parallelism.
 	GPUs []int `toml:"gpus"`

@@ -157,7 +157,7 @@ var producers = map[string]func(t *testing.T) string{
 	},
 	"doctor-port-taken": func(t *testing.T) string {
 		// An engine on a port rather than its unix socket.
-		return doctorOfAgents(t, nil, map[string]map[string]any{"dev": {"port": 8001}}, func(e *doctor.Env, cfg *config.Config) {
+		return doctorOfAgents(t, nil, map[string]map[string]any{"dev": {"port": 9001}}, func(e *doctor.Env, cfg *config.Config) {
 			busy := fmt.Sprintf("127.0.0.1:%d", cfg.Agent("dev").Port)
 			e.Listen = func(network, addr string) (net.Listener, error) {
 				if addr == busy {

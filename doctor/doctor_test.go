@@ -76,7 +76,8 @@ sim_total_mib = 16376
 // newHost writes a configuration with the shipped agents (or the agent
 // files given) and engine/backend kinds, and fakes under which every check
 // passes.
-// shippedWithPorts are the shipped agents with the ports 8000-8002, on
+// shippedWithPorts are the shipped agents with the ports 9000-9002 (their
+// listeners have 8000-8002), on
 // which their engines then listen instead of their unix sockets.
 func shippedWithPorts(t *testing.T) map[string]string {
 	agents := map[string]string{}
@@ -85,7 +86,7 @@ func shippedWithPorts(t *testing.T) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		agents[n] = fmt.Sprintf("port = %d\n%s", 8000+i, b)
+		agents[n] = fmt.Sprintf("port = %d\n%s", 9000+i, b)
 	}
 	return agents
 }
@@ -534,11 +535,11 @@ func TestChecks(t *testing.T) {
 		{name: "no systemd", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) {
 				h.sdErr = errors.New("connect to systemd over D-Bus: dial unix /run/dbus/system_bus_socket: no such file or directory")
-				h.busy["127.0.0.1:8001"] = true
+				h.busy["127.0.0.1:9001"] = true
 			},
 			want: []check{
 				{"systemd", Fail, "systemd is not reachable: connect to systemd over D-Bus", "systemd must be PID 1"},
-				{"port dev", Warn, "127.0.0.1:8001 is in use, and without systemd doctor cannot tell whether vagent@dev.service holds it", "ss -ltnp 'sport = :8001'"},
+				{"port dev", Warn, "127.0.0.1:9001 is in use, and without systemd doctor cannot tell whether vagent@dev.service holds it", "ss -ltnp 'sport = :9001'"},
 				{"port po", Pass, "is free", ""},
 			}},
 		{name: "vagentd stopped or not installed", engine: sim, gpuKnd: simGPU,
@@ -553,19 +554,19 @@ func TestChecks(t *testing.T) {
 			want: []check{{"vagentd", Warn, "vagentd.service is not installed (not-found)", "install the vagent package"}}},
 		{name: "ports: own engine, stranger, gateway", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) {
-				h.busy["127.0.0.1:8000"], h.busy["127.0.0.1:8002"], h.busy["127.0.0.1:8080"] = true, true, true
+				h.busy["127.0.0.1:9000"], h.busy["127.0.0.1:9002"], h.busy["127.0.0.1:8080"] = true, true, true
 				h.states["vagent@architect.service"] = supervisor.UnitState{LoadState: "loaded", ActiveState: "activating", SubState: "start"}
 			},
 			want: []check{
-				{"port architect", Pass, "127.0.0.1:8000 is in use by vagent@architect.service (activating)", ""},
-				{"port po", Fail, "127.0.0.1:8002 is in use by another program (vagent@po.service is inactive)", "ss -ltnp 'sport = :8002'; stop that, or change port in " + "DIR/agents/po.toml"},
+				{"port architect", Pass, "127.0.0.1:9000 is in use by vagent@architect.service (activating)", ""},
+				{"port po", Fail, "127.0.0.1:9002 is in use by another program (vagent@po.service is inactive)", "ss -ltnp 'sport = :9002'; stop that, or change port in " + "DIR/agents/po.toml"},
 				{"port gateway", Pass, "127.0.0.1:8080 is in use by vagentd.service", ""},
 			}},
 		{name: "vLLM without --uds", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) { h.cfg.Engine.VLLMVersion = "0.9.2" },
 			want: []check{
 				{"engine sockets", Warn, "vLLM 0.9.2 has no --uds: engines listen on 127.0.0.1 with a key, which vLLM checks only on /v1 paths", "upgrade vLLM to 0.10.1 or later"},
-				{"port dev", Pass, "127.0.0.1:8001 is free", ""},
+				{"port dev", Pass, "127.0.0.1:9001 is free", ""},
 			}},
 		{name: "disk nearly full", engine: sim, gpuKnd: simGPU,
 			breakIt: func(h *host) { h.free = 1 * gib },

@@ -27,6 +27,8 @@ type host struct {
 	s     *sandbox.Sandbox
 	conf  string
 	ports map[string]int
+	// listens are the agents' own listeners' ports (listen).
+	listens map[string]int
 }
 
 const simLoadSeconds = 0.5
@@ -49,10 +51,20 @@ func newHostPorts(t testing.TB, ports bool) *host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &host{t: t, s: s, conf: conf, ports: map[string]int{}}
+	h := &host{t: t, s: s, conf: conf, ports: map[string]int{}, listens: map[string]int{}}
 	for _, a := range []string{"architect", "dev", "po"} {
+		// The shipped agents' own listeners (8000-8002) on free ports:
+		// sandboxes run side by side.
+		l, err := sandbox.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.EditConfig("agents/"+a+".toml", map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", l)}); err != nil {
+			t.Fatal(err)
+		}
+		h.listens[a] = l
 		if !ports {
-			break
+			continue
 		}
 		p, err := sandbox.FreePort()
 		if err != nil {
