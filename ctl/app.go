@@ -200,7 +200,7 @@ func App(stdout, stderr io.Writer) *cli.Command {
 			lifecycleCmd("switch", "make an agent run, stopping what does not fit beside it"),
 			lifecycleCmd("restart", "stop an agent, wait for its memory, start it again"),
 			stopCmd(), statusCmd(), logsCmd(), gpuCmd(), testCmd(), installCmd(), pullCmd(),
-			planCmd(), doctorCmd(), setupCmd(), completionCmd(),
+			planCmd(), doctorCmd(), setupCmd(), exportCmd(), completionCmd(),
 		},
 	}
 }

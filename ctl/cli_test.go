@@ -57,6 +57,10 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 				usage{[]string{c.Name, "dev", "po"}, c.Name + " takes exactly one AGENT, got 2 arguments\n" + hint})
 		case "SHELL":
 			cases = append(cases, usage{[]string{c.Name}, hint}, usage{[]string{c.Name, "tcsh"}, hint})
+		case "TARGET":
+			cases = append(cases,
+				usage{[]string{c.Name}, c.Name + " takes exactly one TARGET (kubernetes, kubeai, production-stack), got 0 arguments\n" + hint},
+				usage{[]string{c.Name, "nomad"}, "export target \"nomad\": want one of kubernetes, kubeai, production-stack\n" + hint})
 		case "[AGENT...]":
 			// Any number of agents; a wrong flag value instead.
 			cases = append(cases, usage{[]string{c.Name, "--jobs", "many"}, hint})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/docs"
+	"github.com/vagent-dev/vagent/journal"
 )
 
 func TestDocumentedMessagesOfFailedSwitches(t *testing.T) {
@@ -27,7 +28,7 @@ func TestDocumentedMessagesOfFailedSwitches(t *testing.T) {
 		cfg := testConfig(t, agent("dev", 0.5, 30))
 		fh := newFakeHost(t, cfg, 16*gib)
 		h := &limitHost{fakeHost: fh, hit: map[string]bool{"vagent@dev.service": true}}
-		s := New(cfg, Options{Systemd: h, GPU: fh, RootCause: func(context.Context, string, time.Time) string { return cause }})
+		s := New(cfg, Options{Systemd: h, GPU: fh, RootCause: func(context.Context, string, time.Time, journal.Exit) string { return cause }})
 		_, err := s.Switch(ctx, "dev")
 		got["start-limit-refused"] = err.Error()
 	}
@@ -37,7 +38,7 @@ func TestDocumentedMessagesOfFailedSwitches(t *testing.T) {
 		h := newFakeHost(t, cfg, 16*gib)
 		h.failing["vagent@dev.service"] = true
 		c := &clock{t: time.Unix(1e9, 0)}
-		s := New(cfg, Options{Systemd: h, GPU: h, Now: c.now, RootCause: func(context.Context, string, time.Time) string { return cause }})
+		s := New(cfg, Options{Systemd: h, GPU: h, Now: c.now, RootCause: func(context.Context, string, time.Time, journal.Exit) string { return cause }})
 		if _, err := s.Switch(ctx, "po"); err != nil {
 			t.Fatal(err)
 		}
