@@ -88,8 +88,9 @@ var ErrInUse = errors.New("in use")
 func (e Endpoint) CheckFree() error {
 	switch e.network {
 	case "unix":
-		// A socket file nobody answers on is left from a dead engine:
-		// vLLM removes it before binding. One that answers is in use.
+		// A socket file nobody answers on is left from a dead engine: the
+		// unit removes it before the start (vLLM's bind would fail on it).
+		// One that answers is in use.
 		if _, err := os.Stat(e.address); err != nil {
 			return nil
 		}
