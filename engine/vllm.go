@@ -40,6 +40,10 @@ func (VLLM) Endpoint(c *config.Config, a *config.Agent) Endpoint {
 // versions; help flags make it print and exit 0, which looks like a clean stop.
 var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
 
+// HealthRoute is the path of vLLM's health probe, for probes vagent does
+// not make itself (a Kubernetes export's).
+func (VLLM) HealthRoute() string { return routeHealth }
+
 // Binary is the engine's executable, the venv's vllm or the simulator, and
 // the field that configures it.
 func (v VLLM) Binary(c *config.Config) (bin, field string) {

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // The Secrets the cluster admin creates before applying: the Hugging Face
@@ -75,7 +76,7 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 	gpus := strconv.Itoa(gpuCount(a))
 	probe := func(failures int) map[string]any {
 		return map[string]any{
-			"httpGet":          map[string]any{"path": "/health", "port": "http"},
+			"httpGet":          map[string]any{"path": engine.VLLM{}.HealthRoute(), "port": "http"},
 			"periodSeconds":    int(probePeriod / time.Second),
 			"failureThreshold": failures,
 		}
