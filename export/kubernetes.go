@@ -142,7 +142,7 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 		"spec": map[string]any{
 			"selector": selector,
 			"ports": []any{map[string]any{
-				"name": "http", "port": a.Port, "targetPort": "http", "protocol": "TCP"}},
+				"name": "http", "port": servicePort(a), "targetPort": "http", "protocol": "TCP"}},
 		},
 	}
 	for _, o := range []struct {
@@ -170,4 +170,13 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 	}
 	res.NotCarried = append(res.NotCarried, hostOnly(c, a)...)
 	return nil
+}
+
+// servicePort is the port agent a's Service offers: its engine's port on
+// one host, or vllm serve's default for an engine on a unix socket there.
+func servicePort(a *config.Agent) int {
+	if a.Port > 0 {
+		return a.Port
+	}
+	return containerPort
 }
