@@ -228,7 +228,13 @@ type Agent struct {
 	Revision    string   `toml:"revision"`
 	ServedNames []string `toml:"served_names"`
 	Aliases     []string `toml:"aliases"`
-	Port        int      `toml:"port"`
+	// Port, when set, makes the engine listen on 127.0.0.1:Port instead of
+	// its private unix socket (EngineSocket): vLLM then checks its key on
+	// /v1 paths only, and every local user reaches the rest.
+	Port int `toml:"port"`
+	// Listen, when set, is an address (host:port) where vagentd serves
+	// this agent alone: every request there goes to it, whatever its model.
+	Listen string `toml:"listen"`
 	// GPUs are the device indexes the engine sees (CUDA_VISIBLE_DEVICES);
 	// more than one only with tensor parallelism.
 	GPUs []int `toml:"gpus"`
@@ -395,6 +401,19 @@ func (c *Config) Agent(name string) *Agent {
 // EngineKeyFile is the environment file holding the engines' API key
 // (VLLM_API_KEY), readable only by root and the engine user.
 func (c *Config) EngineKeyFile() string { return c.Paths.StateDir + "/engine-key.env" }
+
+// EngineSocketDir holds the unix sockets of the engines that listen on one
+// (agents without a port): only the engine user and group may enter it, so
+// no other local user reaches an engine's routes, checked by a key or not.
+func (c *Config) EngineSocketDir() string { return c.Paths.RunDir + "/engines" }
+
+// EngineSocket is the unix socket the engine of agent name listens on when
+// it has no port.
+func (c *Config) EngineSocket(name string) string { return c.EngineSocketDir() + "/" + name + ".sock" }
+
+// MaxSocketPath is the longest path a unix socket may have: sun_path holds
+// 108 bytes with the terminating NUL.
+const MaxSocketPath = 107
 
 // SharesGPU reports whether two agents use at least one GPU in common.
 func SharesGPU(a, b *Agent) bool {

@@ -26,9 +26,10 @@ func TestShippedConfigsLoad(t *testing.T) {
 		temp  float64
 		port  int
 	}{
-		"architect": {"Qwen/Qwen2.5-14B-Instruct-AWQ", 0.1, 8000},
-		"dev":       {"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ", 0.3, 8001},
-		"po":        {"Qwen/Qwen2.5-7B-Instruct-AWQ", 0.5, 8002},
+		// No ports: the engines listen on unix sockets.
+		"architect": {"Qwen/Qwen2.5-14B-Instruct-AWQ", 0.1, 0},
+		"dev":       {"Qwen/Qwen2.5-Coder-14B-Instruct-AWQ", 0.3, 0},
+		"po":        {"Qwen/Qwen2.5-7B-Instruct-AWQ", 0.5, 0},
 	}
 	if len(c.Agents) != len(want) {
 		t.Fatalf("got %d agents, want %d", len(c.Agents), len(want))
@@ -357,5 +358,40 @@ func TestSwitchModeDefaults(t *testing.T) {
 	d := Defaults()
 	if d.SwitchMode(&Agent{}) != SwitchRestart {
 		t.Error("the default switch mode is not restart")
+	}
+}
+
+// TestAgentListenConflicts: an agent's listener may not take another's
+// port, the gateway's or an engine's; each refusal names the file and line.
+func TestAgentListenConflicts(t *testing.T) {
+	const model = "model = \"Qwen/Qwen2.5-7B-Instruct-AWQ\"\n"
+	for _, tc := range []struct {
+		name   string
+		agents map[string]string
+		want   []string
+	}{
+		{"two listeners on one port", map[string]string{"a": model + "listen = \"127.0.0.1:8000\"\n", "b": model + "\nlisten = \"127.0.0.1:8000\"\n"},
+			[]string{"agents/b.toml:3:", "listen: port 8000 is already agent \"a\"'s listen"}},
+		{"the gateway's port", map[string]string{"a": model + "listen = \"127.0.0.1:8080\"\n"},
+			[]string{"agents/a.toml:2:", "listen: port 8080 is the gateway's"}},
+		{"an engine's port", map[string]string{"a": model + "listen = \"127.0.0.1:8001\"\n", "b": model + "port = 8001\n"},
+			[]string{"agents/a.toml:2:", "listen: port 8001 is agent \"b\"'s engine port"}},
+		{"not an address", map[string]string{"a": model + "listen = \"8000\"\n"},
+			[]string{"agents/a.toml", "listen: must be host:port"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeConfig(t, "[gateway]\nlisten = \"127.0.0.1:8080\"\n", tc.agents))
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+	if _, err := Load(writeConfig(t, "", map[string]string{"a": model + "listen = \"127.0.0.1:8000\"\n", "b": model + "listen = \"127.0.0.1:8001\"\n"})); err != nil {
+		t.Errorf("two listeners on two ports: %v", err)
 	}
 }

@@ -30,7 +30,7 @@ var mainDocs = map[string]keyDoc{
 	"engine.find_links":              {"Wheel directories or pages for `vagentctl install`; without any index the install is offline.", "`--find-links` (alone: `--no-index`)"},
 	"paths.unit_dir":                 {"Where the template unit and the drop-ins are written.", "`vagent@.service`, `vagent@NAME.service.d/50-vagent.conf`"},
 	"paths.state_dir":                {"Engines, the engines' API key, setup state.", "`HOME=`, `EnvironmentFile=STATE/engine-key.env`"},
-	"paths.run_dir":                  {"Runtime files: transition locks, the levels sleeping agents sleep at, the control socket's default place.", "`RUN/gpuN.lock`, `RUN/sleep/NAME`"},
+	"paths.run_dir":                  {"Runtime files: transition locks, the levels sleeping agents sleep at, the control socket's default place, the engines' unix sockets (so short enough that `RUN/engines/NAME.sock` fits a socket path's 107 bytes).", "`RUN/gpuN.lock`, `RUN/sleep/NAME`, `RUN/engines/NAME.sock`"},
 	"paths.hf_home":                  {"The Hugging Face home holding model weights.", "`HF_HOME=`"},
 	"paths.cache_dir":                {"Compiler and kernel caches (Triton, torch inductor, CUDA, vLLM).", "`XDG_CACHE_HOME=`, `TRITON_CACHE_DIR=`, `TORCHINDUCTOR_CACHE_DIR=`, `CUDA_CACHE_PATH=`, `VLLM_CACHE_ROOT=`"},
 	"paths.agents_dir":               {"The directory of agent files, relative to vagent.toml.", ""},
@@ -79,7 +79,8 @@ var agentDocs = map[string]keyDoc{
 	"revision":                    {"Branch, tag or commit of the model.", "`--revision` (when not main)"},
 	"served_names":                {"Model names the engine answers to; the first is the metrics label.", "`--served-model-name`"},
 	"aliases":                     {"More names clients may use; the gateway rewrites them.", ""},
-	"port":                        {"The engine's port on 127.0.0.1; unique per agent.", "`--host 127.0.0.1 --port`"},
+	"port":                        {"Unset (the default): the engine listens on the unix socket `RUN/engines/NAME.sock` (vLLM 0.10.1 and later), in a directory only vagent's user and group may enter, and opens no TCP port. Set: the engine listens on 127.0.0.1 at this port, unique per agent, where every local user reaches its routes outside /v1 (vLLM checks its key only there); versions before 0.10.1 need it.", "`--uds` / `--host 127.0.0.1 --port`"},
+	"listen":                      {"An address (host:port) where vagentd serves this agent on a listener of its own: every request there goes to this agent whatever its `model` says, with the keys, limits, queueing, switching and metrics of gateway.listen. For clients that have one base URL per agent. Its port must differ from gateway.listen, every other agent's listen and every engine's port. Without a keys file it must be a loopback address.", ""},
 	"gpus":                        {"GPU indexes (PCI bus order, as nvidia-smi) the engine sees; several only with tensor parallelism.", "`CUDA_VISIBLE_DEVICES=`"},
 	"gpu_memory_utilization":      {"Fraction of the GPU's total memory this engine may use, in (0, 1]: its budget.", "`--gpu-memory-utilization`"},
 	"kv_cache_memory_bytes":       {"A fixed KV cache size; vLLM then ignores the utilization for the KV size (not for its free-memory check).", "`--kv-cache-memory-bytes`"},
@@ -254,7 +255,7 @@ the files vagent puts in it fit): systemd ignores a path directive that breaks t
 	fmt.Fprint(w, `
 ## Agent files (agents/NAME.toml)
 
-`+"`model` and `port`"+` are required. `+"`[sampling]` and `[env]`"+` are tables of their own.
+`+"`model`"+` is required. `+"`[sampling]` and `[env]`"+` are tables of their own.
 
 `)
 	table(w, agent, false)

@@ -201,8 +201,15 @@ func (a *Agent) validate(data []byte) Errors {
 			f.fail("aliases", "entry %d %q must be non-empty without spaces", i+1, n)
 		}
 	}
-	if a.Port < 1 || a.Port > 65535 {
-		f.fail("port", "must be 1-65535, not %d", a.Port)
+	if a.Listen != "" {
+		if _, port, err := net.SplitHostPort(a.Listen); err != nil {
+			f.fail("listen", "must be host:port, not %q", a.Listen)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			f.fail("listen", "port must be 1-65535, not %q", port)
+		}
+	}
+	if a.Port != 0 && (a.Port < 1 || a.Port > 65535) {
+		f.fail("port", "must be 1-65535 (or unset, for a unix socket), not %d", a.Port)
 	}
 	if len(a.GPUs) == 0 {
 		f.fail("gpus", "must list at least one GPU index")
@@ -297,6 +304,7 @@ func checkEnv(f *fieldChecker, field string, env map[string]string) {
 func (c *Config) validateAcrossAgents() Errors {
 	var errs Errors
 	ports := map[int]*Agent{}
+	listens := map[int]*Agent{}
 	names := map[string]*Agent{}
 	gwPort := 0
 	if _, p, err := net.SplitHostPort(c.Gateway.Listen); err == nil {
@@ -312,13 +320,31 @@ func (c *Config) validateAcrossAgents() Errors {
 			errs = append(errs, &Error{File: a.File, Agent: a.Name, Field: field,
 				Line: lineOf(data, toml.Key{field}), Msg: fmt.Sprintf(format, args...)})
 		}
-		if o, ok := ports[a.Port]; ok {
+		if a.Port == 0 {
+			// A unix socket instead: its path's length is checked where the
+			// engine's command line is rendered (engine.Command).
+		} else if o, ok := ports[a.Port]; ok {
 			at("port", "%d is already used by agent %q (%s)", a.Port, o.Name, o.File)
 		} else {
 			ports[a.Port] = a
 		}
-		if a.Port == gwPort {
+		if a.Port != 0 && a.Port == gwPort {
 			at("port", "%d is the gateway's port (gateway.listen in %s)", a.Port, c.Path)
+		}
+		if a.Listen != "" {
+			// One port per listener: vagentd binds them all, and an engine
+			// with a port binds it on the loopback.
+			if _, p, err := net.SplitHostPort(a.Listen); err == nil {
+				n, _ := strconv.Atoi(p)
+				switch o, ok := listens[n]; {
+				case ok:
+					at("listen", "port %d is already agent %q's listen (%s)", n, o.Name, o.File)
+				case n == gwPort:
+					at("listen", "port %d is the gateway's (gateway.listen in %s)", n, c.Path)
+				default:
+					listens[n] = a
+				}
+			}
 		}
 		for _, n := range a.Names()[1:] {
 			field := "aliases"
@@ -336,6 +362,21 @@ func (c *Config) validateAcrossAgents() Errors {
 				if g >= c.GPU.SimCount {
 					at("gpus", "GPU %d does not exist: the simulator has %d (gpu.sim_count)", g, c.GPU.SimCount)
 				}
+			}
+		}
+	}
+	// An agent's listener and an engine's port are both TCP ports of
+	// this host: one may not take the other's.
+	for _, a := range c.Agents {
+		if a.Listen == "" {
+			continue
+		}
+		if _, p, err := net.SplitHostPort(a.Listen); err == nil {
+			n, _ := strconv.Atoi(p)
+			if o, ok := ports[n]; ok {
+				data, _ := os.ReadFile(a.File)
+				errs = append(errs, &Error{File: a.File, Agent: a.Name, Field: "listen", Line: lineOf(data, toml.Key{"listen"}),
+					Msg: fmt.Sprintf("port %d is agent %q's engine port (port in %s)", n, o.Name, o.File)})
 			}
 		}
 	}

@@ -173,7 +173,7 @@ func chatOnce(ctx context.Context, cfg *config.Config, a *config.Agent, prompt s
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
 	})
-	ep := engine.Of(cfg).Endpoint(a)
+	ep := engine.Of(cfg).Endpoint(cfg, a)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL("/v1/chat/completions"), bytes.NewReader(body))
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -248,8 +249,12 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 			failed = append(failed, fmt.Sprintf("%s: start backoff: not started again for %s (%d failed start(s) in a row); `vagentctl restart %s` tries now",
 				s.Agent, config.FormatDuration(max(0, b.Until.Sub(now)).Round(time.Second)), b.Failures, s.Agent))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s",
-			s.Agent, state, pid, since, s.Restarts, result, s.Port, health, vram)
+		port := "-" // an engine on its unix socket
+		if s.Port != 0 {
+			port = strconv.Itoa(s.Port)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s",
+			s.Agent, state, pid, since, s.Restarts, result, port, health, vram)
 		if gw != nil {
 			g := gw[i]
 			gstate := g.State

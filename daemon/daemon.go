@@ -214,14 +214,35 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	api := gw.Server(errLog)
 	apiLn = gw.Listener(apiLn)
+	// Agents' own listeners (listen in an agent file), for clients with a
+	// base URL per agent.
+	type agentListener struct {
+		srv *http.Server
+		ln  net.Listener
+	}
+	var own []agentListener
+	for _, a := range cfg.Agents {
+		if a.Listen == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s's listen %s (%s): %w", a.Name, a.Listen, a.File, err)
+		}
+		defer ln.Close()
+		own = append(own, agentListener{gw.AgentServer(a.Name, errLog), gw.Listener(ln)})
+	}
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:
 	// it stops only after the requests in flight are done.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
-	errc := make(chan error, 3)
+	errc := make(chan error, 3+len(own))
 	go func() { errc <- serve("gateway", api, apiLn) }()
+	for _, l := range own {
+		go func() { errc <- serve("agent listener", l.srv, l.ln) }()
+	}
 	go func() { errc <- serve("control socket", ctl, ctlLn) }()
 	runDone := make(chan struct{})
 	go func() {
@@ -257,12 +278,17 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// the requests in flight finish within the bound, then cut what is left
 	// with an explicit error and give that a moment to reach the clients.
 	// Agents are separate units: nothing here stops them.
-	if !shutdown(ctx, bound, api, ctl) {
+	srvs := []*http.Server{api, ctl}
+	for _, l := range own {
+		srvs = append(srvs, l.srv)
+	}
+	if !shutdown(ctx, bound, srvs...) {
 		n := gw.CutForShutdown()
 		log.Warn("requests still in flight after gateway.shutdown_timeout: cutting them with an error", "cut", n, "shutdown_timeout", bound)
-		if !shutdown(ctx, cutGrace, api, ctl) {
-			api.Close()
-			ctl.Close()
+		if !shutdown(ctx, cutGrace, srvs...) {
+			for _, s := range srvs {
+				s.Close()
+			}
 		}
 	}
 	stopRun()
@@ -323,6 +349,16 @@ func loadKeys(cfg *config.Config, log *slog.Logger) (*gateway.Keys, error) {
 			"anyone could use the agents; set keys_file, or listen on 127.0.0.1", cfg.Path, cfg.Gateway.Listen)
 		log.Error("refusing to start without keys on a non-loopback address", "listen", cfg.Gateway.Listen, "config", cfg.Path)
 		return nil, err
+	}
+	for _, a := range cfg.Agents {
+		if a.Listen == "" {
+			continue
+		}
+		if ok, err := Loopback(a.Listen); err != nil || !ok {
+			log.Error("refusing to start without keys on a non-loopback address", "listen", a.Listen, "agent", a.Name)
+			return nil, fmt.Errorf("%s: listen = %q is reachable from other hosts but no gateway.keys_file is set: "+
+				"anyone could use agent %s; set keys_file, or listen on 127.0.0.1", a.File, a.Listen, a.Name)
+		}
 	}
 	log.Info("no keys file: listening on loopback only", "listen", cfg.Gateway.Listen)
 	return nil, nil

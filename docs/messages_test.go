@@ -156,7 +156,8 @@ var producers = map[string]func(t *testing.T) string{
 		return doctorOf(t, map[string]any{"engine.kind": "vllm", "gpu.backend": "nvml"}, nil)
 	},
 	"doctor-port-taken": func(t *testing.T) string {
-		return doctorOf(t, nil, func(e *doctor.Env, cfg *config.Config) {
+		// An engine on a port rather than its unix socket.
+		return doctorOfAgents(t, nil, map[string]map[string]any{"dev": {"port": 9001}}, func(e *doctor.Env, cfg *config.Config) {
 			busy := fmt.Sprintf("127.0.0.1:%d", cfg.Agent("dev").Port)
 			e.Listen = func(network, addr string) (net.Listener, error) {
 				if addr == busy {
@@ -403,7 +404,13 @@ func planOf(t *testing.T, set map[string]any) string {
 // and vagentd running; change adjusts the host further.
 func doctorOf(t *testing.T, set map[string]any, change func(*doctor.Env, *config.Config)) string {
 	t.Helper()
-	cfgPath := installConfig(t, "configs", set, nil)
+	return doctorOfAgents(t, set, nil, change)
+}
+
+// doctorOfAgents is doctorOf with agent settings.
+func doctorOfAgents(t *testing.T, set map[string]any, agents map[string]map[string]any, change func(*doctor.Env, *config.Config)) string {
+	t.Helper()
+	cfgPath := installConfig(t, "configs", set, agents)
 	cfg := loadConfig(t, cfgPath)
 	// The simulator doctor checks for, as the package installs it.
 	sim := cfg.Engine.SimBinary

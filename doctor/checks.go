@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gpu"
 	"github.com/vagent-dev/vagent/models"
 	"github.com/vagent-dev/vagent/plan"
@@ -268,8 +269,16 @@ func (d *Doctor) checkSampling(ctx context.Context) {
 }
 
 func (d *Doctor) checkPorts(ctx context.Context) {
+	if v := d.cfg.Engine.VLLMVersion; !engine.UnixSockets(v) {
+		d.add("engine sockets", Warn, fmt.Sprintf("upgrade vLLM to 0.10.1 or later (engine.vllm_version in %s) and remove port from the agent files", d.cfg.Path),
+			"vLLM %s has no --uds: engines listen on 127.0.0.1 with a key, which vLLM checks only on /v1 paths; every local user reaches their other routes (/sleep, /collective_rpc, ...)", v)
+	}
 	for _, a := range d.cfg.Agents {
-		ep := d.eng.Endpoint(a)
+		ep := d.eng.Endpoint(d.cfg, a)
+		if ep.Network() == "unix" {
+			d.add("socket "+a.Name, Pass, "", "the engine listens on %s, in a directory only the engine's user and group may enter, and opens no TCP port", ep.Address())
+			continue
+		}
 		d.checkPort(ctx, "port "+a.Name, ep.Network(), ep.Address(), a.Unit(),
 			fmt.Sprintf("change port in %s", a.File))
 	}

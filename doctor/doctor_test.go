@@ -76,6 +76,21 @@ sim_total_mib = 16376
 // newHost writes a configuration with the shipped agents (or the agent
 // files given) and engine/backend kinds, and fakes under which every check
 // passes.
+// shippedWithPorts are the shipped agents with the ports 9000-9002 (their
+// listeners have 8000-8002), on
+// which their engines then listen instead of their unix sockets.
+func shippedWithPorts(t *testing.T) map[string]string {
+	agents := map[string]string{}
+	for i, n := range []string{"architect", "dev", "po"} {
+		b, err := os.ReadFile(filepath.Join("..", "configs", "agents", n+".toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents[n] = fmt.Sprintf("port = %d\n%s", 9000+i, b)
+	}
+	return agents
+}
+
 func newHost(t *testing.T, engine, backend string, agents map[string]string) *host {
 	t.Helper()
 	dir := t.TempDir()
@@ -309,9 +324,9 @@ func TestEverythingPassesOnAGoodSimHost(t *testing.T) {
 		{"sampling po", Pass, "temperature 0.5, top_p 0.9: default for requests that set none"},
 		{"systemd", Pass, "reachable over D-Bus"},
 		{"vagentd", Pass, "vagentd.service is active (running)"},
-		{"port architect", Pass, "127.0.0.1:8000 is free"},
-		{"port dev", Pass, "127.0.0.1:8001 is free"},
-		{"port po", Pass, "127.0.0.1:8002 is free"},
+		{"socket architect", Pass, "/run/engines/architect.sock, in a directory only the engine's user and group may enter, and opens no TCP port"},
+		{"socket dev", Pass, "/run/engines/dev.sock"},
+		{"socket po", Pass, "/run/engines/po.sock"},
 		{"port gateway", Pass, "127.0.0.1:8080 is free"},
 		{"disk state_dir", Pass, "100.00 GiB free for " + h.cfg.Paths.StateDir},
 		{"disk hf_home", Pass, "100.00 GiB free"},
@@ -517,14 +532,14 @@ func TestChecks(t *testing.T) {
 				os.WriteFile(filepath.Join(h.cfg.Paths.UnitDir, "vagent@old.service.d", "50-vagent.conf"), []byte("# Written by vagent\n"), 0o644)
 			},
 			want: []check{{"units", Warn, "out of date vagent@po.service.d/50-vagent.conf; of agents no longer configured vagent@old.service.d/50-vagent.conf", "run vagentctl apply"}}},
-		{name: "no systemd", engine: sim, gpuKnd: simGPU,
+		{name: "no systemd", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) {
 				h.sdErr = errors.New("connect to systemd over D-Bus: dial unix /run/dbus/system_bus_socket: no such file or directory")
-				h.busy["127.0.0.1:8001"] = true
+				h.busy["127.0.0.1:9001"] = true
 			},
 			want: []check{
 				{"systemd", Fail, "systemd is not reachable: connect to systemd over D-Bus", "systemd must be PID 1"},
-				{"port dev", Warn, "127.0.0.1:8001 is in use, and without systemd doctor cannot tell whether vagent@dev.service holds it", "ss -ltnp 'sport = :8001'"},
+				{"port dev", Warn, "127.0.0.1:9001 is in use, and without systemd doctor cannot tell whether vagent@dev.service holds it", "ss -ltnp 'sport = :9001'"},
 				{"port po", Pass, "is free", ""},
 			}},
 		{name: "vagentd stopped or not installed", engine: sim, gpuKnd: simGPU,
@@ -537,15 +552,21 @@ func TestChecks(t *testing.T) {
 				h.states["vagentd.service"] = supervisor.UnitState{LoadState: "not-found", ActiveState: "inactive"}
 			},
 			want: []check{{"vagentd", Warn, "vagentd.service is not installed (not-found)", "install the vagent package"}}},
-		{name: "ports: own engine, stranger, gateway", engine: sim, gpuKnd: simGPU,
+		{name: "ports: own engine, stranger, gateway", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) {
-				h.busy["127.0.0.1:8000"], h.busy["127.0.0.1:8002"], h.busy["127.0.0.1:8080"] = true, true, true
+				h.busy["127.0.0.1:9000"], h.busy["127.0.0.1:9002"], h.busy["127.0.0.1:8080"] = true, true, true
 				h.states["vagent@architect.service"] = supervisor.UnitState{LoadState: "loaded", ActiveState: "activating", SubState: "start"}
 			},
 			want: []check{
-				{"port architect", Pass, "127.0.0.1:8000 is in use by vagent@architect.service (activating)", ""},
-				{"port po", Fail, "127.0.0.1:8002 is in use by another program (vagent@po.service is inactive)", "ss -ltnp 'sport = :8002'; stop that, or change port in " + "DIR/agents/po.toml"},
+				{"port architect", Pass, "127.0.0.1:9000 is in use by vagent@architect.service (activating)", ""},
+				{"port po", Fail, "127.0.0.1:9002 is in use by another program (vagent@po.service is inactive)", "ss -ltnp 'sport = :9002'; stop that, or change port in " + "DIR/agents/po.toml"},
 				{"port gateway", Pass, "127.0.0.1:8080 is in use by vagentd.service", ""},
+			}},
+		{name: "vLLM without --uds", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
+			breakIt: func(h *host) { h.cfg.Engine.VLLMVersion = "0.9.2" },
+			want: []check{
+				{"engine sockets", Warn, "vLLM 0.9.2 has no --uds: engines listen on 127.0.0.1 with a key, which vLLM checks only on /v1 paths", "upgrade vLLM to 0.10.1 or later"},
+				{"port dev", Pass, "127.0.0.1:9001 is free", ""},
 			}},
 		{name: "disk nearly full", engine: sim, gpuKnd: simGPU,
 			breakIt: func(h *host) { h.free = 1 * gib },

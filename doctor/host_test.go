@@ -46,7 +46,7 @@ func TestDoctorOnThisHost(t *testing.T) {
 		check{"units", Warn, "missing vagent@.service", "vagentctl apply"},
 		check{"plan", Pass, "every agent fits its GPU alone", ""},
 	)
-	for _, name := range []string{"systemd", "port architect", "port dev", "port po", "port gateway", "disk state_dir", "disk hf_home"} {
+	for _, name := range []string{"systemd", "socket architect", "socket dev", "socket po", "port gateway", "disk state_dir", "disk hf_home"} {
 		res := find(r, name)
 		if res == nil {
 			t.Errorf("no %s check", name)

@@ -27,11 +27,17 @@ type host struct {
 	s     *sandbox.Sandbox
 	conf  string
 	ports map[string]int
+	// listens are the agents' own listeners' ports (listen).
+	listens map[string]int
 }
 
 const simLoadSeconds = 0.5
 
-func newHost(t testing.TB) *host {
+func newHost(t testing.TB) *host { return newHostPorts(t, true) }
+
+// newHostPorts is newHost; without ports the agents keep the shipped files'
+// setting, a unix socket per engine.
+func newHostPorts(t testing.TB, ports bool) *host {
 	t.Helper()
 	s := sandbox.New(t, sandbox.Options{})
 	ctx := t.Context()
@@ -45,8 +51,21 @@ func newHost(t testing.TB) *host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &host{t: t, s: s, conf: conf, ports: map[string]int{}}
+	h := &host{t: t, s: s, conf: conf, ports: map[string]int{}, listens: map[string]int{}}
 	for _, a := range []string{"architect", "dev", "po"} {
+		// The shipped agents' own listeners (8000-8002) on free ports:
+		// sandboxes run side by side.
+		l, err := sandbox.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.EditConfig("agents/"+a+".toml", map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", l)}); err != nil {
+			t.Fatal(err)
+		}
+		h.listens[a] = l
+		if !ports {
+			continue
+		}
 		p, err := sandbox.FreePort()
 		if err != nil {
 			t.Fatal(err)

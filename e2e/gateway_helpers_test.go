@@ -39,7 +39,12 @@ const gatewayUnit = sandbox.GatewayUnit
 // starts vagentd, and waits until its /healthz answers.
 func newGatewayHost(tb testing.TB, set map[string]any) *gwHost {
 	tb.Helper()
-	h := newHost(tb)
+	return newGatewayHostOn(tb, newHost(tb), set)
+}
+
+// newGatewayHostOn is newGatewayHost on h.
+func newGatewayHostOn(tb testing.TB, h *host, set map[string]any) *gwHost {
+	tb.Helper()
 	ctx := tb.Context()
 	if err := h.s.Build(ctx, "./cmd/vagentd"); err != nil {
 		tb.Fatal(err)

@@ -62,15 +62,17 @@ func (e Endpoint) Dial(ctx context.Context, d *net.Dialer) (net.Conn, error) {
 }
 
 // Transport is an HTTP transport that dials the engine whatever a request's
-// URL says, with its own pool of connections.
+// URL says, with its own pool of connections. Otherwise it is net/http's
+// default: idle connections are kept (an engine that closes one is noticed
+// by the transport), so a wake's calls after seconds of quiet need no new
+// connection; with a 3 s idle timeout the wake switch measured ~25 ms
+// slower on a loaded host. No proxy: engines are local.
 func (e Endpoint) Transport() *http.Transport {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return e.Dial(ctx, d) },
-		MaxIdleConnsPerHost: 16,
-		IdleConnTimeout:     3 * time.Second, // below the engines' keep-alive (uvicorn: 5s)
-		DisableCompression:  true,
-	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return e.Dial(ctx, d) }
+	return t
 }
 
 // ErrInUse is returned, wrapped, by CheckFree when something listens where
@@ -86,8 +88,9 @@ var ErrInUse = errors.New("in use")
 func (e Endpoint) CheckFree() error {
 	switch e.network {
 	case "unix":
-		// A socket file nobody answers on is left from a dead engine:
-		// vLLM removes it before binding. One that answers is in use.
+		// A socket file nobody answers on is left from a dead engine: the
+		// unit removes it before the start (vLLM's bind would fail on it).
+		// One that answers is in use.
 		if _, err := os.Stat(e.address); err != nil {
 			return nil
 		}

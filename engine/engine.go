@@ -32,7 +32,7 @@ type Engine interface {
 	// override.
 	LockedEnv() []string
 	// Endpoint is where agent a's engine serves.
-	Endpoint(a *config.Agent) Endpoint
+	Endpoint(c *config.Config, a *config.Agent) Endpoint
 	// ControlRoute reports whether path (clean, lower case) drives the
 	// engine instead of serving a model: the gateway never forwards it,
 	// since the engine may not check its key there.

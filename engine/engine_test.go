@@ -72,8 +72,84 @@ func TestEndpointTCP(t *testing.T) {
 	if got := ep.URL("/health"); got != "http://127.0.0.1:8001/health" {
 		t.Errorf("URL = %s", got)
 	}
-	if got := (VLLM{}).Endpoint(&config.Agent{Port: 8002}); got != TCP("127.0.0.1", 8002) {
-		t.Errorf("vLLM endpoint = %s", got)
+}
+
+// TestEndpointPerAgent: an agent without a port is served on its socket
+// under run_dir/engines, one with a port on the loopback.
+func TestEndpointPerAgent(t *testing.T) {
+	c := config.Defaults()
+	if got := (VLLM{}).Endpoint(&c, &config.Agent{Name: "dev", Port: 8002}); got != TCP("127.0.0.1", 8002) {
+		t.Errorf("agent with a port: endpoint = %s", got)
+	}
+	got := (VLLM{Sim: true}).Endpoint(&c, &config.Agent{Name: "dev"})
+	if got != Unix("/run/vagent/engines/dev.sock") || got.Network() != "unix" {
+		t.Errorf("agent without a port: endpoint = %s", got)
+	}
+}
+
+// TestCommandListens: the words that say where the engine listens, per
+// vLLM version and port; --uds replaces --host and --port (vLLM ignores
+// them beside it).
+func TestCommandListens(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		port    int
+		want    string // the words after the model, up to --gpu-memory-utilization
+		err     string
+	}{
+		{"0.18.0", 0, "--uds /run/vagent/engines/dev.sock", ""},
+		{"0.12.0", 0, "--uds /run/vagent/engines/dev.sock", ""},
+		{"0.10.1", 0, "--uds /run/vagent/engines/dev.sock", ""},
+		{"0.18.0", 8001, "--host 127.0.0.1 --port 8001", ""},
+		{"0.10.0", 8001, "--host 127.0.0.1 --port 8001", ""},
+		{"0.9.2", 0, "", "port: must be set: vLLM 0.9.2 (engine.vllm_version) has no --uds"},
+	} {
+		c := config.Defaults()
+		c.Engine.VLLMVersion = tc.version
+		c.Engine.Kind = config.EngineSim
+		c.Engine.SimBinary = "/usr/bin/vllm-sim"
+		a := &config.Agent{Name: "dev", File: "/etc/vagent/agents/dev.toml", Model: "org/m", Port: tc.port, GPUMemoryUtilization: 0.5, GPUs: []int{0}}
+		args, errs := Of(&c).Command(&c, a)
+		if tc.err != "" {
+			if len(errs) == 0 || !strings.Contains(errs.Error(), tc.err) {
+				t.Errorf("%s port %d: errors %v, want %q", tc.version, tc.port, errs, tc.err)
+			}
+			continue
+		}
+		if len(errs) > 0 {
+			t.Errorf("%s port %d: %v", tc.version, tc.port, errs)
+			continue
+		}
+		var words []string
+		for _, x := range args[3:] {
+			if x.Val == "--gpu-memory-utilization" {
+				break
+			}
+			words = append(words, x.Val)
+		}
+		if got := strings.Join(words, " "); got != tc.want {
+			t.Errorf("%s port %d: %q, want %q", tc.version, tc.port, got, tc.want)
+		}
+	}
+}
+
+// TestCommandSocketTooLong: a socket path sun_path cannot hold is refused
+// naming run_dir.
+func TestCommandSocketTooLong(t *testing.T) {
+	c := config.Defaults()
+	c.Paths.RunDir = "/run/" + strings.Repeat("r", 90)
+	a := &config.Agent{Name: "dev", Model: "org/m", GPUMemoryUtilization: 0.5, GPUs: []int{0}}
+	_, errs := Of(&c).Command(&c, a)
+	if len(errs) == 0 || !strings.Contains(errs.Error(), "paths.run_dir") || !strings.Contains(errs.Error(), "(107)") {
+		t.Errorf("errors = %v", errs)
+	}
+}
+
+func TestUnixSockets(t *testing.T) {
+	for v, want := range map[string]bool{"0.9.2": false, "0.10.0": false, "0.10.1": true, "0.10.1.1": true, "0.10.2rc1": true, "0.11.0": true, "0.12.0": true, "0.18.0rc2": true, "1.0": true, "junk": true} {
+		if UnixSockets(v) != want {
+			t.Errorf("UnixSockets(%q) = %v", v, !want)
+		}
 	}
 }
 

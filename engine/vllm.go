@@ -22,17 +22,27 @@ type VLLM struct {
 	Sim bool
 }
 
-// vllmHost is the address engines listen on: only the loopback, since vLLM
-// checks its key on /v1/* only.
+// vllmHost is the address engines with a port listen on: only the loopback,
+// since vLLM checks its key on /v1/* only.
 const vllmHost = "127.0.0.1"
 
-// Endpoint is 127.0.0.1 and the agent's port.
-func (VLLM) Endpoint(a *config.Agent) Endpoint { return TCP(vllmHost, a.Port) }
+// Endpoint is the agent's unix socket (config.EngineSocket), or 127.0.0.1
+// and its port when it sets one.
+func (VLLM) Endpoint(c *config.Config, a *config.Agent) Endpoint {
+	if a.Port == 0 {
+		return Unix(c.EngineSocket(a.Name))
+	}
+	return TCP(vllmHost, a.Port)
+}
 
 // neverFlags are flags no unit may carry: --disable-log-requests and --task
 // were removed from vLLM (0.11, 0.13) and kill the engine at start on newer
 // versions; help flags make it print and exit 0, which looks like a clean stop.
 var neverFlags = []string{"--disable-log-requests", "--task", "-h", "--help"}
+
+// HealthRoute is the path of vLLM's health probe, for probes vagent does
+// not make itself (a Kubernetes export's).
+func (VLLM) HealthRoute() string { return routeHealth }
 
 // Binary is the engine's executable, the venv's vllm or the simulator, and
 // the field that configures it.
@@ -105,11 +115,24 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 	} else if value("model", a.Model) {
 		args = append(args, Arg{a.Model, "model"})
 	}
-	add("", "--host", vllmHost)
-	if a.Port < 1 || a.Port > 65535 {
+	switch {
+	case a.Port == 0 && !UnixSockets(c.Engine.VLLMVersion):
+		agentErr("port", "must be set: vLLM %s (engine.vllm_version) has no --uds (0.10.1 and later have), so its engine listens on 127.0.0.1 at a port", c.Engine.VLLMVersion)
+	case a.Port == 0:
+		// A unix socket in a directory only the engine's user and group
+		// may enter: vLLM checks its key on /v1 paths only, and no other
+		// local user may reach the rest (/sleep, /collective_rpc, ...).
+		sock := c.EngineSocket(a.Name)
+		if len(sock) > config.MaxSocketPath {
+			mainErr("paths.run_dir", "agent %s's engine socket %s is %d bytes, longer than a unix socket path may be (%d): shorten run_dir or the agent's name, or set its port", a.Name, sock, len(sock), config.MaxSocketPath)
+		}
+		add("", "--uds", sock)
+	case a.Port < 1 || a.Port > 65535:
 		agentErr("port", "must be 1-65535, not %d", a.Port)
+	default:
+		add("", "--host", vllmHost)
+		add("port", "--port", strconv.Itoa(a.Port))
 	}
-	add("port", "--port", strconv.Itoa(a.Port))
 	if len(a.ServedNames) > 0 {
 		for _, n := range a.ServedNames {
 			if n == "" {

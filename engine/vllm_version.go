@@ -18,6 +18,40 @@ const graphsInBudgetMinor = 21
 // for CUDA 13.
 const cuda13Minor = 20
 
+// udsSince is the first vLLM release with --uds (0.10.1, "Add unix domain
+// socket support", vllm/entrypoints/openai/cli_args.py): earlier ones listen
+// on TCP only.
+var udsSince = [3]int{0, 10, 1}
+
+// UnixSockets reports whether vLLM version v can listen on a unix socket
+// (--uds). A version that does not parse is taken as new, like
+// GraphsInBudget: config refuses those when it loads.
+func UnixSockets(v string) bool {
+	var nums [3]int
+	for i, part := range strings.SplitN(v, ".", 3) {
+		j := 0
+		for j < len(part) && part[j] >= '0' && part[j] <= '9' {
+			j++
+		}
+		if j == 0 {
+			if i < 2 {
+				return true
+			}
+			break
+		}
+		nums[i], _ = strconv.Atoi(part[:j])
+		if j < len(part) {
+			break
+		}
+	}
+	for i := range nums {
+		if nums[i] != udsSince[i] {
+			return nums[i] > udsSince[i]
+		}
+	}
+	return true
+}
+
 // VLLMFlags is the flag set of vLLM version (vllmflags.For).
 func VLLMFlags(version string) (*vllmflags.Set, error) { return vllmflags.For(version) }
 

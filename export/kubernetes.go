@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/engine"
 )
 
 // The Secrets the cluster admin creates before applying: the Hugging Face
@@ -75,7 +76,7 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 	gpus := strconv.Itoa(gpuCount(a))
 	probe := func(failures int) map[string]any {
 		return map[string]any{
-			"httpGet":          map[string]any{"path": "/health", "port": "http"},
+			"httpGet":          map[string]any{"path": engine.VLLM{}.HealthRoute(), "port": "http"},
 			"periodSeconds":    int(probePeriod / time.Second),
 			"failureThreshold": failures,
 		}
@@ -141,7 +142,7 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 		"spec": map[string]any{
 			"selector": selector,
 			"ports": []any{map[string]any{
-				"name": "http", "port": a.Port, "targetPort": "http", "protocol": "TCP"}},
+				"name": "http", "port": servicePort(a), "targetPort": "http", "protocol": "TCP"}},
 		},
 	}
 	for _, o := range []struct {
@@ -169,4 +170,13 @@ func kubernetes(c *config.Config, a *config.Agent, res *Result) config.Errors {
 	}
 	res.NotCarried = append(res.NotCarried, hostOnly(c, a)...)
 	return nil
+}
+
+// servicePort is the port agent a's Service offers: its engine's port on
+// one host, or vllm serve's default for an engine on a unix socket there.
+func servicePort(a *config.Agent) int {
+	if a.Port > 0 {
+		return a.Port
+	}
+	return containerPort
 }

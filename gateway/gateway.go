@@ -139,6 +139,7 @@ type Gateway struct {
 	log       *slog.Logger
 	agents    []*agentRT
 	byName    map[string]*agentRT // every name of every agent
+	byFolded  map[string]*agentRT // the same, lower case, and each agent's repository id
 	byAgent   map[string]*agentRT // agent names only
 	names     []string            // every name a client may use, for error messages
 	client    *engineClient
@@ -181,7 +182,7 @@ func New(o Options) (*Gateway, error) {
 	}
 	g := &Gateway{
 		o: o, cfg: o.Config, log: o.Log,
-		byName: map[string]*agentRT{}, byAgent: map[string]*agentRT{},
+		byName: map[string]*agentRT{}, byFolded: map[string]*agentRT{}, byAgent: map[string]*agentRT{},
 		m:       newMetrics(),
 		created: time.Now().Unix(),
 		client:  newEngineClient(),
@@ -197,7 +198,7 @@ func New(o Options) (*Gateway, error) {
 	for _, a := range o.Config.Agents {
 		ag := &agentRT{
 			cfg: a, name: a.Name,
-			ep:      g.eng.Endpoint(a),
+			ep:      g.eng.Endpoint(o.Config, a),
 			active:  map[*lease]struct{}{},
 			changed: make(chan struct{}),
 			m:       g.m.forAgent(a.Name),
@@ -223,6 +224,20 @@ func New(o Options) (*Gateway, error) {
 			if g.byName[n] == ag {
 				g.names = append(g.names, n)
 			}
+		}
+	}
+	// Clients write names in any case, and the model's repository id
+	// ("Qwen/Qwen2.5-7B-Instruct-AWQ") as other servers take it; exact
+	// names win over folded ones, and the first agent over later ones.
+	for n, ag := range g.byName {
+		g.byFolded[strings.ToLower(n)] = ag
+	}
+	for _, ag := range g.agents {
+		if config.IsLocalModel(ag.cfg.Model) {
+			continue
+		}
+		if _, taken := g.byFolded[strings.ToLower(ag.cfg.Model)]; !taken {
+			g.byFolded[strings.ToLower(ag.cfg.Model)] = ag
 		}
 	}
 	g.computeConflicts(nil)
@@ -384,6 +399,9 @@ func (g *Gateway) authenticate(r *http.Request) (*keyEntry, *APIError) {
 // resolve finds the agent a client names (agent name, served name or alias).
 func (g *Gateway) resolve(model string, key *keyEntry) (*agentRT, *APIError) {
 	if ag := g.byName[model]; ag != nil {
+		return ag, nil
+	}
+	if ag := g.byFolded[strings.ToLower(model)]; ag != nil {
 		return ag, nil
 	}
 	return nil, g.noSuchModel(model, key)

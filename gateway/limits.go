@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log"
@@ -32,6 +33,22 @@ func (g *Gateway) Server(errLog *log.Logger) *http.Server {
 		ErrorLog:          errLog,
 	}
 }
+
+// AgentServer is the HTTP server of agent name's own listener (its listen
+// key): every request there goes to that agent whatever its model says,
+// with the keys, limits, queueing and metrics of Server.
+func (g *Gateway) AgentServer(name string, errLog *log.Logger) *http.Server {
+	srv := g.Server(errLog)
+	h := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), listenerAgent{}, name)))
+	})
+	return srv
+}
+
+// listenerAgent is the context key of the agent a per-agent listener
+// serves.
+type listenerAgent struct{}
 
 // Listener wraps ln so that it hands out a connection only while fewer
 // than gateway.max_connections are open on all of g's listeners together.

@@ -143,11 +143,17 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 	if aerr != nil {
 		return nil, nil, false, aerr
 	}
-	if !req.hasModel {
+	own, _ := r.Context().Value(listenerAgent{}).(string)
+	if !req.hasModel && own == "" {
 		return nil, nil, false, apiErr(http.StatusBadRequest, typeInvalidRequest, "the request names no model: set \"model\" to one of: %s", g.namesFor(key))
 	}
 	x.model = req.model
-	ag, aerr = g.resolve(req.model, key)
+	if own != "" {
+		// The agent's own listener: its model, whatever the client named.
+		ag = g.byAgent[own]
+	} else {
+		ag, aerr = g.resolve(req.model, key)
+	}
 	if aerr != nil {
 		return nil, nil, false, aerr
 	}

@@ -11,8 +11,9 @@ import (
 // Env is one environment's Hugging Face Hub settings, resolved the way
 // huggingface_hub resolves them, so that vagent reads and writes the cache
 // vLLM (through huggingface_hub) will load from. The precedence is read
-// from huggingface_hub's src/huggingface_hub/constants.py (commit 03333b68,
-// the 0.3x line) and utils/_auth.py:
+// from huggingface_hub's src/huggingface_hub/constants.py (GitHub
+// huggingface/huggingface_hub at commit 03333b68) and utils/_auth.py
+// (get_token: HF_TOKEN or HUGGING_FACE_HUB_TOKEN, then the token file):
 //
 //	HF_HOME      $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface
 //	hub cache    $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else HF_HOME/hub

@@ -13,7 +13,10 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 VULNDB_VERSION=${VULNDB_VERSION:-v0.0.0-20261105234957-e22db6528018}
 GOVULNCHECK=${GOVULNCHECK:-golang.org/x/vuln/cmd/govulncheck@v1.10.0}
-db=${VULNDB_DIR:-.e2e/vulndb-$VULNDB_VERSION}
+# The database depends only on VULNDB_VERSION, so it is cached per user,
+# outside the work tree: a fresh clone (CI's) reuses it.
+cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/vagent
+db=${VULNDB_DIR:-$cache/vulndb-$VULNDB_VERSION}
 
 if [ ! -s "$db/index/db.json" ]; then
 	echo "vulncheck: building the vulnerability database from golang.org/x/vulndb@$VULNDB_VERSION (once; minutes)"

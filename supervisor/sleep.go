@@ -365,7 +365,7 @@ func (s *Supervisor) client(a *config.Agent) engine.Client {
 	defer s.clientsMu.Unlock()
 	c, ok := s.clients[a.Name]
 	if !ok {
-		c = s.eng.Client(s.eng.Endpoint(a), key)
+		c = s.eng.Client(s.eng.Endpoint(s.cfg, a), key)
 		s.clients[a.Name] = c
 	}
 	return c

@@ -220,7 +220,7 @@ func (e *PortError) Unwrap() error { return e.Err }
 
 // checkFree refuses to start a's engine where something already listens.
 func (s *Supervisor) checkFree(a *config.Agent) error {
-	ep := s.eng.Endpoint(a)
+	ep := s.eng.Endpoint(s.cfg, a)
 	err := ep.CheckFree()
 	if errors.Is(err, engine.ErrInUse) {
 		return &PortError{Agent: a.Name, Endpoint: ep.String(), File: a.File, Err: err}

@@ -12,6 +12,7 @@
 package units
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"path/filepath"
@@ -370,6 +371,9 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 	}
 	u.line("")
 	u.line("[Service]")
+	if ep := r.eng.Endpoint(r.cfg, a); ep.Network() == "unix" {
+		r.socketDir(&u, a, ep.Address())
+	}
 	u.line("ExecStart=")
 	u.b.WriteString("ExecStart=")
 	for i, x := range argv {
@@ -415,6 +419,26 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		return nil
 	}
 	return []byte(u.b.String())
+}
+
+// socketDir renders the commands that ready the engine's unix socket
+// before each start, systemd's own restarts included. The directory is
+// made, as the engine's user and group, enterable by them only, so that no
+// other local user reaches the engine; a socket left by an engine that died
+// is removed, since vLLM binds without removing it and would fail with
+// "Address already in use".
+func (r *renderer) socketDir(u *unitFile, a *config.Agent, sock string) {
+	dir, err := quoteWord(path.Dir(sock), true, false)
+	if err == nil {
+		err = config.CheckPath(sock)
+	}
+	file, err2 := quoteWord(sock, true, false)
+	if err = errors.Join(err, err2); err != nil {
+		r.mainErr("paths.run_dir", "%v", err)
+		return
+	}
+	u.line("ExecStartPre=install -d -m 0750 %s", dir)
+	u.line("ExecStartPre=rm -f -- %s", file)
 }
 
 // isFlag reports whether vllm serve reads a command-line word as an option

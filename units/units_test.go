@@ -106,10 +106,11 @@ Conflicts=vagent@architect.service vagent@po.service
 After=vagent@architect.service
 
 [Service]
+ExecStartPre=install -d -m 0750 /run/vagent/engines
+ExecStartPre=rm -f -- /run/vagent/engines/dev.sock
 ExecStart=
 ExecStart=/usr/bin/vllm-sim serve Qwen/Qwen2.5-Coder-14B-Instruct-AWQ \
-    --host 127.0.0.1 \
-    --port 8001 \
+    --uds /run/vagent/engines/dev.sock \
     --served-model-name dev \
     --gpu-memory-utilization 0.92 \
     --max-model-len 12288 \
@@ -151,7 +152,7 @@ func TestShippedDevDropIn(t *testing.T) {
 
 	u := readDropIn(t, files, "dev")
 	wantArgv := []string{"/usr/bin/vllm-sim", "serve", "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ",
-		"--host", "127.0.0.1", "--port", "8001", "--served-model-name", "dev",
+		"--uds", "/run/vagent/engines/dev.sock", "--served-model-name", "dev",
 		"--gpu-memory-utilization", "0.92", "--max-model-len", "12288", "--max-num-seqs", "16",
 		"--enable-auto-tool-choice", "--tool-call-parser", "hermes",
 		"--override-generation-config", `{"temperature":0.3,"top_p":0.95}`}
@@ -187,11 +188,16 @@ func TestShippedAgents(t *testing.T) {
 					t.Errorf("%s: renders %s", a.Name, x)
 				}
 			}
-			if h, _ := flagValue(u.argv, "--host"); h != "127.0.0.1" {
-				t.Errorf("%s: --host %q", a.Name, h)
+			// No TCP port: a unix socket only the engine's user and group
+			// may reach, readied before each start.
+			if _, ok := flagValue(u.argv, "--port"); ok || a.Port != 0 {
+				t.Errorf("%s: a shipped agent opens a port: %q", a.Name, u.argv)
 			}
-			if p, _ := flagValue(u.argv, "--port"); p != itoa(a.Port) {
-				t.Errorf("%s: --port %q, want %d", a.Name, p, a.Port)
+			if p, _ := flagValue(u.argv, "--uds"); p != cfg.EngineSocket(a.Name) {
+				t.Errorf("%s: --uds %q, want %s", a.Name, p, cfg.EngineSocket(a.Name))
+			}
+			if pre := u.values("Service", "ExecStartPre"); len(pre) != 2 || pre[0] != "install -d -m 0750 "+cfg.EngineSocketDir() || pre[1] != "rm -f -- "+cfg.EngineSocket(a.Name) {
+				t.Errorf("%s: ExecStartPre=%q", a.Name, pre)
 			}
 			if g, _ := flagValue(u.argv, "--gpu-memory-utilization"); g != ftoa(a.GPUMemoryUtilization) {
 				t.Errorf("%s: --gpu-memory-utilization %q", a.Name, g)
@@ -614,7 +620,8 @@ func TestRenderRefuses(t *testing.T) {
 		{"newline in HF home", func(c *config.Config, a *config.Agent) { c.Paths.HFHome = "/x\n" }, true, "paths.hf_home"},
 		{"user with space", func(c *config.Config, a *config.Agent) { c.Units.User = "a b\n" }, true, "units.user"},
 		{"bad version", func(c *config.Config, a *config.Agent) { c.Engine.VLLMVersion = "latest" }, true, "engine.vllm_version"},
-		{"bad port", func(c *config.Config, a *config.Agent) { a.Port = 0 }, false, "port"},
+		{"bad port", func(c *config.Config, a *config.Agent) { a.Port = 70000 }, false, "port"},
+		{"no port on a vLLM without --uds", func(c *config.Config, a *config.Agent) { a.Port = 0; c.Engine.VLLMVersion = "0.9.2" }, false, "port"},
 		{"no GPU", func(c *config.Config, a *config.Agent) { a.GPUs = nil }, false, "gpus"},
 		{"argument longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.ChatTemplate = strings.Repeat("x", maxArg+1) }, false, "chat_template"},
 		{"variable longer than MAX_ARG_STRLEN", func(c *config.Config, a *config.Agent) { a.Env = map[string]string{"X": strings.Repeat("x", maxArg-1)} }, false, "env"},

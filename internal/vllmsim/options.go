@@ -18,6 +18,7 @@ type options struct {
 	model           string
 	servedNames     []string
 	host            string
+	uds             string // --uds: listen on this unix socket, not host:port
 	port            int
 	apiKeys         []string
 	gpuUtil         float64
@@ -82,6 +83,7 @@ func optionsFrom(c *cmdline, env func(string) string) *options {
 		return int(n)
 	}
 	o.port = atoi("--port", 8000)
+	o.uds = c.str("--uds", "")
 	o.tp = atoi("--tensor-parallel-size", 1)
 	o.pp = atoi("--pipeline-parallel-size", 1)
 	o.maxNumSeqs = atoi("--max-num-seqs", 256)

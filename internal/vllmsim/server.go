@@ -99,10 +99,10 @@ func (s *sim) serve(ctx context.Context, loadTime time.Duration) int {
 	}
 	if s.env.v18 {
 		lg.info("api_server.py:576", "Supported tasks: ('generate',)")
-		lg.info("api_server.py:580", "Starting vLLM server on http://%s:%d", s.sock.host, s.sock.port)
+		lg.info("api_server.py:580", "Starting vLLM server on %s", s.sock.address())
 	} else {
 		lg.info("api_server.py:1520", "Supported tasks: ['generate']")
-		lg.info("api_server.py:1848", "Starting vLLM API server 0 on http://%s:%d", s.sock.host, s.sock.port)
+		lg.info("api_server.py:1848", "Starting vLLM API server 0 on %s", s.sock.address())
 	}
 	lg.info("launcher.py:34", "Available routes are:")
 	paths := make([]string, 0, len(e.routes))

@@ -315,8 +315,24 @@ func (s *sim) run(ctx context.Context) int {
 		return 1
 	}
 
-	sock, err := bindSocket(o.host, o.port)
+	var sock *boundSocket
+	var err error
+	if o.uds != "" {
+		// vLLM ignores --host and --port beside --uds.
+		sock, err = bindUnixSocket(o.uds)
+	} else {
+		sock, err = bindSocket(o.host, o.port)
+	}
 	if err != nil {
+		if o.uds != "" {
+			msg := "OSError: [Errno 98] Address already in use"
+			if !errors.Is(err, errAddrInUse) {
+				msg = "OSError: " + err.Error()
+			}
+			lg.raw(s.stderr, procAPI, pyTraceback("vllm/entrypoints/openai/api_server.py", 491, "create_server_unix_socket",
+				"sock.bind(path)", msg)...)
+			return 1
+		}
 		if errors.Is(err, errAddrInUse) {
 			lg.raw(s.stderr, procAPI, pyTraceback("vllm/entrypoints/openai/api_server.py", 1996, "create_server_socket",
 				"sock.bind(addr)", "OSError: [Errno 98] Address already in use")...)

@@ -19,6 +19,35 @@ type boundSocket struct {
 	fd   int
 	port int
 	host string // as the URL in the log shows it
+	uds  string // the unix socket's path, for --uds
+}
+
+// address is where the server listens, as vLLM's "Starting vLLM server on"
+// line writes it.
+func (b *boundSocket) address() string {
+	if b.uds != "" {
+		return "unix:" + b.uds
+	}
+	return fmt.Sprintf("http://%s:%d", b.host, b.port)
+}
+
+// bindUnixSocket binds a unix socket at path as vLLM's
+// create_server_unix_socket does (api_server.py, 0.10.1 and later): a plain
+// bind, which fails with "Address already in use" while any file, a
+// socket left by a dead server included, is at path.
+func bindUnixSocket(path string) (*boundSocket, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		syscall.Close(fd)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, errAddrInUse
+		}
+		return nil, fmt.Errorf("bind: %w", err)
+	}
+	return &boundSocket{fd: fd, uds: path}, nil
 }
 
 // resolveHost turns --host into an address: empty means all interfaces.

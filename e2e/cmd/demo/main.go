@@ -95,14 +95,15 @@ func run(ctx context.Context, configs, unit string, load float64, listen string,
 	if err != nil {
 		return err
 	}
-	// The engines listen on the host's network too: free ports, not the
-	// shipped ones, which something on this host may hold.
+	// The agents' own listeners are on the host's network too: free
+	// ports, not the shipped ones, which something on this host may hold.
+	// (The engines listen on unix sockets.)
 	for _, a := range agents {
 		port, err := sandbox.FreePort()
 		if err != nil {
 			return err
 		}
-		if err := s.EditConfig("agents/"+a+".toml", map[string]any{"port": port}); err != nil {
+		if err := s.EditConfig("agents/"+a+".toml", map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", port)}); err != nil {
 			return err
 		}
 	}
