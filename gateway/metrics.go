@@ -113,7 +113,7 @@ func newMetrics() *metrics {
 		}, []string{"agent", "kind"}),
 		cut: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vagent_requests_cut_total",
-			Help: "Requests in flight cut when their agent was stopped after the drain bound.",
+			Help: "Requests in flight cut when their agent was stopped after the drain bound, or when vagentd stopped after gateway.shutdown_timeout.",
 		}, []string{"agent"}),
 		wakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "vagent_wake_duration_seconds",
