@@ -13,29 +13,6 @@ import (
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
-// phase is an agent's state as the gateway drives it.
-type phase uint8
-
-const (
-	// phaseStopped: not running as far as the gateway knows (also the
-	// state before the first sync); a request starts it.
-	phaseStopped phase = iota
-	// phaseStarting: a Switch to it is in progress.
-	phaseStarting
-	// phaseRunning: healthy; requests are admitted while it is its turn.
-	phaseRunning
-	// phaseDraining: about to be stopped or put to sleep; no new
-	// requests, those in flight finish (up to drain_timeout).
-	phaseDraining
-	// phaseStopping: a stop is in progress.
-	phaseStopping
-	// phaseFailed: the last start failed; a request tries again.
-	phaseFailed
-	// phaseSleeping: a sleep agent whose engine sleeps (its unit runs); a
-	// request wakes it through a Switch, like a start. Never routed to.
-	phaseSleeping
-)
-
 // Reasons for a transition, as vagent_switches_total reports them.
 const (
 	reasonRequest = "request"
@@ -106,8 +83,10 @@ type startOp struct {
 	err       error
 }
 
+// setPhase moves ag to p; see phase.to for what happens to a transition
+// the table refuses.
 func (ag *agentRT) setPhase(p phase, now time.Time) {
-	ag.phase = p
+	ag.phase = ag.phase.to(p)
 	ag.since = now
 	close(ag.changed)
 	ag.changed = make(chan struct{})
