@@ -110,6 +110,34 @@ func (ag *agentRT) stateLocked() string {
 
 func (g *Gateway) pinnedLocked(ag *agentRT) bool { return ag.pinned || ag.cfg.Pinned }
 
+// pol is the scheduling policy the configuration sets.
+func (g *Gateway) pol() policy { return newPolicy(&g.cfg.Gateway) }
+
+// viewLocked is the policy's snapshot of ag.
+func (g *Gateway) viewLocked(ag *agentRT) agentView {
+	v := agentView{
+		phase: ag.phase, held: ag.hold > 0, pinned: g.pinnedLocked(ag),
+		inflight: ag.inflight, waiting: len(ag.waiters),
+		idleTimeout: ag.cfg.IdleTimeout.Duration, lastUsed: ag.lastUsed, since: ag.since,
+	}
+	if len(ag.waiters) > 0 {
+		v.oldest = ag.waiters[0].arrived
+	}
+	if op := ag.op; op != nil {
+		v.startCancellable = !op.cancelled && !op.keep && op.refs == 0
+	}
+	return v
+}
+
+// conflictViewsLocked appends the snapshots of the agents that cannot run
+// beside ag to buf.
+func (g *Gateway) conflictViewsLocked(ag *agentRT, buf []agentView) []agentView {
+	for _, c := range ag.conflicts {
+		buf = append(buf, g.viewLocked(c))
+	}
+	return buf
+}
+
 // errQueueFull and errMaxWait are the bounded queue's refusals.
 func (g *Gateway) errQueueFull() *APIError {
 	return &APIError{Status: http.StatusTooManyRequests, Type: typeRateLimit, RetryAfter: retryQueueFull,
@@ -127,12 +155,13 @@ func (g *Gateway) errMaxWait(ag *agentRT) *APIError {
 func (g *Gateway) acquire(ctx context.Context, ag *agentRT, l *lease) (waited time.Duration, err error) {
 	g.mu.Lock()
 	now := time.Now()
-	if len(ag.waiters) == 0 && g.admissibleLocked(ag, now) {
+	var buf [8]agentView
+	switch g.pol().arrive(g.viewLocked(ag), g.conflictViewsLocked(ag, buf[:0]), g.queued, now) {
+	case arriveAdmit:
 		g.admitLocked(ag, l)
 		g.mu.Unlock()
 		return 0, nil
-	}
-	if g.queued >= g.cfg.Gateway.QueueLength {
+	case arriveRefuse:
 		g.mu.Unlock()
 		return 0, g.errQueueFull()
 	}
@@ -142,7 +171,7 @@ func (g *Gateway) acquire(ctx context.Context, ag *agentRT, l *lease) (waited ti
 	g.scheduleLocked()
 	g.mu.Unlock()
 
-	timer := time.NewTimer(g.cfg.Gateway.MaxWait.Duration)
+	timer := time.NewTimer(g.pol().maxWait)
 	defer timer.Stop()
 	select {
 	case err = <-w.ch:
@@ -173,25 +202,6 @@ func (g *Gateway) leave(ag *agentRT, w *waiter, why error) error {
 	}
 	g.releaseLocked(w.lease, time.Now())
 	return why
-}
-
-// admissibleLocked reports whether a request for ag may go to it now: it
-// runs, no conflicting agent is starting (which would evict it), and no
-// conflicting agent that is not running has had requests waiting for
-// longer than the fairness window (then it is their turn).
-func (g *Gateway) admissibleLocked(ag *agentRT, now time.Time) bool {
-	if ag.phase != phaseRunning || ag.hold > 0 {
-		return false
-	}
-	for _, c := range ag.conflicts {
-		if c.phase == phaseStarting {
-			return false
-		}
-		if c.phase != phaseRunning && len(c.waiters) > 0 && now.Sub(c.waiters[0].arrived) >= g.cfg.Gateway.FairnessWindow.Duration {
-			return false
-		}
-	}
-	return true
 }
 
 func (g *Gateway) admitLocked(ag *agentRT, l *lease) {
@@ -257,34 +267,32 @@ func (g *Gateway) lost(ag *agentRT) {
 	}
 }
 
-// scheduleLocked makes every decision the current state allows: it admits
-// requests waiting for running agents whose turn it is, and starts agents
-// that have requests waiting and whose conflicting agents are idle, or have
-// had their fairness window. Agents are considered oldest waiter first.
+// scheduleLocked applies every decision the policy makes on the current
+// state: it admits requests waiting for running agents whose turn it is,
+// and starts agents that have requests waiting and whose conflicting
+// agents are idle, or have had their fairness window. Agents are
+// considered oldest waiter first, each on the state the decisions before
+// it left.
 func (g *Gateway) scheduleLocked() {
 	now := time.Now()
+	p := g.pol()
 	order := g.order[:0]
 	for _, ag := range g.agents {
 		if len(ag.waiters) > 0 {
 			order = append(order, ag)
 		}
 	}
-	slices.SortFunc(order, func(a, b *agentRT) int { return a.waiters[0].arrived.Compare(b.waiters[0].arrived) })
+	slices.SortFunc(order, func(a, b *agentRT) int { return schedOrder(g.viewLocked(a), g.viewLocked(b)) })
 	var next time.Time
+	var buf [8]agentView
 	for _, ag := range order {
-		switch ag.phase {
-		case phaseRunning:
-			if g.admissibleLocked(ag, now) {
-				g.admitAllLocked(ag)
-			}
-		case phaseStopped, phaseFailed, phaseSleeping:
-			if ag.hold > 0 {
-				continue
-			}
-			wait, deadline := g.blockedLocked(ag, now)
-			if !wait {
-				g.startLocked(ag, reasonRequest, false, now)
-			} else if !deadline.IsZero() && (next.IsZero() || deadline.Before(next)) {
+		switch s, deadline := p.next(g.viewLocked(ag), g.conflictViewsLocked(ag, buf[:0]), now); s {
+		case stepAdmitAll:
+			g.admitAllLocked(ag)
+		case stepStart:
+			g.startLocked(ag, reasonRequest, false, now)
+		case stepWait:
+			if next.IsZero() || deadline.Before(next) {
 				next = deadline
 			}
 		}
@@ -292,36 +300,6 @@ func (g *Gateway) scheduleLocked() {
 	clear(order)
 	g.order = order[:0]
 	g.armTimerLocked(next, now)
-}
-
-// blockedLocked reports whether starting ag must wait: a conflicting agent
-// is in transition, or runs requests and ag's oldest request has waited
-// less than the fairness window (deadline is when that changes).
-func (g *Gateway) blockedLocked(ag *agentRT, now time.Time) (wait bool, deadline time.Time) {
-	busy, pinned := false, false
-	for _, c := range ag.conflicts {
-		switch c.phase {
-		case phaseStarting, phaseDraining, phaseStopping:
-			return true, time.Time{}
-		case phaseRunning:
-			if c.inflight > 0 {
-				busy = true
-			}
-			if g.pinnedLocked(c) {
-				pinned = true
-			}
-		}
-	}
-	if !busy || pinned {
-		// Nothing to wait for; with a pinned blocker the start fails at
-		// once and says why.
-		return false, time.Time{}
-	}
-	deadline = ag.waiters[0].arrived.Add(g.cfg.Gateway.FairnessWindow.Duration)
-	if !now.Before(deadline) {
-		return false, time.Time{}
-	}
-	return true, deadline
 }
 
 // armTimerLocked makes sure scheduleLocked runs again at next.
@@ -362,11 +340,10 @@ func (g *Gateway) startLocked(ag *agentRT, reason string, keep bool, now time.Ti
 // maybeCancelStartLocked cancels ag's start when nobody waits for it any
 // more, unless it is pinned or was asked for by the control API.
 func (g *Gateway) maybeCancelStartLocked(ag *agentRT) {
-	op := ag.op
-	if ag.phase != phaseStarting || op == nil || op.cancelled || op.keep || op.refs > 0 ||
-		len(ag.waiters) > 0 || g.pinnedLocked(ag) {
+	if !g.pol().cancelStart(g.viewLocked(ag)) {
 		return
 	}
+	op := ag.op
 	g.log.Info("cancelling start: nobody waits for the agent any more", "agent", ag.name)
 	op.cancelled = true
 	op.cancel()
@@ -616,16 +593,7 @@ func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 	if err != nil {
 		ag.evicting = false
 		if ag.phase == phaseDraining {
-			switch {
-			case prev == phaseRunning:
-				ag.setPhase(phaseRunning, time.Now())
-			case prev == phaseStarting && ag.op != nil:
-				ag.setPhase(phaseStarting, time.Now())
-			case prev == phaseSleeping:
-				ag.setPhase(phaseSleeping, time.Now())
-			default:
-				ag.setPhase(phaseStopped, time.Now())
-			}
+			ag.setPhase(undrain(prev, ag.op != nil), time.Now())
 		}
 		g.scheduleLocked()
 		return err
@@ -643,18 +611,10 @@ func (g *Gateway) BeforeEvict(ctx context.Context, agent string) error {
 func (g *Gateway) stopIdle(now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	p := g.pol()
 	for _, ag := range g.agents {
-		idle := ag.cfg.IdleTimeout.Duration
-		if idle <= 0 || (ag.phase != phaseRunning && ag.phase != phaseSleeping) || g.pinnedLocked(ag) || ag.inflight > 0 ||
-			len(ag.waiters) > 0 || ag.hold > 0 {
-			continue
-		}
-		last := ag.lastUsed
-		if ag.since.After(last) {
-			last = ag.since
-		}
-		if now.Sub(last) >= idle {
-			g.log.Info("agent idle", "agent", ag.name, "idle_timeout", idle)
+		if p.idle(g.viewLocked(ag), now) {
+			g.log.Info("agent idle", "agent", ag.name, "idle_timeout", ag.cfg.IdleTimeout.Duration)
 			g.stopLocked(ag, reasonIdle, now)
 		}
 	}
