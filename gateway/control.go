@@ -222,3 +222,168 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request, key *keyEn
 	}
 	writeJSON(w, http.StatusOK, list)
 }
+
+// errUnknownAgent is the control API's 404.
+func (g *Gateway) errUnknownAgent(name string) *APIError {
+	names := make([]string, len(g.agents))
+	for i, ag := range g.agents {
+		names[i] = ag.name
+	}
+	return apiErr(http.StatusNotFound, typeNotFound, "unknown agent %q (configured: %s)", name, joinStrings(names))
+}
+
+// switchAgent starts agent now for the control API, evicting what must go
+// and ignoring queue order, and waits for the result; a start it asked for
+// is not cancelled when waiting requests leave. pin, when set, pins or
+// unpins the agent first; a failed load leaves no new pin behind.
+func (g *Gateway) switchAgent(ctx context.Context, name, reason string, pin *bool) (*supervisor.Result, error) {
+	ag := g.byName[name]
+	if ag == nil {
+		return nil, g.errUnknownAgent(name)
+	}
+	if pin != nil {
+		g.mu.Lock()
+		was := ag.pinned
+		ag.pinned = *pin
+		g.mu.Unlock()
+		res, err := g.switchLoop(ctx, ag, reason)
+		if err != nil && *pin && !was {
+			// A failed load leaves no pin behind.
+			g.mu.Lock()
+			ag.pinned = false
+			g.mu.Unlock()
+		}
+		return res, err
+	}
+	return g.switchLoop(ctx, ag, reason)
+}
+
+func (g *Gateway) switchLoop(ctx context.Context, ag *agentRT, reason string) (*supervisor.Result, error) {
+	for {
+		g.mu.Lock()
+		switch ag.phase {
+		case phaseRunning:
+			g.mu.Unlock()
+			res, err := g.o.Switcher.Switch(ctx, ag.name)
+			g.mu.Lock()
+			g.afterSwitchLocked(ag, res, time.Now())
+			if err == nil && !res.AlreadyRunning {
+				g.countSwitchLocked(ag, res, reason)
+			}
+			g.scheduleLocked()
+			g.mu.Unlock()
+			return res, err
+		case phaseStarting:
+			op := ag.op
+			op.refs++
+			op.keep = true
+			g.mu.Unlock()
+			return g.waitOp(ctx, op)
+		case phaseStopped, phaseFailed, phaseSleeping:
+			if ag.hold > 0 {
+				g.mu.Unlock()
+				return nil, apiErr(http.StatusConflict, typeConflict, "agent %s is being stopped", ag.name)
+			}
+			op := g.startLocked(ag, reason, true, time.Now())
+			op.refs++
+			g.mu.Unlock()
+			return g.waitOp(ctx, op)
+		default: // draining or stopping: wait for that to end
+			ch := ag.changed
+			g.mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+}
+
+func (g *Gateway) waitOp(ctx context.Context, op *startOp) (*supervisor.Result, error) {
+	select {
+	case <-op.done:
+		if op.err != nil && op.cancelled {
+			return op.res, apiErr(http.StatusConflict, typeConflict, "the start was cancelled: the agent was stopped meanwhile")
+		}
+		return op.res, op.err
+	case <-ctx.Done():
+		g.mu.Lock()
+		op.refs--
+		g.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// stopAgent stops agent for the control API: requests waiting for it get a
+// 503, a start in progress is cancelled, requests in flight drain (up to
+// drain_timeout), and a pin by load is dropped.
+func (g *Gateway) stopAgent(ctx context.Context, name string) error {
+	g.mu.Lock()
+	ag := g.byName[name]
+	if ag == nil {
+		g.mu.Unlock()
+		return g.errUnknownAgent(name)
+	}
+	ag.pinned = false
+	ag.hold++
+	g.failWaitersLocked(ag, &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryMaxWait,
+		Message: "agent " + ag.name + " was stopped by an administrator"})
+	if ag.phase == phaseStarting && ag.op != nil && !ag.op.cancelled {
+		ag.op.cancelled = true
+		ag.op.cancel()
+	}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		ag.hold--
+		g.scheduleLocked()
+		g.mu.Unlock()
+	}()
+
+	stopping := false
+	for {
+		g.mu.Lock()
+		switch ag.phase {
+		case phaseRunning:
+			ag.setPhase(phaseDraining, time.Now())
+			g.mu.Unlock()
+			cause := &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryMaxWait,
+				Message: "agent " + ag.name + " was stopped by an administrator before this request finished"}
+			if err := g.drain(ctx, ag, cause); err != nil {
+				g.mu.Lock()
+				if ag.phase == phaseDraining {
+					ag.setPhase(phaseRunning, time.Now())
+				}
+				g.mu.Unlock()
+				return err
+			}
+			g.mu.Lock()
+			if ag.phase == phaseDraining {
+				g.stopLocked(ag, reasonStop, time.Now())
+				stopping = true
+			}
+			g.mu.Unlock()
+			continue
+		case phaseStopped, phaseFailed, phaseSleeping:
+			if stopping {
+				err := ag.stopErr
+				g.mu.Unlock()
+				return err
+			}
+			// Stop anyway: the unit may run without the gateway knowing.
+			g.stopLocked(ag, reasonStop, time.Now())
+			stopping = true
+			g.mu.Unlock()
+			continue
+		}
+		// starting, draining (by a switch), stopping: wait for it to end.
+		ch := ag.changed
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
