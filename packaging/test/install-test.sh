@@ -260,7 +260,7 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 logs=$(ctr journalctl -u vagent@po.service --no-pager -o cat)
-grep -q 'Starting vLLM API server' <<<"$logs" && grep -q 'Application startup complete' <<<"$logs" ||
+grep -Eq 'Starting vLLM (API )?server' <<<"$logs" && grep -q 'Application startup complete' <<<"$logs" ||
 	die "journalctl -u vagent@po lacks the engine's lines: $logs"
 say "ok: systemctl start vagent@po runs vllm-sim as vagent (PID $po); journalctl -u vagent@po shows $(wc -l <<<"$logs") lines"
 
