@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ConfigOverrides returns the settings of the main vagent.toml that keep a
@@ -80,17 +81,35 @@ func (s *Sandbox) EditConfig(rel string, set map[string]any) error {
 	return nil
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-// Sandboxes share the host's network, so tests that run agents or gateways
-// must not use fixed ports.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that no earlier call in this process returned. Sandboxes share the host's
+// network, so tests that run agents or gateways must not use fixed ports;
+// and a port handed out but not yet bound is free again for the kernel,
+// which would give it out twice (an agent's listener and another agent's
+// engine then got the same port, and config refused it).
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !freePorts.given[port] {
+			freePorts.given[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("free port: the kernel kept offering ports this process already gave out")
 }
+
+// freePorts are the ports FreePort has given out.
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
 
 // SetTOML sets keys in a TOML document of the flat shape vagent's files
 // have. A key is "section.key" for a key of table [section], or a bare "key"
