@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/internal/jsonreq"
 	"github.com/vagent-dev/vagent/supervisor"
 )
 
@@ -136,20 +137,9 @@ func lostMidCall(err error) bool {
 }
 
 func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://vagentd"+path, rd)
+	req, err := jsonreq.New(ctx, method, "http://vagentd"+path, body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

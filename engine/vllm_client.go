@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vagent-dev/vagent/internal/jsonreq"
 )
 
 // probeTimeout bounds one health probe or is_sleeping question: a live
@@ -108,20 +109,9 @@ func (c *vllmClient) auth(req *http.Request) {
 // call sends one request with the key when known, and fails unless the
 // engine answers 200; out, when set, receives the JSON answer.
 func (c *vllmClient) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.ep.URL(path), rd)
+	req, err := jsonreq.New(ctx, method, c.ep.URL(path), body)
 	if err != nil {
 		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	c.auth(req)
 	op := method + " " + path
