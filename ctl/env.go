@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v3"
 
@@ -94,7 +93,7 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 	h.sup = supervisor.New(cfg, supervisor.Options{
 		Systemd:   h.sd,
 		GPU:       supervisor.FromBackend(h.gpu),
-		RootCause: rootCause(engine.Of(cfg).Log()),
+		RootCause: journal.StartCause(engine.Of(cfg).Log()),
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		// The engine key is read from its file when a wake needs it.
 		HostWeights:   plan.HostWeights(cfg),
@@ -102,22 +101,6 @@ func connectConfig(ctx context.Context, cfg *config.Config) (*host, error) {
 		NeverFits:     plan.NeverFits(cfg),
 	})
 	return h, nil
-}
-
-// rootCause reads the unit's log since t and lifts the line that explains a
-// failed start.
-// f is how its engine writes the log.
-func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
-	return func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
-		// journald stamps lines when it receives them; a second of slack covers
-		// the clock granularity of the start time we were given.
-		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-		if err != nil {
-			// Without the log, how the engine ended is still a cause.
-			entries = nil
-		}
-		return journal.RootCause(entries, f, exit)
-	}
 }
 
 // agentErr wraps an unknown-agent error so that it gets its hint.

@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	sup := supervisor.New(cfg, supervisor.Options{
 		Systemd:   sd,
 		GPU:       view,
-		RootCause: rootCause(engine.Of(cfg).Log()),
+		RootCause: journal.StartCause(engine.Of(cfg).Log()),
 		Log:       log,
 		LastUsed:  func(agent string) time.Time { return gw.LastUsed(agent) },
 		BeforeEvict: func(ctx context.Context, agent string) error {
@@ -378,18 +378,4 @@ func Loopback(listen string) (bool, error) {
 	host, _, _ = strings.Cut(host, "%") // an IPv6 zone
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback(), nil
-}
-
-// rootCause reads the unit's log since t and lifts the line that explains a
-// failed start.
-// f is how its engine writes the log.
-func rootCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
-	return func(ctx context.Context, unit string, since time.Time, exit journal.Exit) string {
-		entries, err := journal.Read(ctx, unit, journal.Options{Lines: 400, Since: since.Add(-time.Second)})
-		if err != nil {
-			// Without the log, how the engine ended is still a cause.
-			entries = nil
-		}
-		return journal.RootCause(entries, f, exit)
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -213,7 +214,7 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 	}
 
 	for i, x := range a.ExtraArgs {
-		if !isFlag(x) {
+		if !config.IsOption(x) {
 			args = append(args, Arg{x, "extra_args"})
 			continue
 		}
@@ -221,9 +222,9 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 		switch err := config.CheckExtraArg(a.ExtraArgs, i); {
 		case err != nil:
 			agentErr("extra_args", "%v", err)
-		case contains(neverFlags, name):
+		case slices.Contains(neverFlags, name):
 			agentErr("extra_args", "entry %d %q: vagent never passes %s to vLLM", i+1, x, name)
-		case contains(config.ManagedFlags, name):
+		case slices.Contains(config.ManagedFlags, name):
 			agentErr("extra_args", "entry %d %q repeats a flag vagent sets from its own key; set that key instead", i+1, x)
 		case flags != nil && !flags.Has(name):
 			agentErr("extra_args", "entry %d %q: vLLM %s (engine.vllm_version) has no flag %s (spell flags in full, with dashes)",
@@ -232,19 +233,6 @@ func (v VLLM) Command(c *config.Config, a *config.Agent) ([]Arg, config.Errors) 
 		args = append(args, Arg{x, "extra_args"})
 	}
 	return args, errs
-}
-
-// isFlag reports whether a command-line word is an option rather than a
-// value: it starts with '-' and is not a negative number or a lone "-".
-func isFlag(s string) bool { return config.IsOption(s) }
-
-func contains(set []string, s string) bool {
-	for _, x := range set {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // simEnv are the variables vllm-sim reads besides vLLM's own.

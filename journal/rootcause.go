@@ -1,8 +1,10 @@
 package journal
 
 import (
+	"context"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/vagent-dev/vagent/engine"
 )
@@ -185,4 +187,20 @@ func isSystemdNoise(l logLine) bool {
 		}
 	}
 	return false
+}
+
+// StartCause is the supervisor's RootCause hook for engines that log in
+// format f: it reads the unit's log since a start and lifts the line that
+// explains why the start failed, or says how the engine ended.
+func StartCause(f engine.LogFormat) func(ctx context.Context, unit string, since time.Time, exit Exit) string {
+	return func(ctx context.Context, unit string, since time.Time, exit Exit) string {
+		// journald stamps lines when it receives them; a second of slack
+		// covers the clock granularity of the start time we were given.
+		entries, err := Read(ctx, unit, Options{Lines: 400, Since: since.Add(-time.Second)})
+		if err != nil {
+			// Without the log, how the engine ended is still a cause.
+			entries = nil
+		}
+		return RootCause(entries, f, exit)
+	}
 }

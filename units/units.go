@@ -17,6 +17,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -380,7 +381,7 @@ func (r *renderer) dropIn(a *config.Agent) []byte {
 		// One flag and its values per line, joined by continuation lines so
 		// that `systemctl cat` stays readable.
 		if i > 0 {
-			if isFlag(x.Val) {
+			if config.IsOption(x.Val) {
 				u.b.WriteString(" \\\n    ")
 			} else {
 				u.b.WriteByte(' ')
@@ -439,19 +440,6 @@ func (r *renderer) socketDir(u *unitFile, a *config.Agent, sock string) {
 	}
 	u.line("ExecStartPre=install -d -m 0750 %s", dir)
 	u.line("ExecStartPre=rm -f -- %s", file)
-}
-
-// isFlag reports whether vllm serve reads a command-line word as an option
-// rather than a value (config.IsOption: argparse's rule and vLLM's).
-func isFlag(s string) bool { return config.IsOption(s) }
-
-func contains(set []string, s string) bool {
-	for _, x := range set {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // envVar is one Environment= assignment and the field it came from.
@@ -520,7 +508,7 @@ func (r *renderer) env(a *config.Agent) []envVar {
 		switch i, ok := index[k]; {
 		case !envNameRE.MatchString(k):
 			r.fieldErr(a, v.field, "%q is not a valid environment variable name", k)
-		case contains(locked, k):
+		case slices.Contains(locked, k):
 			r.fieldErr(a, v.field, "%s is set by vagent itself and cannot be overridden", k)
 		case ok:
 			vars[i] = v
