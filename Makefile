@@ -16,7 +16,7 @@ SHELL := /bin/bash
 
 GO_FILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path './$(E2E_DIR)/*')
 
-.PHONY: all build test test-deps unit e2e lint vet fmt-check vulncheck bench demo demo-keep docs clean
+.PHONY: all build test test-deps unit e2e soak lint vet fmt-check vulncheck bench demo demo-keep docs clean
 
 all: build
 
@@ -43,6 +43,12 @@ e2e:
 	mkdir -p $(E2E_DIR)
 	$(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/... 2>&1 | tee $(E2E_LOG)
 	scripts/check-e2e.sh $(E2E_LOG)
+
+## soak: TestE2EChaos for SOAK (10m): clients streaming while engines and vagentd are SIGKILLed and restarted (root)
+SOAK ?= 10m
+SOAK_TIMEOUT ?= 40m
+soak:
+	$(GO) test -count=1 -v -timeout $(SOAK_TIMEOUT) -run '^TestE2EChaos$$' ./e2e -chaos.soak=$(SOAK)
 
 ## lint: go vet, and gofmt must have nothing to say
 lint: vet fmt-check
