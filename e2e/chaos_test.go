@@ -447,7 +447,7 @@ type chaosTable struct {
 	completed   int
 	byOutcome   map[string]int
 	byCause     map[string]map[string]int // cause → outcome → requests
-	inFlight    map[chaosKind]int         // requests open during each kind of event
+	inFlight    map[chaosKind]int         // requests open during each kind of event (refusals aside)
 	unexplained []*chaosRequest
 }
 
@@ -466,7 +466,7 @@ func chaosClassify(reqs []*chaosRequest, events []*chaosEvent) *chaosTable {
 	for _, r := range reqs {
 		tab.byOutcome[r.outcome]++
 		for _, e := range events {
-			if !e.issued.IsZero() && e.pid != 0 && r.overlaps(e) {
+			if r.outcome != outRefused && !e.issued.IsZero() && e.pid != 0 && r.overlaps(e) {
 				tab.inFlight[e.kind]++
 			}
 		}

@@ -445,6 +445,11 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 		}
 	}
 
+	if evict {
+		if err := s.awaitLoading(ctx, a); err != nil {
+			return res, err
+		}
+	}
 	victims, err := s.plan(ctx, a, evict, 0)
 	if err != nil {
 		return res, err
@@ -469,6 +474,39 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	}
 	s.startSucceeded(a)
 	return res, nil
+}
+
+// awaitLoading waits for every agent in a's way whose unit runs but whose
+// engine is not up yet. Under the GPU's lock such an engine was started by
+// another hand: systemd's own restart of a crashed engine, a start by hand,
+// or a vagentd killed mid-switch. Refusing the switch for it failed every
+// request that came meanwhile (the gateway had nothing to wait for); its
+// start ends soon, up (then plan evicts it like any running agent) or
+// failed (then it is stopped and its memory released), as a's own wait in
+// transitionLocked does for a.
+func (s *Supervisor) awaitLoading(ctx context.Context, a *config.Agent) error {
+	for _, o := range s.cfg.Agents {
+		if o == a || !config.SharesGPU(a, o) {
+			continue
+		}
+		st, err := s.unitState(ctx, o.Unit())
+		if err != nil {
+			return err
+		}
+		if !st.Running() || s.healthy(ctx, o) {
+			continue
+		}
+		s.o.Log.Info("waiting for an agent in the way to finish starting", "agent", o.Name, "for", a.Name)
+		err = s.waitReady(ctx, o, time.Now())
+		if errors.As(err, new(*StartError)) {
+			s.o.Log.Warn("an agent in the way failed to start", "agent", o.Name, "for", a.Name, "err", err)
+			err = s.stopAndRelease(ctx, o)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startLocked starts a's unit and waits until its engine is healthy. A

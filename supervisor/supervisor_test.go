@@ -314,6 +314,62 @@ func TestSwitchEvictsConflictingAgentBeforeStarting(t *testing.T) {
 	}
 }
 
+// loadBehindTheBack makes unit run as systemd's own restart (or a start
+// by hand) leaves it: active, its engine still loading; after load its
+// engine answers, or with fail the unit fails instead.
+func (h *fakeHost) loadBehindTheBack(unit string, load time.Duration, fail bool) {
+	h.mu.Lock()
+	h.pids++
+	h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "active", SubState: "running", MainPID: 100 + h.pids, Since: time.Now()}
+	h.mu.Unlock()
+	time.AfterFunc(load, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if fail {
+			h.states[unit] = UnitState{LoadState: "loaded", ActiveState: "failed", SubState: "failed", Result: "signal"}
+			return
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(h.agentOf(unit).Port))
+		if err != nil {
+			h.t.Error(err)
+			return
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.engine(unit, w, r) })}
+		go srv.Serve(ln)
+		h.servers[unit] = srv
+	})
+}
+
+// TestSwitchWaitsForAnAgentInTheWayThatIsLoading: an agent in the way whose
+// engine systemd restarted after a crash (or a vagentd killed mid-switch
+// started) and that is still loading is waited for, then evicted, or
+// passed over once its start failed; the switch is not refused ("which is
+// starting"), which failed every request a restarted vagentd had queued.
+func TestSwitchWaitsForAnAgentInTheWayThatIsLoading(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		t.Run(fmt.Sprintf("its start fails: %t", fail), func(t *testing.T) {
+			cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+			h := newFakeHost(t, cfg, 16*gib)
+			s := newSup(cfg, h, "")
+			h.loadBehindTheBack("vagent@po.service", 200*time.Millisecond, fail)
+			res, err := s.Switch(context.Background(), "dev")
+			if err != nil {
+				t.Fatalf("switch to dev while po loads: %v", err)
+			}
+			if !h.states["vagent@dev.service"].Running() || h.states["vagent@po.service"].Running() {
+				t.Errorf("after the switch: %+v", h.states)
+			}
+			want := "po"
+			if fail {
+				want = ""
+			}
+			if got := strings.Join(res.Evicted, ","); got != want {
+				t.Errorf("evicted %q, want %q", got, want)
+			}
+		})
+	}
+}
+
 func TestSwitchEvictsLowestPriorityThenLeastRecentlyUsed(t *testing.T) {
 	// Three agents at 0.4 of the card: any two share it, three do not.
 	cfg := testConfig(t, agent("a", 0.4, 20), agent("b", 0.4, 10), agent("c", 0.4, 10), agent("d", 0.4, 30))
