@@ -318,13 +318,19 @@ func (g *gwHost) chaosDo(ctx context.Context, rng *rand.Rand, e *chaosEvent) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	} else {
-		// An engine that has a process: loading or serving.
+		// An engine that has a process, loading or serving; between a stop
+		// and the next start there is none for a moment.
 		var live []string
 		pids := map[string]int{}
-		for _, a := range agentNames {
-			if p, err := g.unitProps(c, "vagent@"+a+".service"); err == nil && p.MainPID > 0 {
-				live = append(live, a)
-				pids[a] = p.MainPID
+		for wait := time.Now().Add(10 * time.Second); len(live) == 0 && time.Now().Before(wait) && c.Err() == nil; {
+			for _, a := range agentNames {
+				if p, err := g.unitProps(c, "vagent@"+a+".service"); err == nil && p.MainPID > 0 {
+					live = append(live, a)
+					pids[a] = p.MainPID
+				}
+			}
+			if len(live) == 0 {
+				time.Sleep(50 * time.Millisecond)
 			}
 		}
 		if len(live) == 0 {
