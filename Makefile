@@ -123,7 +123,7 @@ rpm: pkg-stage
 lintian: deb
 	lintian --fail-on error,warning --display-info $(DEB)
 
-## security: systemd-analyze security of the packaged units (vagent@dev <= 2.5, vagentd <= 2.0)
+## security: systemd-analyze security of the packaged units (vagent@dev <= 2.5, vagentd <= 1.7)
 security: deb
 	packaging/security.sh $(DEB)
 

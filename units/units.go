@@ -61,7 +61,8 @@ var agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// Render renders the template and every agent's drop-in from cfg.
+// Render renders the template, every agent's drop-in and vagentd's socket
+// unit (SocketName) from cfg.
 //
 // gpuTotals holds each GPU's total memory in bytes and decides which agents
 // conflict: two agents sharing a GPU conflict when their budgets together
@@ -75,7 +76,7 @@ func Render(cfg *config.Config, gpuTotals map[int]uint64) (Files, error) {
 	r := &renderer{cfg: cfg, totals: gpuTotals}
 	r.eng = engine.Of(cfg)
 
-	files := Files{TemplateName: r.template()}
+	files := Files{TemplateName: r.template(), SocketName: r.socket()}
 	seen := map[string]bool{}
 	for _, a := range cfg.Agents {
 		if seen[a.Name] {
