@@ -103,8 +103,9 @@ func (r *chaosRequest) overlaps(e *chaosEvent) bool {
 // agents while, on a seeded random schedule printed in the log, engines are
 // SIGKILLed, vagentd is SIGKILLed three times and restarted with `systemctl
 // restart` three times. Every request's outcome is recorded and each
-// failure is put down to the event that caused it on the timeline. It
-// asserts: cuts only for requests in flight at a SIGKILL of vagentd;
+// failure is put down to the event that caused it on the timeline.
+// vagentd runs from vagentd.socket. It asserts: no connection refused;
+// cuts only for requests in flight at a SIGKILL of vagentd;
 // explicit errors only for requests whose engine was killed under them;
 // nothing lost across planned restarts; vagentd's counted 200s equal the
 // clients' completed streams; the GPU ledger never over-committed; and,
@@ -133,6 +134,11 @@ func TestE2EChaos(t *testing.T) {
 		"gateway.max_wait":        "30s",
 	})
 	ctx := t.Context()
+	// vagentd runs from the sockets vagentd.socket holds (vagentctl apply
+	// renders it; vagentd.service requires it).
+	if out, err := g.s.Systemctl(ctx, "is-active", "vagentd.socket"); err != nil || strings.TrimSpace(out) != "active" {
+		t.Fatalf("vagentd.socket is not active (%q, %v)", out, err)
+	}
 
 	stop := make(chan struct{})
 	samples := sampleLedgerStorm(g.ledger(), stop)
@@ -230,6 +236,9 @@ func TestE2EChaos(t *testing.T) {
 
 	if tab.completed == 0 {
 		t.Errorf("no stream completed")
+	}
+	if n := tab.byOutcome[outRefused]; n > 0 {
+		t.Errorf("%d connections refused; want 0: vagentd.socket holds them while vagentd restarts", n)
 	}
 	for i, r := range tab.unexplained {
 		if i == 15 {
@@ -546,7 +555,7 @@ func (tab *chaosTable) String() string {
 // every unit that is failed, or stuck in a transition, and vagentd if it
 // does not run.
 func (g *gwHost) chaosSettle(ctx context.Context) (problems []string) {
-	units := []string{gatewayUnit}
+	units := []string{gatewayUnit, "vagentd.socket"}
 	for _, a := range agentNames {
 		units = append(units, "vagent@"+a+".service")
 	}
