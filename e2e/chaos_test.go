@@ -11,11 +11,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vagent-dev/vagent/e2e/sandbox"
 )
 
 // The chaos suite's knobs. Without them TestE2EChaos runs its default
@@ -276,6 +279,36 @@ func TestE2EChaos(t *testing.T) {
 			t.Errorf("after the chaos, a stream from %s: %s", a, r)
 		}
 	}
+	// The journal's count is the metric's: within the last vagentd's
+	// lifetime, its log lines with status 200 are its
+	// vagent_requests_total{status="200"}.
+	p, err := g.unitProps(ctx, gatewayUnit)
+	if err != nil || p.MainPID == 0 {
+		t.Fatalf("vagentd's PID: %+v %v", p, err)
+	}
+	var lines, metric int
+	eventually(t, 10*time.Second, "the last vagentd's 200s in its journal and in its metrics agree", func() bool {
+		lines = 0
+		for _, l := range strings.Split(g.s.Journal(ctx, gatewayUnit, "_PID="+strconv.Itoa(p.MainPID)), "\n") {
+			if strings.Contains(l, "msg=request ") && logField(l, "status") == "200" {
+				lines++
+			}
+		}
+		code, body := g.get("/metrics", "")
+		metric = -1
+		if code == http.StatusOK {
+			metric = 0
+			for _, l := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(l, "vagent_requests_total{") && strings.Contains(l, `status="200"`) {
+					f := strings.Fields(l)
+					v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+					metric += int(v)
+				}
+			}
+		}
+		return lines > 0 && lines == metric
+	})
+	t.Logf("the last vagentd (PID %d): %d requests 200 in its journal, %d in vagent_requests_total", p.MainPID, lines, metric)
 }
 
 // chaosSchedule draws the events of a run of duration d: the default run
@@ -358,6 +391,12 @@ func (g *gwHost) chaosDo(ctx context.Context, rng *rand.Rand, e *chaosEvent) {
 		_, e.err = g.s.Systemctl(c, "restart", gatewayUnit)
 	case killEngine:
 		_, e.err = g.s.Systemctl(c, "kill", "-s", "KILL", "--kill-whom=main", "vagent@"+e.agent+".service")
+		var ee *sandbox.ExitError
+		if errors.As(e.err, &ee) && strings.Contains(ee.Stderr, "No main process to kill") {
+			// Stopped by vagentd in the moment since its PID was read:
+			// nothing was killed.
+			e.err, e.pid, e.agent = nil, 0, e.agent+" (stopped before the kill)"
+		}
 	}
 	e.done = time.Now()
 }
@@ -462,7 +501,7 @@ type chaosTable struct {
 	completed   int
 	byOutcome   map[string]int
 	byCause     map[string]map[string]int // cause → outcome → requests
-	inFlight    map[chaosKind]int         // requests open during each kind of event (refusals aside)
+	inFlight    map[chaosKind]int         // requests open during each kind of event (refusals aside; for an engine, its agent's)
 	unexplained []*chaosRequest
 }
 
@@ -470,8 +509,10 @@ type chaosTable struct {
 //   - a cut (a connection that vagentd's death took) to a SIGKILL of
 //     vagentd while the request was open;
 //   - an explicit error (an error event, a 5xx answer) to a SIGKILL of the
-//     engine of the request's agent while it was open, or, for the 503 of
-//     a start backoff, to the last such kill before it;
+//     engine of the request's agent while it was open, or, for an error
+//     that names what such a kill leaves behind (the failed start it
+//     joined, the start backoff after it), to the last such kill before
+//     it ended;
 //
 // and anything else, a failure across a planned restart included, is
 // unexplained. Refused connections are never explained: a restart of
@@ -481,7 +522,7 @@ func chaosClassify(reqs []*chaosRequest, events []*chaosEvent) *chaosTable {
 	for _, r := range reqs {
 		tab.byOutcome[r.outcome]++
 		for _, e := range events {
-			if r.outcome != outRefused && !e.issued.IsZero() && e.pid != 0 && r.overlaps(e) {
+			if r.outcome != outRefused && !e.issued.IsZero() && e.pid != 0 && r.overlaps(e) && (e.kind != killEngine || e.agent == r.agent) {
 				tab.inFlight[e.kind]++
 			}
 		}
@@ -501,7 +542,7 @@ func chaosClassify(reqs []*chaosRequest, events []*chaosEvent) *chaosTable {
 			case e.kind == killGateway && r.outcome == outCut && r.overlaps(e):
 				cause = e
 			case e.kind == killEngine && e.agent == r.agent && (r.outcome == outErrorEvent || r.outcome == outStatus && r.status >= 500):
-				if r.overlaps(e) || (r.status == http.StatusServiceUnavailable && strings.Contains(r.detail, "start backoff") && e.issued.Before(r.start)) {
+				if r.overlaps(e) || (e.issued.Before(r.end) && afterEngineKill(r.detail)) {
 					cause = e
 				}
 			}
@@ -517,6 +558,14 @@ func chaosClassify(reqs []*chaosRequest, events []*chaosEvent) *chaosTable {
 		tab.byCause[r.cause][r.outcome]++
 	}
 	return tab
+}
+
+// afterEngineKill reports whether an error message is one a SIGKILL of an
+// engine leaves behind after the kill itself: the start it killed, which
+// a request may join in the moment before the gateway learns of the death,
+// and the start backoff that follows.
+func afterEngineKill(msg string) bool {
+	return strings.Contains(msg, "killed by SIGKILL during load") || strings.Contains(msg, "start backoff")
 }
 
 func (tab *chaosTable) eventCounts(events []*chaosEvent) string {
