@@ -211,9 +211,13 @@ func TestE2EChaos(t *testing.T) {
 	// journal outlives every vagentd.
 	journal := g.gatewayJournal()
 	counted := 0
+	warnings := map[string]int{} // vagentd's warnings and errors by message, for the log
 	for _, line := range strings.Split(journal, "\n") {
 		if strings.Contains(line, "msg=request ") && logField(line, "status") == "200" {
 			counted++
+		}
+		if lvl := logField(" "+line, "level"); lvl == "WARN" || lvl == "ERROR" {
+			warnings[lvl+" "+logField(line, "msg")]++
 		}
 	}
 	suppressed := journalSuppressed(ctx, g)
@@ -234,6 +238,7 @@ func TestE2EChaos(t *testing.T) {
 	fmt.Printf("chaos: seed %d, %d clients for %s: %d requests; events: %s\n", seed, chaosClients, duration, len(reqs), tab.eventCounts(events))
 	fmt.Print(tab.String())
 	fmt.Printf("chaos: vagentd counted %d streams 200 (journal, all its lifetimes); clients completed %d\n", counted, tab.completed)
+	fmt.Printf("chaos: vagentd's warnings and errors by message: %v\n", warnings)
 	fmt.Printf("chaos: ledger peak %.2f GiB of %.2f GiB; most engines loading at once: %d\n",
 		float64(peak)/(1<<30), float64(total)/(1<<30), maxLoading)
 
