@@ -167,7 +167,9 @@ func TestPlanSwitchFlagsAndHostErrors(t *testing.T) {
 	}
 	saved := planMeminfo
 	defer func() { planMeminfo = saved }()
-	planMeminfo = func() (plan.Meminfo, error) { return plan.Meminfo{}, errors.New("open /proc/meminfo: no such file or directory") }
+	planMeminfo = func() (plan.Meminfo, error) {
+		return plan.Meminfo{}, errors.New("open /proc/meminfo: no such file or directory")
+	}
 	_, errOut, code := runIssueCmd(t, conf, "plan")
 	want := "vagentctl: plan: host RAM unknown: open /proc/meminfo: no such file or directory; pass --host-ram-mib N to plan for a host with N MiB available\n"
 	if code != ExitFailure || errOut != want {
