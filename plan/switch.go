@@ -277,7 +277,8 @@ func hostRAM(cfg *config.Config, mem Meminfo, held uint64) HostRAM {
 type SleepFit struct {
 	// Agents are the sleep agents considered.
 	Agents []string `json:"agents"`
-	// Level is the sleep level they are judged at.
+	// Level is the sleep level they are judged at (0: their own levels,
+	// which differ).
 	Level int `json:"level"`
 	// Asleep are the most that sleep at once; Stopped are agents the
 	// GPU has no room to keep asleep beside the others (a switch stops the
@@ -293,17 +294,24 @@ type SleepFit struct {
 	Why     string `json:"why"`
 }
 
-// sleepFit judges sleepers (agent names, in configuration order) asleep
-// at level.
-func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepers map[string]bool, level int, host HostRAM) *SleepFit {
-	f := &SleepFit{Level: level, Agents: []string{}, Asleep: []string{}, Stopped: []string{}}
+// sleepFit judges sleepers, the sleep agents by name with the level each
+// sleeps at.
+func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepers map[string]int, host HostRAM) *SleepFit {
+	f := &SleepFit{Agents: []string{}, Asleep: []string{}, Stopped: []string{}}
 	for _, a := range cfg.Agents {
-		if sleepers[a.Name] {
+		if l, ok := sleepers[a.Name]; ok {
 			f.Agents = append(f.Agents, a.Name)
+			switch {
+			case f.Level == 0:
+				f.Level = l
+			case f.Level != l:
+				f.Level = -1
+			}
 		}
 	}
+	f.Level = max(f.Level, 0) // mixed levels: 0
 	need := func(name string) uint64 {
-		if level == 1 {
+		if sleepers[name] == 1 {
 			return costs[name].HostLevel1Bytes
 		}
 		return costs[name].HostLevel2Bytes
@@ -316,15 +324,17 @@ func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepe
 		allSleep := true
 		var maxBudget uint64
 		for _, name := range g.Agents {
-			a := cfg.Agent(name)
-			if sleepers[name] && costs[name].Known {
-				cands = append(cands, a)
-			} else if !sleepers[name] {
+			e := p.Agent(name)
+			if e == nil || e.Status != Fits {
+				continue // never runs here: takes no turn
+			}
+			_, sleeps := sleepers[name]
+			if sleeps && costs[name].Known {
+				cands = append(cands, cfg.Agent(name))
+			} else if !sleeps {
 				allSleep = false
 			}
-			if e := p.Agent(name); e != nil && e.BudgetBytes > maxBudget {
-				maxBudget = e.BudgetBytes
-			}
+			maxBudget = max(maxBudget, e.BudgetBytes)
 		}
 		if len(cands) == 0 {
 			continue
@@ -338,10 +348,14 @@ func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepe
 		var used uint64
 		n := 0
 		for _, a := range cands {
+			r := SleepResidualBytes(a)
 			if asleep[a.Name] {
+				// Asleep on another of its GPUs (tensor parallelism): its
+				// residual is here too.
+				used += r
+				n++
 				continue
 			}
-			r := SleepResidualBytes(a)
 			if used+r > room {
 				stopped[a.Name] = true
 				continue
@@ -366,20 +380,27 @@ func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepe
 	}
 	f.Fits = f.NeedBytes <= host.BudgetBytes
 	what := "weights and engines"
-	if level == 2 {
+	switch f.Level {
+	case 0:
+		what = "weights at level 1, engines"
+	case 2:
 		what = "engines only"
 	}
 	at := fmt.Sprintf("at most %d asleep at once (%s)", len(f.Asleep), strings.Join(f.Asleep, ", "))
+	lvl := fmt.Sprintf("at level %d", f.Level)
+	if f.Level == 0 {
+		lvl = "at their levels"
+	}
 	switch {
 	case len(f.Asleep) == 0:
 		f.Fits = false
 		f.Why = "no agent can stay asleep"
 	case f.Fits:
-		f.Why = fmt.Sprintf("%s hold %s at level %d (%s), within the %s sleepers may hold",
-			at, GiB(f.NeedBytes), level, what, GiB(host.BudgetBytes))
+		f.Why = fmt.Sprintf("%s hold %s %s (%s), within the %s sleepers may hold",
+			at, GiB(f.NeedBytes), lvl, what, GiB(host.BudgetBytes))
 	default:
-		f.Why = fmt.Sprintf("%s would hold %s at level %d (%s), more than the %s sleepers may hold",
-			at, GiB(f.NeedBytes), level, what, GiB(host.BudgetBytes))
+		f.Why = fmt.Sprintf("%s would hold %s %s (%s), more than the %s sleepers may hold",
+			at, GiB(f.NeedBytes), lvl, what, GiB(host.BudgetBytes))
 	}
 	if len(rooms) > 0 {
 		f.GPURoom = strings.Join(rooms, "; ")
@@ -445,16 +466,14 @@ func Switch(cfg *config.Config, p *Plan, mem Meminfo, r Rates, measured map[stri
 	for i := range s.Agents {
 		costs[s.Agents[i].Agent] = &s.Agents[i]
 	}
-	configured := map[string]bool{}
-	level := 1
+	configured := map[string]int{}
 	for _, a := range cfg.Agents {
 		if cfg.Sleeps(a) {
-			configured[a.Name] = true
-			level = max(level, a.Level())
+			configured[a.Name] = a.Level()
 		}
 	}
 	if len(configured) > 0 {
-		s.Configured = sleepFit(cfg, p, costs, configured, level, s.Host)
+		s.Configured = sleepFit(cfg, p, costs, configured, s.Host)
 	}
 	s.Advice = advise(cfg, p, costs, s.Host)
 	return s
@@ -466,6 +485,13 @@ func Switch(cfg *config.Config, p *Plan, mem Meminfo, r Rates, measured map[stri
 func advise(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, host HostRAM) Advice {
 	adv := Advice{Agents: []string{}}
 	turns := map[string]bool{}
+	at := func(level int) map[string]int {
+		m := map[string]int{}
+		for n := range turns {
+			m[n] = level
+		}
+		return m
+	}
 	for _, g := range p.GPUs {
 		// The agents that fit take turns unless they all run together.
 		fitting := append([]string{}, g.AloneOnly...)
@@ -501,7 +527,7 @@ func advise(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, host Hos
 	}
 	names := strings.Join(adv.Agents, ", ")
 	cold, w1, w2 := costRange(adv.Agents, costs)
-	f1 := sleepFit(cfg, p, costs, turns, 1, host)
+	f1 := sleepFit(cfg, p, costs, at(1), host)
 	adv.Level1 = f1
 	if len(f1.Asleep) == 0 {
 		adv.Mode, adv.AlreadySet = config.SwitchRestart, set(config.SwitchRestart, 0)
@@ -515,7 +541,7 @@ func advise(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, host Hos
 			names, w1, cold, f1.Why)
 		return adv
 	}
-	f2 := sleepFit(cfg, p, costs, turns, 2, host)
+	f2 := sleepFit(cfg, p, costs, at(2), host)
 	if f2.Fits {
 		adv.Mode, adv.Level, adv.AlreadySet = config.SwitchSleep, 2, set(config.SwitchSleep, 2)
 		adv.Text = fmt.Sprintf("switch_mode = \"sleep\" with sleep_level = 2 for %s: a wake reloads the weights in about %s instead of a cold start of about %s; "+

@@ -221,3 +221,27 @@ func TestHostRAMBudgetSettingIsTheBudget(t *testing.T) {
 		t.Errorf("host with po asleep: budget %s, want %s", GiB(s.Host.BudgetBytes), GiB(want))
 	}
 }
+
+func TestSleepersAtTheirOwnLevels(t *testing.T) {
+	// At 0.85 two sleepers fit beside the awake agent. po sleeps at level
+	// 2, so the worst case keeps po awake and the two 14B agents asleep at
+	// level 1: 2 × 12.29 GiB.
+	edit := func(cfg *config.Config) {
+		for _, a := range cfg.Agents {
+			a.GPUMemoryUtilization = 0.85
+			a.SwitchMode, a.SleepLevel = config.SwitchSleep, 1
+		}
+		cfg.Agent("po").SleepLevel = 2
+	}
+	for _, c := range []struct {
+		avail uint64
+		fits  bool
+	}{{64, true}, {48, false}} {
+		_, s := shippedSwitch(t, c.avail, edit, nil)
+		f := s.Configured
+		if f == nil || f.Level != 0 || strings.Join(f.Asleep, ",") != "architect,dev" || f.Fits != c.fits ||
+			f.NeedBytes != s.Agents[0].HostLevel1Bytes+s.Agents[1].HostLevel1Bytes || !strings.Contains(f.Why, "at their levels") {
+			t.Errorf("%d GiB available: %+v", c.avail, f)
+		}
+	}
+}
