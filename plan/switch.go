@@ -222,7 +222,16 @@ func agentSwitch(cfg *config.Config, a *config.Agent, e *Estimate, r Rates, m Me
 		s.Level = a.Level()
 	}
 	if e == nil || e.Facts == nil || !e.Facts.Complete() || e.WeightsBytes == 0 {
+		// No estimate; what vagentd measured still counts.
 		s.Why = "its model's figures are unknown (vagentctl pull, then plan again)"
+		for _, c := range []struct {
+			dst **Cost
+			d   time.Duration
+		}{{&s.ColdStart, m.ColdStart}, {&s.WakeLevel1, m.WakeLevel1}, {&s.WakeLevel2, m.WakeLevel2}} {
+			if c.d > 0 {
+				*c.dst = &Cost{Seconds: c.d.Seconds(), Measured: true}
+			}
+		}
 		return s
 	}
 	s.Known = true
@@ -600,7 +609,7 @@ func (s *Switching) WriteSwitchText(w io.Writer) {
 			mode += " L" + strconv.Itoa(a.Level)
 		}
 		if !a.Known {
-			fmt.Fprintf(tw, "%s\t%s\t?\t?\t?\t?\t?\n", a.Agent, mode)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t?\t?\n", a.Agent, mode, costText(a.ColdStart), costText(a.WakeLevel1), costText(a.WakeLevel2))
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Agent, mode, costText(a.ColdStart), costText(a.WakeLevel1),

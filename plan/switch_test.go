@@ -245,3 +245,18 @@ func TestSleepersAtTheirOwnLevels(t *testing.T) {
 		}
 	}
 }
+
+func TestMeasuredWithoutAnEstimate(t *testing.T) {
+	// A model plan knows nothing of: no estimate, but vagentd's figures.
+	_, s := shippedSwitch(t, 64, func(cfg *config.Config) { cfg.Agent("po").Model = "example/unknown-model" },
+		map[string]Measured{"po": {ColdStart: 12 * time.Second}})
+	po := s.Agents[2]
+	if po.Known || po.ColdStart == nil || !po.ColdStart.Measured || po.ColdStart.Seconds != 12 || po.WakeLevel1 != nil {
+		t.Errorf("po: %+v", po)
+	}
+	var b bytes.Buffer
+	s.WriteSwitchText(&b)
+	if !strings.Contains(b.String(), "po         restart  12.0 s measured  ?") {
+		t.Errorf("text:\n%s", b.String())
+	}
+}
