@@ -23,7 +23,7 @@ func planCmd() *cli.Command {
 			"estimates the weights, the KV cache bytes per token, the activation reserve and the CUDA context and graphs, " +
 			"against each agent's budget (gpu_memory_utilization × the GPU's memory). GPU sizes come from NVML, from " +
 			"gpu.sim_total_mib with the simulator, or from --gpu-total-mib. Exits 1 when an agent cannot start on its GPU " +
-			"as configured.",
+			"as configured. " + planSwitchDescription,
 		Flags: append([]cli.Flag{
 			&cli.Uint64Flag{Name: "gpu-total-mib", Usage: "plan for GPUs of this many MiB (a 16 GB card reports about 16376, a 24 GB one 24564)"},
 			&cli.BoolFlag{Name: "offline", Usage: "never ask the Hub (as with HF_HUB_OFFLINE=1)"},

@@ -12,6 +12,14 @@ import (
 	"github.com/vagent-dev/vagent/plan"
 )
 
+// planSwitchDescription is plan's help on the switch costs.
+const planSwitchDescription = "It then estimates what a switch to each agent costs: a cold start (the checkpoint read " +
+	"from disk at --disk-gbps, the weights copied to the GPU at --pcie-gbps, the engine's start, torch.compile and " +
+	"the CUDA graphs' capture) or a wake from sleep level 1 (the weights copied back from pinned host RAM) or " +
+	"level 2 (reloaded from disk); while vagentd runs, the starts and wakes it timed replace the estimates. From " +
+	"/proc/meminfo (or --host-ram-mib) it says whether the host RAM holds the agents asleep, and advises " +
+	"switch_mode and sleep_level (docs/sizing.md, \"Switch costs\")."
+
 // planSwitchFlags are plan's flags for the switch costs.
 func planSwitchFlags() []cli.Flag {
 	return []cli.Flag{
