@@ -38,11 +38,14 @@ func (d *Doctor) checkSwitching(ctx context.Context) {
 	switch {
 	case adv.Mode == "" || adv.AlreadySet:
 		d.add(check, Pass, "", "%s", adv.Text)
-	case adv.Mode == config.SwitchSleep && !sleeps:
+	case !sleeps:
 		// Advice, not a fault: restarts work, only slower.
 		d.add(check, Pass, "", "switches are cold starts; sleep mode fits this host: %s (set it in %s or per agent, then vagentctl apply)", adv.Text, d.cfg.Path)
-	default:
+	case adv.Mode == config.SwitchRestart || s.Configured == nil || !s.Configured.Fits:
 		d.add(check, Warn, fmt.Sprintf("set it in %s or in the agents' files, then vagentctl apply (vagentctl plan shows the figures)", d.cfg.Path),
 			"sleep mode as configured does not fit this host: %s", adv.Text)
+	default:
+		// The configured sleepers fit; more agents could sleep.
+		d.add(check, Pass, "", "the sleep agents fit this host; switches could be cheaper still: %s (set it in %s or per agent, then vagentctl apply)", adv.Text, d.cfg.Path)
 	}
 }

@@ -53,3 +53,13 @@ func TestSwitchingCheckWithoutGPUSizes(t *testing.T) {
 		t.Errorf("no GPU sizes: %+v; want a skip", got)
 	}
 }
+
+func TestSwitchingCheckWithSomeSleepers(t *testing.T) {
+	// Only po sleeps; the host could hold architect and dev asleep too.
+	h := newHost(t, config.EngineSim, config.GPUBackendSim, nil)
+	h.cfg.Agent("po").SwitchMode = config.SwitchSleep
+	got := find(h.run(), "switching")
+	if got == nil || got.Status != Pass || !strings.Contains(got.Finding, `the sleep agents fit this host; switches could be cheaper still: switch_mode = "sleep" for architect, dev, po`) {
+		t.Errorf("%+v", got)
+	}
+}
