@@ -374,8 +374,17 @@ func sleepFit(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, sleepe
 			n++
 		}
 		if n < len(cands) {
-			rooms = append(rooms, fmt.Sprintf("GPU %d keeps the CUDA context and graphs of %s asleep beside a %s budget (%s left of %s usable)",
-				g.Index, plural(n, "sleeper"), GiB(maxBudget), GiB(room), GiB(g.UsableBytes)))
+			msg := fmt.Sprintf("GPU %d keeps the CUDA context and graphs of %s asleep beside a %s budget (%s left of %s usable)",
+				g.Index, plural(n, "sleeper"), GiB(maxBudget), GiB(room), GiB(g.UsableBytes))
+			if n == 0 && g.TotalBytes > 0 {
+				// The budget that leaves room for the smallest residual.
+				r := SleepResidualBytes(cands[len(cands)-1])
+				for _, a := range cands {
+					r = min(r, SleepResidualBytes(a))
+				}
+				msg += fmt.Sprintf("; gpu_memory_utilization %s or less leaves room for one", floorUtil(sub(g.UsableBytes, r), g.TotalBytes))
+			}
+			rooms = append(rooms, msg)
 		}
 	}
 	for _, a := range cfg.Agents {
@@ -540,8 +549,7 @@ func advise(cfg *config.Config, p *Plan, costs map[string]*AgentSwitch, host Hos
 	adv.Level1 = f1
 	if len(f1.Asleep) == 0 {
 		adv.Mode, adv.AlreadySet = config.SwitchRestart, set(config.SwitchRestart, 0)
-		adv.Text = fmt.Sprintf("keep switch_mode = \"restart\" for %s: %s (each sleeper keeps its CUDA context and graphs on the GPU); "+
-			"lower their gpu_memory_utilization to make room for one", names, f1.GPURoom)
+		adv.Text = fmt.Sprintf("keep switch_mode = \"restart\" for %s: %s", names, f1.GPURoom)
 		return adv
 	}
 	if f1.Fits {
