@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vagent-dev/vagent/e2e/sandbox"
 )
 
 // probe is one request of a client that keeps connecting.
@@ -234,4 +236,64 @@ func TestE2ESocketActivation(t *testing.T) {
 	if all.refused > 0 {
 		t.Errorf("%d connections refused in all", all.refused)
 	}
+
+	// dev's listener moves, and vagentd restarts before vagentctl apply has
+	// rendered the socket unit again: vagentd listens on the new address
+	// itself and answers the old one, which the socket still holds, with an
+	// error that says what to run. apply and a restart of the socket set
+	// both right.
+	t.Run("an address changes: vagentd copes until the socket restarts", func(t *testing.T) {
+		oldURL := devURL
+		port, err := sandbox.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		newURL := "http://127.0.0.1:" + strconv.Itoa(port)
+		if err := g.s.EditConfig("agents/dev.toml", map[string]any{"listen": "127.0.0.1:" + strconv.Itoa(port)}); err != nil {
+			t.Fatal(err)
+		}
+		g.restartGateway()
+		models := func(base string) (int, string) {
+			resp, err := g.hc.Get(base + "/v1/models")
+			if err != nil {
+				return 0, err.Error()
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		if code, body := models(newURL); code != http.StatusOK {
+			t.Errorf("dev's new listener, before the socket restarts: %d %s", code, body)
+		}
+		if code, body := models(oldURL); code != http.StatusMisdirectedRequest || !strings.Contains(body, "systemctl restart vagentd.socket") {
+			t.Errorf("dev's old listener, still held by the socket: %d %s; want 421 saying what to run", code, body)
+		}
+		if j := g.gatewayJournal(); !strings.Contains(j, "vagentd.socket did not hand this address over") ||
+			!strings.Contains(j, "vagentd.socket holds an address no configuration names") {
+			t.Errorf("vagentd's journal does not say which addresses differ from the socket's:\n%s", j)
+		}
+
+		if out := g.mustCtl("apply"); !strings.Contains(out, "vagentd.socket changed") {
+			t.Errorf("vagentctl apply does not say that the running socket keeps its old addresses:\n%s", out)
+		}
+		old := mainPID()
+		if _, err := g.s.Systemctl(ctx, "restart", "vagentd.socket"); err != nil {
+			t.Fatalf("systemctl restart vagentd.socket: %v", err)
+		}
+		g.waitHealthy(10 * time.Second)
+		if pid := mainPID(); pid == old {
+			t.Errorf("restarting vagentd.socket left vagentd running (PID %d): it keeps the old sockets", pid)
+		}
+		if code, body := models(newURL); code != http.StatusOK {
+			t.Errorf("dev's new listener, after the socket restarted: %d %s", code, body)
+		}
+		if code, body := models(oldURL); code != 0 || !strings.Contains(body, "connection refused") {
+			t.Errorf("dev's old listener after the socket restarted: %d %s; want nothing listening", code, body)
+		}
+		since := time.Now().Add(-time.Minute).Format("2006-01-02 15:04:05")
+		out, _, _, _ := g.s.Exec(ctx, "journalctl", "--no-pager", "-q", "-o", "cat", "-u", gatewayUnit, "_PID="+strconv.Itoa(mainPID()), "--since", since)
+		if !strings.Contains(out, "listening on the sockets vagentd.socket handed over") || strings.Contains(out, "did not hand") {
+			t.Errorf("the vagentd after the socket's restart did not take every socket from it:\n%s", out)
+		}
+	})
 }
