@@ -61,7 +61,7 @@ func listen(cfg *config.Config, files []*os.File, log *slog.Logger) (_ *endpoint
 	var pool []net.Listener
 	for _, f := range files {
 		if f.Name() != units.SocketFDName {
-			log.Warn("closing a socket systemd handed over under another name than vagentd.socket's",
+			log.Warn("closing a socket handed over under another name than vagentd.socket's",
 				"name", f.Name(), "want", units.SocketFDName)
 			f.Close()
 			continue
@@ -69,7 +69,7 @@ func listen(cfg *config.Config, files []*os.File, log *slog.Logger) (_ *endpoint
 		ln, err := net.FileListener(f)
 		f.Close() // FileListener holds its own copy
 		if err != nil {
-			log.Warn("closing a descriptor systemd handed over that is no listening socket", "err", err)
+			log.Warn("closing a descriptor handed over that is no listening socket", "err", err)
 			continue
 		}
 		pool = append(pool, ln)
@@ -93,12 +93,10 @@ func listen(cfg *config.Config, files []*os.File, log *slog.Logger) (_ *endpoint
 		switch _, holdable := units.SocketAddress(addr); {
 		case !activated:
 		case !holdable:
-			log.Info("listening without vagentd.socket: not an IP address and port, which systemd cannot hold; "+
-				"connections there are refused while vagentd restarts", "listen", addr, "field", field)
+			log.Info("listening without vagentd.socket on a host name, which systemd cannot hold (refused while vagentd restarts)",
+				"listen", addr, "field", field)
 		default:
-			log.Warn("vagentd.socket did not hand this address over: listening on it without systemd, so "+
-				"connections there are refused while vagentd restarts; the socket unit is older than the "+
-				"configuration: vagentctl apply, then systemctl restart vagentd.socket",
+			log.Warn("vagentd.socket did not hand this address over: listening without it until vagentctl apply and systemctl restart vagentd.socket",
 				"listen", addr, "field", field)
 		}
 		return ln, nil
@@ -132,14 +130,13 @@ func listen(cfg *config.Config, files []*os.File, log *slog.Logger) (_ *endpoint
 			return nil, err
 		}
 		if activated {
-			log.Warn("vagentd.socket did not hand the control socket over: listening on it without systemd; "+
-				"the socket unit is older than the configuration: vagentctl apply, then systemctl restart vagentd.socket",
+			log.Warn("vagentd.socket did not hand the control socket over: listening without it until vagentctl apply and systemctl restart vagentd.socket",
 				"control_socket", path)
 		}
 	}
 	for _, ln := range pool {
-		log.Warn("vagentd.socket handed over an address no configuration names: answering every request there "+
-			"with an error until vagentctl apply and systemctl restart vagentd.socket", "address", ln.Addr().String())
+		log.Warn("vagentd.socket holds an address no configuration names: answering it with an error until vagentctl apply and systemctl restart vagentd.socket",
+			"address", ln.Addr().String())
 	}
 	e.stray = pool
 	if activated {
@@ -196,7 +193,7 @@ func checkControlSocket(path, group string, log *slog.Logger) {
 		}
 	}
 	if why != "" {
-		log.Warn("the control socket from vagentd.socket is not as configured: "+why+
-			"; vagentctl apply, then systemctl restart vagentd.socket", "control_socket", path, "control_group", group)
+		log.Warn("the control socket vagentd.socket made is not as configured ("+why+
+			"): vagentctl apply, then systemctl restart vagentd.socket", "control_socket", path, "control_group", group)
 	}
 }

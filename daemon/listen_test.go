@@ -171,7 +171,7 @@ func TestRunServesHandedOverSockets(t *testing.T) {
 	if code, body := get(t, uc, "http://vagentd/vagent/v1/status"); code != http.StatusOK {
 		t.Errorf("control socket handed over: %d %s", code, body)
 	}
-	for _, want := range []string{"closing a socket systemd handed over under another name", "handed over an address no configuration names", "handed_over=4"} {
+	for _, want := range []string{"closing a socket handed over under another name", "holds an address no configuration names", "handed_over=4"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
 		}

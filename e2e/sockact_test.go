@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vagent-dev/vagent/e2e/sandbox"
 )
 
 // probe is one request of a client that keeps connecting.
@@ -67,13 +69,14 @@ func startProber(ctx context.Context, urls ...string) *prober {
 	return p
 }
 
-// since returns the outcomes of the requests begun at or after t.
+// since returns the outcomes of the requests that had not ended by t:
+// those in flight at t and those begun later.
 func (p *prober) since(t time.Time) []probe {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []probe
 	for _, r := range p.probes {
-		if !r.start.Before(t) {
+		if !r.end.Before(t) {
 			out = append(out, r)
 		}
 	}
@@ -81,22 +84,31 @@ func (p *prober) since(t time.Time) []probe {
 }
 
 // tally counts outcomes: served (200), refused connections, other failures
-// (with a few of their errors), and the longest a request waited.
+// (with a few of their errors), how long a request took, and from the
+// first refused connection to the last.
 type tally struct {
 	n, ok, refused, failed int
 	errs                   []string
 	longest, median        time.Duration
+	refusing               time.Duration
 }
 
 func count(ps []probe) tally {
 	var t tally
 	var waits []time.Duration
+	var first, last time.Time
 	for _, p := range ps {
 		t.n++
 		waits = append(waits, p.end.Sub(p.start))
 		switch {
 		case p.refused():
 			t.refused++
+			if first.IsZero() || p.start.Before(first) {
+				first = p.start
+			}
+			if p.end.After(last) {
+				last = p.end
+			}
 		case p.err != nil || p.status != http.StatusOK:
 			t.failed++
 			if len(t.errs) < 5 {
@@ -106,6 +118,7 @@ func count(ps []probe) tally {
 			t.ok++
 		}
 	}
+	t.refusing = last.Sub(first)
 	if len(waits) > 0 {
 		slices.Sort(waits)
 		t.longest, t.median = waits[len(waits)-1], waits[len(waits)/2]
@@ -114,8 +127,8 @@ func count(ps []probe) tally {
 }
 
 func (t tally) String() string {
-	return fmt.Sprintf("%d requests: %d served, %d refused, %d failed; wait median %s, longest %s",
-		t.n, t.ok, t.refused, t.failed, t.median.Round(time.Millisecond), t.longest.Round(time.Millisecond))
+	return fmt.Sprintf("%d requests: %d served, %d refused (over %s), %d failed; request time median %s, longest %s",
+		t.n, t.ok, t.refused, t.refusing.Round(time.Millisecond), t.failed, t.median.Round(time.Millisecond), t.longest.Round(time.Millisecond))
 }
 
 // TestE2ESocketActivation runs vagentd from vagentd.socket, which vagentctl
@@ -153,7 +166,7 @@ func TestE2ESocketActivation(t *testing.T) {
 		return up.MainPID
 	}
 	// servedAfter waits until the vagentd after old serves requests, and
-	// returns the outcomes of those begun from t0 on.
+	// returns the outcomes of those in flight at t0 or begun later.
 	servedAfter := func(t0 time.Time, old int, what string) tally {
 		t.Helper()
 		var seen time.Time // when the new process showed
@@ -210,7 +223,7 @@ func TestE2ESocketActivation(t *testing.T) {
 			t.Errorf("%d connections refused while vagentd was restarted by systemd after SIGKILL", got.refused)
 		}
 		// Only what the killed process held can fail: one request per
-		// client at most.
+		// client at most, as each sends one at a time.
 		if got.failed > 4 {
 			t.Errorf("%d requests failed across a SIGKILL of vagentd, more than the 4 clients had in flight: %q", got.failed, got.errs)
 		}
@@ -223,4 +236,64 @@ func TestE2ESocketActivation(t *testing.T) {
 	if all.refused > 0 {
 		t.Errorf("%d connections refused in all", all.refused)
 	}
+
+	// dev's listener moves, and vagentd restarts before vagentctl apply has
+	// rendered the socket unit again: vagentd listens on the new address
+	// itself and answers the old one, which the socket still holds, with an
+	// error that says what to run. apply and a restart of the socket set
+	// both right.
+	t.Run("an address changes: vagentd copes until the socket restarts", func(t *testing.T) {
+		oldURL := devURL
+		port, err := sandbox.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		newURL := "http://127.0.0.1:" + strconv.Itoa(port)
+		if err := g.s.EditConfig("agents/dev.toml", map[string]any{"listen": "127.0.0.1:" + strconv.Itoa(port)}); err != nil {
+			t.Fatal(err)
+		}
+		g.restartGateway()
+		models := func(base string) (int, string) {
+			resp, err := g.hc.Get(base + "/v1/models")
+			if err != nil {
+				return 0, err.Error()
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		if code, body := models(newURL); code != http.StatusOK {
+			t.Errorf("dev's new listener, before the socket restarts: %d %s", code, body)
+		}
+		if code, body := models(oldURL); code != http.StatusMisdirectedRequest || !strings.Contains(body, "systemctl restart vagentd.socket") {
+			t.Errorf("dev's old listener, still held by the socket: %d %s; want 421 saying what to run", code, body)
+		}
+		if j := g.gatewayJournal(); !strings.Contains(j, "vagentd.socket did not hand this address over") ||
+			!strings.Contains(j, "vagentd.socket holds an address no configuration names") {
+			t.Errorf("vagentd's journal does not say which addresses differ from the socket's:\n%s", j)
+		}
+
+		if out := g.mustCtl("apply"); !strings.Contains(out, "vagentd.socket changed") {
+			t.Errorf("vagentctl apply does not say that the running socket keeps its old addresses:\n%s", out)
+		}
+		old := mainPID()
+		if _, err := g.s.Systemctl(ctx, "restart", "vagentd.socket"); err != nil {
+			t.Fatalf("systemctl restart vagentd.socket: %v", err)
+		}
+		g.waitHealthy(10 * time.Second)
+		if pid := mainPID(); pid == old {
+			t.Errorf("restarting vagentd.socket left vagentd running (PID %d): it keeps the old sockets", pid)
+		}
+		if code, body := models(newURL); code != http.StatusOK {
+			t.Errorf("dev's new listener, after the socket restarted: %d %s", code, body)
+		}
+		if code, body := models(oldURL); code != 0 || !strings.Contains(body, "connection refused") {
+			t.Errorf("dev's old listener after the socket restarted: %d %s; want nothing listening", code, body)
+		}
+		since := time.Now().Add(-time.Minute).Format("2006-01-02 15:04:05")
+		out, _, _, _ := g.s.Exec(ctx, "journalctl", "--no-pager", "-q", "-o", "cat", "-u", gatewayUnit, "_PID="+strconv.Itoa(mainPID()), "--since", since)
+		if !strings.Contains(out, "listening on the sockets vagentd.socket handed over") || strings.Contains(out, "did not hand") {
+			t.Errorf("the vagentd after the socket's restart did not take every socket from it:\n%s", out)
+		}
+	})
 }

@@ -47,9 +47,9 @@ func (g *Gateway) AgentServer(name string, errLog *log.Logger) *http.Server {
 }
 
 // UnservedServer answers every request on a listening socket that systemd
-// handed vagentd but that no configuration names any more (vagentd.socket
-// keeps the addresses it started with until it is restarted): a 421 whose
-// message says what to run. Closing the socket instead would leave its
+// handed vagentd but that no configuration names any more (the
+// configuration changed and vagentd restarted before vagentctl apply
+// rendered vagentd.socket again): a 421 whose message says what to run. Closing the socket instead would leave its
 // connections waiting in the kernel's backlog, where nothing answers them.
 func (g *Gateway) UnservedServer(addr string, errLog *log.Logger) *http.Server {
 	srv := g.Server(errLog)

@@ -60,8 +60,8 @@ func (r *renderer) socket() []byte {
 	c := r.cfg
 	var u unitFile
 	u.line("%s from vagent.toml and the agent files:", socketHeader)
-	u.line("# edit those and run vagentctl apply; a running socket keeps the addresses")
-	u.line("# it started with until systemctl restart vagentd.socket (vagentd restarts")
+	u.line("# edit those and run vagentctl apply; a running socket listens on a new")
+	u.line("# address only after systemctl restart vagentd.socket (vagentd restarts")
 	u.line("# with it). systemd holds these sockets while vagentd itself restarts, is")
 	u.line("# killed or is upgraded: new connections wait in the backlog for the next")
 	u.line("# vagentd instead of being refused.")
