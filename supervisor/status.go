@@ -22,6 +22,9 @@ type AgentStatus struct {
 	VRAMBytes   uint64    `json:"vram_bytes"`
 	// BudgetBytes is what the agent may take of its first GPU.
 	BudgetBytes uint64 `json:"budget_bytes"`
+	// Cards are the agent's share of each of its GPUs, in the order of
+	// its gpus: VRAMBytes split by card.
+	Cards []CardShare `json:"cards"`
 	// SwitchMode is "restart" or "sleep" (config.Config.SwitchMode).
 	SwitchMode string `json:"switch_mode"`
 	// Sleeping is true when the agent's engine runs but sleeps: its
@@ -38,6 +41,17 @@ type AgentStatus struct {
 	Backoff *Backoff `json:"backoff,omitempty"`
 }
 
+// CardShare is an agent's part of one GPU.
+type CardShare struct {
+	GPU int `json:"gpu"`
+	// VRAMBytes is what the agent's processes hold on this GPU now.
+	VRAMBytes uint64 `json:"vram_bytes"`
+	// BudgetBytes is what the agent may take of this GPU.
+	BudgetBytes uint64 `json:"budget_bytes"`
+	// TotalBytes is the GPU's memory.
+	TotalBytes uint64 `json:"total_bytes"`
+}
+
 // Status reports every configured agent, rebuilt from systemd, the GPU and,
 // for sleep agents, their engines' /is_sleeping on each call.
 func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
@@ -46,6 +60,10 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 		return nil, err
 	}
 	usage, err := s.o.GPU.AgentBytes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byCard, err := s.cardBytes(ctx, usage)
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +87,10 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 			BudgetBytes: a.Budget(mem[a.GPUs[0]].Total, 0),
 			SwitchMode:  s.cfg.SwitchMode(a),
 		}
+		for _, g := range a.GPUs {
+			as.Cards = append(as.Cards, CardShare{GPU: g, VRAMBytes: byCard[g][a.Name],
+				BudgetBytes: a.Budget(mem[g].Total, 0), TotalBytes: mem[g].Total})
+		}
 		if st.ActiveState == "active" {
 			as.Since = st.Since
 		}
@@ -86,6 +108,24 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 			}
 		}
 		out = append(out, as)
+	}
+	return out, nil
+}
+
+// cardBytes is each agent's GPU memory by GPU, then agent: as the GPU view
+// reports it (CardReporter), else usage spread evenly over each agent's GPUs.
+func (s *Supervisor) cardBytes(ctx context.Context, usage map[string]uint64) (map[int]map[string]uint64, error) {
+	if cr, ok := s.o.GPU.(CardReporter); ok {
+		return cr.AgentBytesByGPU(ctx)
+	}
+	out := map[int]map[string]uint64{}
+	for _, a := range s.cfg.Agents {
+		for _, g := range a.GPUs {
+			if out[g] == nil {
+				out[g] = map[string]uint64{}
+			}
+			out[g][a.Name] = usage[a.Name] / uint64(len(a.GPUs))
+		}
 	}
 	return out, nil
 }
