@@ -310,8 +310,10 @@ func TestBudgetAndCannotShare(t *testing.T) {
 	b := &Agent{Name: "b", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
 	c := &Agent{Name: "c", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
 	d := &Agent{Name: "d", GPUs: []int{1}, GPUMemoryUtilization: 0.92}
-	if got := a.Budget(total, 0); got != uint64(0.92*float64(total)) {
-		t.Errorf("budget %d", got)
+	// vLLM 0.18 requests math.ceil(total × utilization): 0.92 × 16376 MiB
+	// is 15797762129.92 bytes, so 15797762130.
+	if got := a.Budget(total, 0); got != 15797762130 {
+		t.Errorf("budget %d, want 15797762130 (rounded up, as vLLM does)", got)
 	}
 	pinned := &Agent{GPUMemoryUtilization: 0.9, KVCacheMemoryBytes: 2 << 30}
 	if got := pinned.Budget(total, 5<<30); got != 7<<30 {

@@ -5,6 +5,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"testing"
 
@@ -192,8 +193,8 @@ func TestTwoCardsFitUsesEachCardsNumbers(t *testing.T) {
 }
 
 // budget90 is the budget of an agent at gpu_memory_utilization 0.9 on a
-// card of total bytes, computed as config.Agent.Budget does.
+// card of total bytes, rounded up as vLLM rounds it.
 func budget90(total uint64) uint64 {
 	util := 0.9
-	return uint64(util * float64(total))
+	return uint64(math.Ceil(util * float64(total)))
 }
