@@ -3,6 +3,8 @@ package supervisor
 import (
 	"context"
 	"time"
+
+	"github.com/vagent-dev/vagent/config"
 )
 
 // AgentStatus is one agent as systemd and the GPU see it now.
@@ -112,14 +114,31 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	return out, nil
 }
 
-// cardBytes is each agent's GPU memory by GPU, then agent: as the GPU view
-// reports it (CardReporter), else usage spread evenly over each agent's GPUs.
+// cardBytes is each agent's GPU memory by GPU, then agent (CardBytes).
 func (s *Supervisor) cardBytes(ctx context.Context, usage map[string]uint64) (map[int]map[string]uint64, error) {
-	if cr, ok := s.o.GPU.(CardReporter); ok {
+	return cardBytes(ctx, s.o.GPU, s.cfg.Agents, usage)
+}
+
+// CardBytes is the GPU memory each of agents holds, by GPU index then agent
+// name: as view reports it where it can (CardReporter), else each agent's
+// total spread evenly over its GPUs, as tensor parallelism spreads it.
+func CardBytes(ctx context.Context, view GPU, agents []*config.Agent) (map[int]map[string]uint64, error) {
+	if cr, ok := view.(CardReporter); ok {
+		return cr.AgentBytesByGPU(ctx)
+	}
+	usage, err := view.AgentBytes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return cardBytes(ctx, view, agents, usage)
+}
+
+func cardBytes(ctx context.Context, view GPU, agents []*config.Agent, usage map[string]uint64) (map[int]map[string]uint64, error) {
+	if cr, ok := view.(CardReporter); ok {
 		return cr.AgentBytesByGPU(ctx)
 	}
 	out := map[int]map[string]uint64{}
-	for _, a := range s.cfg.Agents {
+	for _, a := range agents {
 		for _, g := range a.GPUs {
 			if out[g] == nil {
 				out[g] = map[string]uint64{}
