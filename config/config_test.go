@@ -51,6 +51,16 @@ func TestShippedConfigsLoad(t *testing.T) {
 		t.Errorf("shipped default engine %s/%s, want the simulator", c.Engine.Kind, c.GPU.Backend)
 	}
 	shipped(t, "configs/examples/24gb")
+	two := shipped(t, "configs/examples/2x24gb")
+	if two.GPU.SimCount != 2 {
+		t.Errorf("2x24gb: gpu.sim_count %d, want 2", two.GPU.SimCount)
+	}
+	for name, gpus := range map[string][]int{"architect": {0, 1}, "dev": {1}, "po": {0}} {
+		a := two.Agent(name)
+		if a == nil || !reflect.DeepEqual(a.GPUs, gpus) || a.TensorParallelSize != len(gpus) {
+			t.Errorf("2x24gb %s: %+v, want gpus %v with tensor_parallel_size %d", name, a, gpus, len(gpus))
+		}
+	}
 }
 
 func TestShippedDefaultsMatchCodeDefaults(t *testing.T) {
