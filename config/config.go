@@ -6,6 +6,7 @@ package config
 
 import (
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -455,4 +456,18 @@ func CannotShare(a, b *Agent, total, reserve uint64) bool {
 		usable = total - reserve
 	}
 	return a.Budget(total, 0)+b.Budget(total, 0) > usable
+}
+
+// CannotShareOn is CannotShare on every GPU a and b share, with totals the
+// GPUs' sizes by index (a size not in totals is unknown): they cannot run
+// together when any of those GPUs cannot hold both, as units render
+// Conflicts= for them. Cards of different sizes can differ: the reserve is
+// a larger part of a smaller card.
+func CannotShareOn(a, b *Agent, totals map[int]uint64, reserve uint64) bool {
+	for _, g := range a.GPUs {
+		if slices.Contains(b.GPUs, g) && CannotShare(a, b, totals[g], reserve) {
+			return true
+		}
+	}
+	return false
 }

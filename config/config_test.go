@@ -407,3 +407,23 @@ func TestAgentListenConflicts(t *testing.T) {
 		t.Errorf("two listeners on two ports: %v", err)
 	}
 }
+
+// Two tensor-parallel agents over a 48 GiB and a 16 GiB card at 0.48 each:
+// both fit the big card beside 1 GiB kept free, not the small one, so they
+// cannot run together, as units render it (a Conflicts= per shared card).
+func TestCannotShareOnEveryCard(t *testing.T) {
+	a := &Agent{Name: "a", GPUs: []int{0, 1}, TensorParallelSize: 2, GPUMemoryUtilization: 0.48}
+	b := &Agent{Name: "b", GPUs: []int{0, 1}, TensorParallelSize: 2, GPUMemoryUtilization: 0.48}
+	c := &Agent{Name: "c", GPUs: []int{0}, GPUMemoryUtilization: 0.48}
+	totals := map[int]uint64{0: 48 << 30, 1: 16 << 30}
+	const reserve = 1 << 30
+	if CannotShare(a, b, totals[0], reserve) || !CannotShare(a, b, totals[1], reserve) {
+		t.Fatal("the cards do not differ as this test needs")
+	}
+	if !CannotShareOn(a, b, totals, reserve) || !CannotShareOn(b, a, totals, reserve) {
+		t.Error("a and b share the 16 GiB card, which cannot hold both, yet they may run together")
+	}
+	if CannotShareOn(a, c, totals, reserve) {
+		t.Error("a and c share only the 48 GiB card, which holds both, yet they conflict")
+	}
+}

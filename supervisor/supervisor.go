@@ -661,6 +661,10 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		return nil
 	}
 
+	totals := make(map[int]uint64, len(mem))
+	for g, m := range mem {
+		totals[g] = m.Total
+	}
 	// Awake agents that cannot share a GPU with a go first, whatever their
 	// rank: their units conflict, so systemd would stop them anyway (for
 	// sleep agents, whose units carry no Conflicts=, vLLM's own free-memory
@@ -669,7 +673,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		if r.asleep {
 			continue
 		}
-		if config.CannotShare(a, r.agent, mem[firstShared(a, r.agent)].Total, reserve) {
+		if config.CannotShareOn(a, r.agent, totals, reserve) {
 			if err := take(r); err != nil {
 				return nil, err
 			}
@@ -741,15 +745,6 @@ func (s *Supervisor) lastUsed(r running) time.Time {
 		}
 	}
 	return r.state.Since
-}
-
-func firstShared(a, b *config.Agent) int {
-	for _, g := range a.GPUs {
-		if onGPU(b, g) {
-			return g
-		}
-	}
-	return a.GPUs[0]
 }
 
 func onGPU(a *config.Agent, g int) bool {
