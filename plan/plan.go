@@ -490,7 +490,15 @@ func sharing(cfg *config.Config, p *Plan, totals map[int]uint64) []GPU {
 			}
 		}
 		compatible := func(a, b *config.Agent) bool { return !config.CannotShare(a, b, totals[g], reserve) }
-		budget := func(a *config.Agent) uint64 { return p.Agent(a.Name).BudgetBytes }
+		// Each agent's budget of this card: a tensor-parallel agent's
+		// estimate is made on its smallest card, but it takes its fraction
+		// of each card's own memory.
+		budget := func(a *config.Agent) uint64 {
+			if e := p.Agent(a.Name); e.KVPinned {
+				return e.BudgetBytes
+			}
+			return a.Budget(totals[g], 0)
+		}
 		inSet := map[string]bool{}
 		for _, set := range maximalSets(fit, compatible, budget, v.UsableBytes) {
 			if len(set) < 2 {
