@@ -262,7 +262,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if g.o.GPU != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		bytes, err := g.o.GPU.AgentBytes(ctx)
+		agents := make([]*config.Agent, len(g.agents))
+		for i, ag := range g.agents {
+			agents[i] = ag.cfg
+		}
+		bytes, byCard, err := supervisor.GPUUse(ctx, g.o.GPU, agents)
 		if err != nil {
 			g.log.Warn("metrics: reading VRAM per agent", "err", err)
 			return
@@ -270,25 +274,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, s := range snaps {
 			ch <- prometheus.MustNewConstMetric(c.vram, prometheus.GaugeValue, float64(bytes[s.name]), s.name)
 		}
-		c.collectCards(ctx, ch)
+		c.collectCards(ctx, ch, agents, byCard)
 	}
 }
 
 // collectCards reports each GPU's memory and each agent's part of it.
-func (c *stateCollector) collectCards(ctx context.Context, ch chan<- prometheus.Metric) {
+func (c *stateCollector) collectCards(ctx context.Context, ch chan<- prometheus.Metric, agents []*config.Agent, byCard map[int]map[string]uint64) {
 	g := c.g
 	mem, err := g.o.GPU.Memory(ctx)
 	if err != nil {
 		g.log.Warn("metrics: reading GPU memory", "err", err)
-		return
-	}
-	agents := make([]*config.Agent, len(g.agents))
-	for i, ag := range g.agents {
-		agents[i] = ag.cfg
-	}
-	byCard, err := supervisor.CardBytes(ctx, g.o.GPU, agents)
-	if err != nil {
-		g.log.Warn("metrics: reading VRAM per GPU", "err", err)
 		return
 	}
 	for idx, m := range mem {

@@ -61,11 +61,7 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	usage, err := s.o.GPU.AgentBytes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	byCard, err := s.cardBytes(ctx, usage)
+	usage, byCard, err := s.gpuUse(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -114,37 +110,39 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	return out, nil
 }
 
-// cardBytes is each agent's GPU memory by GPU, then agent (CardBytes).
-func (s *Supervisor) cardBytes(ctx context.Context, usage map[string]uint64) (map[int]map[string]uint64, error) {
-	return cardBytes(ctx, s.o.GPU, s.cfg.Agents, usage)
+func (s *Supervisor) gpuUse(ctx context.Context) (usage map[string]uint64, byCard map[int]map[string]uint64, err error) {
+	return GPUUse(ctx, s.o.GPU, s.cfg.Agents)
 }
 
-// CardBytes is the GPU memory each of agents holds, by GPU index then agent
-// name: as view reports it where it can (CardReporter), else each agent's
-// total spread evenly over its GPUs, as tensor parallelism spreads it.
-func CardBytes(ctx context.Context, view GPU, agents []*config.Agent) (map[int]map[string]uint64, error) {
+// GPUUse is the GPU memory each of agents holds, by agent name summed over
+// its GPUs, and by GPU index then agent name, from one reading of the
+// GPU's processes: per GPU as view reports it where it can (CardReporter),
+// else each agent's total spread evenly over its GPUs, as tensor
+// parallelism spreads it.
+func GPUUse(ctx context.Context, view GPU, agents []*config.Agent) (usage map[string]uint64, byCard map[int]map[string]uint64, err error) {
 	if cr, ok := view.(CardReporter); ok {
-		return cr.AgentBytesByGPU(ctx)
+		if byCard, err = cr.AgentBytesByGPU(ctx); err != nil {
+			return nil, nil, err
+		}
+		usage = map[string]uint64{}
+		for _, m := range byCard {
+			for a, b := range m {
+				usage[a] += b
+			}
+		}
+		return usage, byCard, nil
 	}
-	usage, err := view.AgentBytes(ctx)
-	if err != nil {
-		return nil, err
+	if usage, err = view.AgentBytes(ctx); err != nil {
+		return nil, nil, err
 	}
-	return cardBytes(ctx, view, agents, usage)
-}
-
-func cardBytes(ctx context.Context, view GPU, agents []*config.Agent, usage map[string]uint64) (map[int]map[string]uint64, error) {
-	if cr, ok := view.(CardReporter); ok {
-		return cr.AgentBytesByGPU(ctx)
-	}
-	out := map[int]map[string]uint64{}
+	byCard = map[int]map[string]uint64{}
 	for _, a := range agents {
 		for _, g := range a.GPUs {
-			if out[g] == nil {
-				out[g] = map[string]uint64{}
+			if byCard[g] == nil {
+				byCard[g] = map[string]uint64{}
 			}
-			out[g][a.Name] = usage[a.Name] / uint64(len(a.GPUs))
+			byCard[g][a.Name] = usage[a.Name] / uint64(len(a.GPUs))
 		}
 	}
-	return out, nil
+	return usage, byCard, nil
 }

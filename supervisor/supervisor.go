@@ -594,11 +594,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 	if err != nil {
 		return nil, err
 	}
-	usage, err := s.o.GPU.AgentBytes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	byCard, err := s.cardBytes(ctx, usage)
+	usage, byCard, err := s.gpuUse(ctx)
 	if err != nil {
 		return nil, err
 	}
