@@ -59,3 +59,27 @@ func TestPlanTwoCardExample(t *testing.T) {
 		}
 	}
 }
+
+// The two-card example copied to a one-card host: plan says which agents
+// name a card the host lacks and exits 1, instead of calling them unknown.
+func TestPlanTwoCardExampleOnOneCard(t *testing.T) {
+	conf, dir := hostConfig(t, "configs/examples/2x24gb", func(m string) string {
+		return strings.Replace(m, "sim_count = 2", "sim_count = 1", 1)
+	})
+	out, errOut, code := runIssueCmd(t, conf, "plan")
+	if code != ExitFailure {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		"architect: does not fit: GPU 1 is not on this host, which has GPU 0; change gpus in " + dir + "/agents/architect.toml",
+		"dev: does not fit: GPU 1 is not on this host, which has GPU 0; change gpus in " + dir + "/agents/dev.toml",
+		"po: fits alone on GPU 0",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+	if errOut != "vagentctl: plan: cannot start on the GPU as configured: architect, dev (see above)\n" {
+		t.Errorf("stderr %q", errOut)
+	}
+}
