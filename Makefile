@@ -131,6 +131,6 @@ security: deb
 pkg-compare: deb rpm
 	packaging/compare.sh $(DEB) $(RPM)
 
-## install-test: install the .deb into a clean Debian root, boot it, use it, upgrade, purge (root)
+## install-test: install the .deb into a clean Debian root, boot it, use it, upgrade while clients stream (0 refused, 0 cut), purge (root)
 install-test:
 	GO=$(GO) MAKE=$(MAKE) VERSION=$(VERSION) PKG_RELEASE=$(PKG_RELEASE) packaging/test/install-test.sh

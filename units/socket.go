@@ -26,6 +26,19 @@ const SocketFDName = "vagentd"
 // copy only when this host's configuration renders a different one.
 const VendorSocket = "/usr/lib/systemd/system/" + SocketName
 
+// VendorPath is where the package installs the unit file name when it does
+// (the template and the socket unit), else "": there the package's copy
+// counts, when the unit directory has none.
+func VendorPath(name string) string {
+	switch name {
+	case TemplateName:
+		return VendorTemplate
+	case SocketName:
+		return VendorSocket
+	}
+	return ""
+}
+
 // socketHeader starts the socket unit, so that Write can tell a copy it
 // wrote from an admin's own vagentd.socket.
 const socketHeader = "# vagentd's sockets, written by vagent"
