@@ -494,14 +494,16 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	return res, nil
 }
 
-// awaitLoading waits for every agent in a's way whose unit runs but whose
+// awaitLoading waits for every agent on a's GPUs whose unit runs but whose
 // engine is not up yet. Under the GPU's lock such an engine was started by
 // another hand: systemd's own restart of a crashed engine, a start by hand,
-// or a vagentd killed mid-switch. Refusing the switch for it failed every
-// request that came meanwhile (the gateway had nothing to wait for); its
-// start ends soon, up (then plan evicts it like any running agent) or
-// failed (then it is stopped and its memory released), as a's own wait in
-// transitionLocked does for a.
+// or a vagentd killed mid-switch. a must not initialise beside it (two
+// engines loading on one GPU break each other's memory profiling), and
+// refusing the switch for it ("which is starting") failed every request
+// that came meanwhile, since the gateway had nothing to wait for. Its
+// start ends soon, up (then plan evicts it like any running agent, if it
+// is in the way) or failed (then it is stopped and its memory released),
+// as a's own wait in transitionLocked does for a.
 func (s *Supervisor) awaitLoading(ctx context.Context, a *config.Agent) error {
 	for _, o := range s.cfg.Agents {
 		if o == a || !config.SharesGPU(a, o) {
