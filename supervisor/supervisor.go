@@ -464,7 +464,7 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	}
 
 	if evict {
-		if err := s.awaitLoading(ctx, a); err != nil {
+		if err := s.awaitOthers(ctx, a); err != nil {
 			return res, err
 		}
 	}
@@ -494,17 +494,20 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 	return res, nil
 }
 
-// awaitLoading waits for every agent on a's GPUs whose unit runs but whose
-// engine is not up yet. Under the GPU's lock such an engine was started by
-// another hand: systemd's own restart of a crashed engine, a start by hand,
-// or a vagentd killed mid-switch. a must not initialise beside it (two
-// engines loading on one GPU break each other's memory profiling), and
-// refusing the switch for it ("which is starting") failed every request
-// that came meanwhile, since the gateway had nothing to wait for. Its
-// start ends soon, up (then plan evicts it like any running agent, if it
-// is in the way) or failed (then it is stopped and its memory released),
-// as a's own wait in transitionLocked does for a.
-func (s *Supervisor) awaitLoading(ctx context.Context, a *config.Agent) error {
+// awaitOthers waits for every agent on a's GPUs that is between states:
+// its unit runs but its engine is not up yet, or its unit is stopping.
+// Under the GPU's lock such a transition was begun by another hand:
+// systemd's own restart of a crashed engine, a start or stop by hand, or a
+// vagentd killed mid-switch. a must not initialise beside a loading engine
+// (two engines loading on one GPU break each other's memory profiling), and
+// plan counts a stopping engine's memory as held by processes vagent does
+// not manage. Refusing the switch for either ("which is starting", "does
+// not fit") failed every request that came meanwhile, since the gateway had
+// nothing to wait for. A start ends soon, up (then plan evicts it like any
+// running agent, if it is in the way) or failed (then it is stopped and its
+// memory released), as a's own wait in transitionLocked does for a; a stop
+// ends when the GPU shows its memory back.
+func (s *Supervisor) awaitOthers(ctx context.Context, a *config.Agent) error {
 	for _, o := range s.cfg.Agents {
 		if o == a || !config.SharesGPU(a, o) {
 			continue
@@ -513,14 +516,17 @@ func (s *Supervisor) awaitLoading(ctx context.Context, a *config.Agent) error {
 		if err != nil {
 			return err
 		}
-		if !st.Running() || s.healthy(ctx, o) {
-			continue
-		}
-		s.o.Log.Info("waiting for an agent in the way to finish starting", "agent", o.Name, "for", a.Name)
-		err = s.waitReady(ctx, o, time.Now())
-		if errors.As(err, new(*StartError)) {
-			s.o.Log.Warn("an agent in the way failed to start", "agent", o.Name, "for", a.Name, "err", err)
+		switch {
+		case st.ActiveState == "deactivating":
+			s.o.Log.Info("waiting for an agent on the GPU to finish stopping", "agent", o.Name, "for", a.Name)
 			err = s.stopAndRelease(ctx, o)
+		case st.Running() && !s.healthy(ctx, o):
+			s.o.Log.Info("waiting for an agent on the GPU to finish starting", "agent", o.Name, "for", a.Name)
+			err = s.waitReady(ctx, o, time.Now())
+			if errors.As(err, new(*StartError)) {
+				s.o.Log.Warn("an agent on the GPU failed to start", "agent", o.Name, "for", a.Name, "err", err)
+				err = s.stopAndRelease(ctx, o)
+			}
 		}
 		if err != nil {
 			return err

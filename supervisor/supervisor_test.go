@@ -99,10 +99,14 @@ func (h *fakeHost) agentOf(unit string) *config.Agent {
 	return nil
 }
 
+// holds reports whether a unit's engine holds its memory: while it runs,
+// and while it is being stopped.
+func holds(st UnitState) bool { return st.Running() || st.ActiveState == "deactivating" }
+
 func (h *fakeHost) used() uint64 {
 	n := h.foreign
 	for unit, st := range h.states {
-		if st.Running() {
+		if holds(st) {
 			n += h.held(unit)
 		}
 	}
@@ -234,7 +238,7 @@ func (h *fakeHost) AgentBytes(context.Context) (map[string]uint64, error) {
 	defer h.mu.Unlock()
 	out := map[string]uint64{}
 	for unit, st := range h.states {
-		if st.Running() {
+		if holds(st) {
 			out[h.agentOf(unit).Name] = h.held(unit)
 		}
 	}
@@ -370,6 +374,23 @@ func TestSwitchWaitsForAnAgentInTheWayThatIsLoading(t *testing.T) {
 				t.Errorf("evicted %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// TestSwitchWaitsForAnAgentOnTheGPUThatIsStopping: an agent whose stop
+// another hand began (a vagentd killed mid-switch) still holds its memory;
+// the switch waits for the stop and the memory, rather than failing with
+// "memory is held by processes vagent does not manage".
+func TestSwitchWaitsForAnAgentOnTheGPUThatIsStopping(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	h.states["vagent@po.service"] = UnitState{LoadState: "loaded", ActiveState: "deactivating", SubState: "stop-sigterm", MainPID: 99}
+	if _, err := s.Switch(context.Background(), "dev"); err != nil {
+		t.Fatalf("switch to dev while po stops: %v", err)
+	}
+	if !h.states["vagent@dev.service"].Running() || holds(h.states["vagent@po.service"]) {
+		t.Errorf("after the switch: %+v", h.states)
 	}
 }
 
