@@ -102,8 +102,7 @@ func (e *PinnedError) Error() string {
 }
 
 // switchError turns an error from Switcher.Switch into what a client sees:
-// 409 when the agent cannot fit or would need to evict a pinned or starting
-// agent, 500 with the engine's root cause when it failed to start, 503 when
+// 409 when the agent cannot fit or would need to evict a pinned agent, 500 with the engine's root cause when it failed to start, 503 when
 // the wait was cut short or the agent is in its start backoff.
 func switchError(agent string, err error) *APIError {
 	var ae *APIError
@@ -130,7 +129,7 @@ func switchError(agent string, err error) *APIError {
 
 // isConflict reports errors that say the agent cannot run now because of
 // what else runs: FitError, PinnedError, and the supervisor's refusals to
-// evict a pinned or starting agent (plain errors, recognised by their text).
+// evict a pinned agent (plain errors, recognised by their text).
 func isConflict(err error) bool {
 	var fe *supervisor.FitError
 	var pe *PinnedError
@@ -138,8 +137,7 @@ func isConflict(err error) bool {
 		return true
 	}
 	msg := err.Error()
-	return strings.Contains(msg, "which is pinned") || strings.Contains(msg, "which is starting") ||
-		strings.Contains(msg, "cannot run beside")
+	return strings.Contains(msg, "which is pinned") || strings.Contains(msg, "cannot run beside")
 }
 
 // inferenceError is switchError for a client waiting to be served: a

@@ -701,10 +701,10 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		case r.agent.Pinned:
 			return fmt.Errorf("agent %s cannot run beside %s, which is pinned (pinned = true in %s)",
 				a.Name, r.agent.Name, r.agent.File)
-		case !s.healthy(ctx, r.agent):
-			return fmt.Errorf("agent %s cannot run beside %s, which is starting: try again when it is up",
-				a.Name, r.agent.Name)
 		}
+		// An agent that is not up here died, or began loading (systemd
+		// restarting it), in the moment since awaitOthers saw it up: it
+		// serves nothing, and stopping it is what its Conflicts= would do.
 		chosen[r.agent.Name] = true
 		victims = append(victims, eviction{agent: r.agent, sleep: s.cfg.Sleeps(r.agent) && !r.asleep})
 		return nil

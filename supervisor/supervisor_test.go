@@ -43,6 +43,9 @@ type fakeHost struct {
 	failWake map[string]bool
 	// pids counts starts, so that a restart shows as a new MainPID.
 	pids int
+	// upFor makes a unit's /health answer 200 only this many more times,
+	// then 503: an engine that dies between two looks.
+	upFor map[string]int
 	// hostPeak is the most host memory sleepers ever held.
 	hostPeak uint64
 	// cards, when set, leaves the GPU checks to a view of several GPUs
@@ -170,6 +173,14 @@ func (h *fakeHost) engine(unit string, w http.ResponseWriter, r *http.Request) {
 	defer h.mu.Unlock()
 	a := h.agentOf(unit)
 	switch r.URL.Path {
+	case "/health":
+		if n, ok := h.upFor[unit]; ok {
+			if n == 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			h.upFor[unit] = n - 1
+		}
 	case "/is_sleeping":
 		_, asleep := h.asleep[unit]
 		fmt.Fprintf(w, `{"is_sleeping":%t}`, asleep)
@@ -391,6 +402,31 @@ func TestSwitchWaitsForAnAgentOnTheGPUThatIsStopping(t *testing.T) {
 	}
 	if !h.states["vagent@dev.service"].Running() || holds(h.states["vagent@po.service"]) {
 		t.Errorf("after the switch: %+v", h.states)
+	}
+}
+
+// TestSwitchEvictsAnAgentInTheWayThatDiedSinceItLooked: an agent in the way
+// that was up when the switch first looked and is not by the time its plan
+// is made (its engine was killed; systemd restarts it) is evicted: the
+// switch is not refused ("which is starting"), which failed every request
+// waiting for it.
+func TestSwitchEvictsAnAgentInTheWayThatDiedSinceItLooked(t *testing.T) {
+	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+	h := newFakeHost(t, cfg, 16*gib)
+	s := newSup(cfg, h, "")
+	ctx := context.Background()
+	if _, err := s.Switch(ctx, "po"); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.upFor = map[string]int{"vagent@po.service": 1}
+	h.mu.Unlock()
+	res, err := s.Switch(ctx, "dev")
+	if err != nil {
+		t.Fatalf("switch to dev after po's engine died: %v", err)
+	}
+	if got := strings.Join(res.Evicted, ","); got != "po" || !h.states["vagent@dev.service"].Running() {
+		t.Errorf("evicted %q, dev %+v; want po evicted and dev running", got, h.states["vagent@dev.service"])
 	}
 }
 
