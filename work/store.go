@@ -181,7 +181,7 @@ type Item struct {
 	// those of the same call: i+1 for items[i], 0 for none. CreateJob
 	// turns it into After, since ids are made by the insert.
 	AfterIndex int
-	CustomID string
+	CustomID   string
 	// Agent is the model name as the gateway resolves it.
 	Agent string
 	// Path is "/v1/chat/completions" or "/v1/completions".
