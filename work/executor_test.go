@@ -492,3 +492,38 @@ vagent_pipeline_items{state="running"} 0
 		t.Fatal(err)
 	}
 }
+
+// A request that gave way to a client (never reached an engine) is sent
+// again later without counting an attempt: with one attempt allowed, an
+// item that yields twice still completes.
+func TestExecutorYieldedIsNoAttempt(t *testing.T) {
+	s := openTest(t, Options{})
+	g := newFakeGateway("dev")
+	var mu sync.Mutex
+	yields := 0
+	g.answer = func(w http.ResponseWriter, body map[string]any, item string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if yields < 2 {
+			yields++
+			w.Header().Set("X-Test-Yielded", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"message":"gave way to a client","code":503}}`)
+			return true
+		}
+		return false
+	}
+	tg := g.target()
+	tg.Yielded = func(h http.Header) bool { return h.Get("X-Test-Yielded") != "" }
+	e := NewExecutor(s, tg, ExecOptions{MaxAttempts: 1, Poll: 5 * time.Millisecond, RetryDelay: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	j, _ := s.CreateJob(ctx, Job{Kind: "batch"}, interleaved(1, "dev"))
+	j = waitJob(t, s, j.ID, func(j Job) bool { return j.Finalized })
+	items, _ := s.Items(ctx, j.ID)
+	if items[0].State != Done || items[0].Attempts != 1 {
+		t.Fatalf("item after two yields: %+v", items[0])
+	}
+}
