@@ -25,7 +25,7 @@ type workHost struct {
 	completions string
 }
 
-func newWorkHost(t *testing.T, set map[string]any) *workHost {
+func newWorkHost(t testing.TB, set map[string]any) *workHost {
 	t.Helper()
 	h := newHost(t)
 	// Under paths.run_dir: the engines' units may write only their own
@@ -69,7 +69,7 @@ func workItems(n, maxTokens int, agents ...string) []work.Item {
 
 // delivered counts, per item id of job, the answers the engines wrote whole
 // (the executor's X-Request-Id is JOB-ITEM-ATTEMPT).
-func (w *workHost) delivered(t *testing.T, job string) map[int64]int {
+func (w *workHost) delivered(t testing.TB, job string) map[int64]int {
 	t.Helper()
 	out := map[int64]int{}
 	f, err := os.Open(w.completions)
