@@ -413,6 +413,7 @@ func TestExecutorFinishesEndedJobs(t *testing.T) {
 func TestExecutorStream(t *testing.T) {
 	s := openTest(t, Options{})
 	g := newFakeGateway("dev")
+	tailErr := make(chan error, 1)
 	g.answer = func(w http.ResponseWriter, body map[string]any, item string) bool {
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, piece := range []string{"Hel", "lo"} {
@@ -420,7 +421,13 @@ func TestExecutorStream(t *testing.T) {
 		}
 		io.WriteString(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"dev\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
 		io.WriteString(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"dev\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n")
-		io.WriteString(w, "data: [DONE]\n\n")
+		io.WriteString(w, "data: [DONE]\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond) // the gateway reads the engine's EOF
+		if _, err := io.WriteString(w, "\n"); err != nil {
+			tailErr <- err
+		}
+		close(tailErr)
 		return true
 	}
 	e := NewExecutor(s, g.target(), ExecOptions{Poll: 5 * time.Millisecond})
@@ -440,6 +447,9 @@ func TestExecutorStream(t *testing.T) {
 		if ev.Type == EventJob {
 			break
 		}
+	}
+	if err := <-tailErr; err != nil {
+		t.Errorf("the executor stopped reading before the end of the stream: %v", err)
 	}
 	want := "start::0:3/1 delta:Hel:1:3/1 delta:lo:2:3/1 done::2:3/1 job::0:0/0"
 	if strings.Join(got, " ") != want {
