@@ -40,7 +40,9 @@ type ExecOptions struct {
 	// (default 1s, at most 30s).
 	RetryDelay time.Duration
 	// Poll is how often the executor looks at the gateway again while its
-	// work waits for clients to be served (default 100ms).
+	// work waits for clients to be served (default 100ms); with no work it
+	// looks at the store ten times less often (work stored by another
+	// program without Notify).
 	Poll time.Duration
 	// SweepInterval is how often Store.Sweep runs (default 1h).
 	SweepInterval time.Duration
@@ -172,11 +174,13 @@ func (e *Executor) Run(ctx context.Context) error {
 	e.sweep(ctx)
 	for {
 		e.finishEnded(ctx)
+		waiting := false
 		for {
-			started, err := e.dispatch(ctx, &wg, done)
+			started, w, err := e.dispatch(ctx, &wg, done)
 			if err != nil && ctx.Err() == nil {
 				e.log.Warn("background work: dispatch failed", "err", err)
 			}
+			waiting = w
 			if !started {
 				break
 			}
@@ -187,7 +191,14 @@ func (e *Executor) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		poll.Reset(e.o.Poll)
+		// Work that waits for its turn looks at the gateway again soon;
+		// without any, the store is looked at now and then only, for work
+		// another program stored without Notify.
+		if waiting {
+			poll.Reset(e.o.Poll)
+		} else {
+			poll.Reset(10 * e.o.Poll)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -251,14 +262,14 @@ func (e *Executor) finish(ctx context.Context, id string) {
 }
 
 // dispatch starts one item if the policy allows; it reports whether it
-// did.
-func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (bool, error) {
+// did, and whether eligible work is left waiting.
+func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (started, waiting bool, err error) {
 	if ctx.Err() != nil {
-		return false, nil
+		return false, false, nil
 	}
 	queues, err := e.s.Queues(ctx)
 	if err != nil || len(queues) == 0 {
-		return false, err
+		return false, false, err
 	}
 	loads := map[string]AgentLoad{}
 	for _, l := range e.t.Load() {
@@ -270,11 +281,11 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	e.mu.Unlock()
 	d, ok := pick(v)
 	if !ok {
-		return false, nil
+		return false, true, nil
 	}
 	it, j, ok, err := e.s.claim(ctx, d.agent)
 	if err != nil || !ok {
-		return false, err
+		return false, true, err
 	}
 	if d.cold && loads[d.agent].Interactive == 0 {
 		e.m.switched(j.Kind)
@@ -300,7 +311,7 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 		default:
 		}
 	}()
-	return true, nil
+	return true, true, nil
 }
 
 func cloneMap(m map[string]int) map[string]int {
