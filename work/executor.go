@@ -44,6 +44,9 @@ type ExecOptions struct {
 	// looks at the store ten times less often (work stored by another
 	// program without Notify).
 	Poll time.Duration
+	// FinishRetry is how long a job whose Finished hook failed waits for
+	// its next try (default 30s).
+	FinishRetry time.Duration
 	// SweepInterval is how often Store.Sweep runs (default 1h).
 	SweepInterval time.Duration
 	Log           *slog.Logger
@@ -71,6 +74,9 @@ type Executor struct {
 	total    int
 	current  string
 	subs     map[string]map[chan Event]struct{}
+	// finishAfter holds jobs whose Finished hook failed until their next
+	// try.
+	finishAfter map[string]time.Time
 }
 
 // NewExecutor returns an executor for s that sends to t.
@@ -87,6 +93,9 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	if o.Poll <= 0 {
 		o.Poll = 100 * time.Millisecond
 	}
+	if o.FinishRetry <= 0 {
+		o.FinishRetry = 30 * time.Second
+	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = time.Hour
 	}
@@ -96,6 +105,7 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	e := &Executor{
 		s: s, t: t, o: o, log: o.Log, kinds: map[string]Kind{},
 		notify: make(chan struct{}, 1), inflight: map[string]int{}, subs: map[string]map[chan Event]struct{}{},
+		finishAfter: map[string]time.Time{},
 	}
 	e.m = newExecMetrics(s)
 	if o.Registry != nil {
@@ -231,7 +241,12 @@ func (e *Executor) finishEnded(ctx context.Context) {
 		return
 	}
 	for _, j := range jobs {
-		e.finish(ctx, j.ID)
+		e.mu.Lock()
+		later := time.Now().Before(e.finishAfter[j.ID])
+		e.mu.Unlock()
+		if !later {
+			e.finish(ctx, j.ID)
+		}
 	}
 }
 
@@ -248,7 +263,10 @@ func (e *Executor) finish(ctx context.Context, id string) {
 	if k := e.kinds[j.Kind]; k != nil {
 		if err := k.Finished(ctx, e.s, j); err != nil {
 			if ctx.Err() == nil {
-				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err)
+				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err, "retry_in", e.o.FinishRetry)
+				e.mu.Lock()
+				e.finishAfter[j.ID] = time.Now().Add(e.o.FinishRetry)
+				e.mu.Unlock()
 			}
 			return
 		}
@@ -257,6 +275,9 @@ func (e *Executor) finish(ctx context.Context, id string) {
 		e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "err", err)
 		return
 	}
+	e.mu.Lock()
+	delete(e.finishAfter, j.ID)
+	e.mu.Unlock()
 	e.log.Info("job finished", "job", j.ID, "kind", j.Kind, "done", j.Counts[Done], "failed", j.Counts[Failed], "cancelled", j.Counts[Cancelled])
 	e.emit(Event{JobID: j.ID, Type: EventJob})
 }
@@ -381,12 +402,24 @@ func (e *Executor) putBack(it Item, why string, uncount bool) {
 // record stores the item's outcome and, when that ended the job, finishes
 // the job.
 func (e *Executor) record(ctx context.Context, j Job, it Item, o Outcome, tokens int) {
-	ended, err := e.s.complete(ctx, it.ID, o)
-	if err != nil {
-		// Not recorded: the item stays running in the database, and goes
-		// back to pending at the next start.
-		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "err", err)
-		return
+	// The answer is in hand: a write that fails (a full disk) is tried
+	// again for a while rather than the request sent again.
+	var ended bool
+	var err error
+	for try, wait := 0, time.Second; ; try, wait = try+1, min(2*wait, 30*time.Second) {
+		if ended, err = e.s.complete(ctx, it.ID, o); err == nil {
+			break
+		}
+		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "try", try+1, "err", err)
+		if try == 5 || ctx.Err() != nil {
+			// Not recorded: the item stays running in the database and
+			// goes back to pending at the next start.
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
 	}
 	ev := Event{JobID: j.ID, ItemID: it.ID, Seq: it.Seq, Stage: it.Stage, Agent: it.Agent, Type: EventDone, Tokens: tokens}
 	if o.State != Done {
