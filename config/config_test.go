@@ -198,9 +198,29 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"env: CUDA_VISIBLE_DEVICES is set by vagent itself"},
 		},
 		{
+			name:   "Hub token in an agent's env",
+			agents: map[string]string{"po": goodAgent + "[env]\nHF_TOKEN = \"hf_abc\"\n"},
+			want:   []string{"agents/po.toml:", `agent "po"`, "env: HF_TOKEN looks like a secret", "HF_HOME/token"},
+		},
+		{
+			name: "a secret in engine.env",
+			main: "[engine]\nkind = \"sim\"\n[engine.env]\nWANDB_API_KEY = \"x\"\n",
+			want: []string{"vagent.toml:", "engine.env: WANDB_API_KEY looks like a secret"},
+		},
+		{
 			name: "engine kind",
 			main: "[engine]\nkind = \"docker\"\n",
 			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
+		},
+		{
+			name: "work concurrency",
+			main: "[work]\nretention = \"24h\"\nconcurrency = 0\n",
+			want: []string{"vagent.toml:3:", "work.concurrency: must be between 1 and 1024, not 0"},
+		},
+		{
+			name: "work retention",
+			main: "[work]\nretention = \"-1h\"\n",
+			want: []string{"vagent.toml:2:", "work.retention: must not be negative"},
 		},
 		{
 			name: "global switch mode",

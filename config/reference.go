@@ -23,7 +23,7 @@ var mainDocs = map[string]keyDoc{
 	"engine.vllm_version":            {"The vLLM version units are rendered for: only flags this version accepts are written.", "flag set of `ExecStart=`"},
 	"engine.venv":                    {"The virtual environment holding vLLM; the engine is `VENV/bin/vllm`.", "`ExecStart=VENV/bin/vllm serve ...`"},
 	"engine.sim_binary":              {"The vllm-sim executable used when kind is \"sim\".", "`ExecStart=SIM serve ...`"},
-	"engine.env":                     {"Extra environment for every agent (an agent's own env wins).", "`Environment=`"},
+	"engine.env":                     {"Extra environment for every agent (an agent's own env wins); names that carry secrets (`*_TOKEN`, `*_API_KEY`, `*_SECRET`, `*_PASSWORD`...) are refused, since every local user can read the environment.", "`Environment=`"},
 	"engine.python":                  {"The interpreter `vagentctl install` builds the venv with; empty means `python3` with pip and `3.12` with uv.", "`vagentctl install`"},
 	"engine.index_url":               {"A package index replacing PyPI for `vagentctl install` (a mirror); empty means the installer's default.", "`--index-url`"},
 	"engine.extra_index_urls":        {"More package indexes for `vagentctl install`.", "`--extra-index-url`"},
@@ -71,6 +71,9 @@ var mainDocs = map[string]keyDoc{
 	"supervisor.host_ram_budget_mib": {"Host RAM that sleeping agents may hold with their weights. Past it the least recently used sleeper is stopped for real; an agent whose weights alone exceed it sleeps at level 2. 0 means half of the host's MemAvailable (plus what sleepers already hold), read at each switch.", ""},
 	"supervisor.start_backoff":       {"How long vagentd refuses to start an agent again after its start failed (the gateway answers 503 with Retry-After and the failure's root cause). Each failure in a row doubles it up to start_backoff_max; a successful start, or `vagentctl restart`, clears it. 0 turns the backoff off. systemd's own start limit (units.start_limit_*) is never reset by vagent.", ""},
 	"supervisor.start_backoff_max":   {"The longest start backoff (start_backoff doubled per failure in a row stops growing here).", ""},
+	"work.concurrency":               {"Background requests (batch lines, pipeline stages) in flight at once, all agents together. A client's request for an agent that cannot run beside the one background work uses waits for at most these to finish before its switch.", ""},
+	"work.max_attempts":              {"How often a batch line or pipeline stage is sent when the gateway or engine could not serve it (5xx, 429, a cut request); then it fails. A 4xx answer fails it at once.", ""},
+	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work); files no job uses are kept as long from their upload. 0 keeps everything.", ""},
 }
 
 // agentDocs documents every key of an agent file.
@@ -103,7 +106,7 @@ var agentDocs = map[string]keyDoc{
 	"sampling.repetition_penalty": {"Default repetition penalty.", "`--override-generation-config`"},
 	"sampling.max_tokens":         {"Default completion length: the gateway puts it into requests that set no max_tokens. Not a cap: a request may ask for more. (vLLM reads a max_new_tokens in --override-generation-config as a cap on every request, so vagent never renders it there.)", "nothing: the gateway's default"},
 	"system_prompt":               {"Prepended by the gateway when a request has no system message; may span lines.", ""},
-	"env":                         {"Extra environment for the engine; vagent's own variables cannot be overridden.", "`Environment=`"},
+	"env":                         {"Extra environment for the engine; vagent's own variables cannot be overridden and names that carry secrets are refused (see `engine.env`).", "`Environment=`"},
 	"extra_args":                  {"More vllm serve arguments, verbatim; refused if they repeat a flag vagent sets or the version lacks them. A value starting with `-` must be a whole number (`-1`) or be attached to its flag (`--seed=-1e5`): vllm serve reads other such words as options.", "end of `ExecStart=`"},
 	"priority":                    {"Eviction order: lower priority agents are evicted first.", ""},
 	"idle_timeout":                {"Stop the agent after this long without requests (a sleeping one too, which then frees its host RAM); 0 never.", ""},

@@ -18,6 +18,11 @@ var (
 	agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	hubIDRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// Names that carry credentials by convention. The engine's environment
+	// is rendered into a world-readable drop-in and exposed over D-Bus, so
+	// they are refused rather than published. HF_TOKEN_PATH is a path and
+	// passes.
+	secretEnvRE = regexp.MustCompile(`(?i)(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)$`)
 	versionRE   = regexp.MustCompile(`^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)$`)
 	tokenRE     = regexp.MustCompile(`^[^\s]+$`)
 )
@@ -84,6 +89,7 @@ func (c *Config) validateMain(data []byte) Errors {
 	checkNoControl(f, reflect.ValueOf(c.Gateway), "gateway")
 	checkNoControl(f, reflect.ValueOf(c.Units), "units")
 	checkNoControl(f, reflect.ValueOf(c.Supervisor), "supervisor")
+	checkNoControl(f, reflect.ValueOf(c.Work), "work")
 
 	if !oneOf(c.Engine.Kind, []string{EngineVLLM, EngineSim}) {
 		f.fail("engine.kind", "must be %q or %q, not %q", EngineVLLM, EngineSim, c.Engine.Kind)
@@ -162,6 +168,15 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if b, m := c.Supervisor.StartBackoff.Duration, c.Supervisor.StartBackoffMax.Duration; b > 0 && m < b {
 		f.fail("supervisor.start_backoff_max", "must be at least start_backoff (%s), not %s", b, m)
+	}
+	if c.Work.Concurrency < 1 || c.Work.Concurrency > 1024 {
+		f.fail("work.concurrency", "must be between 1 and 1024, not %d", c.Work.Concurrency)
+	}
+	if c.Work.MaxAttempts < 1 || c.Work.MaxAttempts > 100 {
+		f.fail("work.max_attempts", "must be between 1 and 100, not %d", c.Work.MaxAttempts)
+	}
+	if c.Work.Retention.Duration < 0 {
+		f.fail("work.retention", "must not be negative (0 keeps everything)")
 	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)
@@ -297,6 +312,9 @@ func checkEnv(f *fieldChecker, field string, env map[string]string) {
 		}
 		if oneOf(k, ManagedEnv) {
 			f.fail(field, "%s is set by vagent itself and cannot be overridden", k)
+		} else if secretEnvRE.MatchString(k) {
+			f.fail(field, "%s looks like a secret: every local user can read it (the unit drop-in is world-readable and `systemctl show` prints Environment=); "+
+				"put a Hub token in the token file under paths.hf_home (HF_HOME/token, readable by the vagent user only), which vLLM and vagentctl pull read", k)
 		}
 	}
 }

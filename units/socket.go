@@ -128,6 +128,10 @@ func (r *renderer) socket() []byte {
 	// makes /run/vagent: world-searchable, so that vagentctl can tell "not a
 	// member of the group" from "vagentd not running".
 	u.line("DirectoryMode=0755")
+	// Sockets start before the network is up: a gateway.listen on this
+	// host's LAN address must bind all the same (vagentd alone waited for
+	// network-online.target).
+	u.line("FreeBind=yes")
 	u.line("RemoveOnStop=yes")
 	u.line("FileDescriptorName=%s", SocketFDName)
 	// What waits during a restart: as many connections as vagentd would

@@ -41,7 +41,7 @@ func TestSocketListensWhereConfigured(t *testing.T) {
 	if got := socketLines(t, files, "SocketGroup"); len(got) != 0 {
 		t.Errorf("no gateway.control_group, yet SocketGroup= %q", got)
 	}
-	for key, want := range map[string]string{"SocketMode": "0660", "FileDescriptorName": SocketFDName, "Backlog": "4096"} {
+	for key, want := range map[string]string{"SocketMode": "0660", "FileDescriptorName": SocketFDName, "Backlog": "4096", "FreeBind": "yes"} {
 		if got := socketLines(t, files, key); !slices.Equal(got, []string{want}) {
 			t.Errorf("%s= %q, want %q", key, got, want)
 		}

@@ -1,7 +1,8 @@
 // Package units renders and writes the systemd units that run vagent's
 // agents: one template, vagent@.service, holding what every agent shares, and
 // per agent a drop-in, vagent@NAME.service.d/50-vagent.conf, holding its
-// command line, environment and Conflicts=. systemd then is the only place
+// command line, environment and Conflicts=; and vagentd.socket, the
+// listening sockets systemd holds for vagentd (socket.go). systemd then is the only place
 // that knows what runs, and `systemctl start vagent@dev` by hand is as safe
 // as a start through vagentd: units that cannot share a GPU conflict, so
 // systemd stops the other one itself.
