@@ -232,6 +232,11 @@ type Work struct {
 	// Retention is how long finished jobs, their items and files are kept;
 	// 0 keeps them until deleted.
 	Retention Duration `toml:"retention"`
+	// MaxYield bounds how long background work for an agent gives way to
+	// clients of agents that cannot run beside it; past it, that work takes
+	// its turn (a switch, then the gateway's fairness window) even while
+	// clients wait. 0: it always gives way.
+	MaxYield Duration `toml:"max_yield"`
 }
 
 // WorkDir holds the work store: the database of batches, pipeline runs and

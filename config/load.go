@@ -126,6 +126,7 @@ func Defaults() Config {
 			Concurrency: 4,
 			MaxAttempts: 3,
 			Retention:   Duration{30 * 24 * time.Hour},
+			MaxYield:    Duration{2 * time.Minute},
 		},
 	}
 }

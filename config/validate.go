@@ -178,6 +178,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Work.Retention.Duration < 0 {
 		f.fail("work.retention", "must not be negative (0 keeps everything)")
 	}
+	if c.Work.MaxYield.Duration < 0 {
+		f.fail("work.max_yield", "must not be negative (0: background work always gives way to clients)")
+	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)
 	}
