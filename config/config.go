@@ -42,6 +42,7 @@ type Config struct {
 	Gateway    Gateway
 	Units      Units
 	Supervisor Supervisor
+	Batch      Batch
 
 	// Agents are sorted by name.
 	Agents []*Agent
@@ -214,6 +215,13 @@ type Supervisor struct {
 	StartBackoff Duration `toml:"start_backoff"`
 	// StartBackoffMax bounds StartBackoff's doubling.
 	StartBackoffMax Duration `toml:"start_backoff_max"`
+}
+
+// Batch bounds the OpenAI Batch API (/v1/files, /v1/batches).
+type Batch struct {
+	// MaxFileMiB bounds one uploaded file; past it: 413. A batch's output
+	// and error files are not bounded by it.
+	MaxFileMiB int `toml:"max_file_mib"`
 }
 
 // Agent is one vLLM server: a model with tuned flags, rendered as the unit
