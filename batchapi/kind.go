@@ -50,12 +50,13 @@ func (k *batchKind) Finished(ctx context.Context, s *work.Store, j work.Job) err
 		return nil // already finished
 	}
 	now := k.now().Unix()
-	if j.Status == StatusInProgress || j.Status == StatusValidating {
-		if err := updateMeta(ctx, s, j.ID, func(j *work.Job, m *meta) {
+	// Decided inside the transaction: a cancel may have come since.
+	if err := updateMeta(ctx, s, j.ID, func(j *work.Job, m *meta) {
+		if j.Status == StatusInProgress || j.Status == StatusValidating {
 			j.Status, m.FinalizingAt = StatusFinalizing, now
-		}); err != nil {
-			return err
 		}
+	}); err != nil {
+		return err
 	}
 	items, err := s.Items(ctx, j.ID)
 	if err != nil {
