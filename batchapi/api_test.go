@@ -511,8 +511,13 @@ func TestUploadBadForm(t *testing.T) {
 	form := func(fields map[string]string, file bool) (string, io.Reader) {
 		var buf bytes.Buffer
 		mw := multipart.NewWriter(&buf)
+		name := "in.jsonl"
+		if n, ok := fields["name"]; ok {
+			name = n
+			delete(fields, "name")
+		}
 		if file {
-			w, _ := mw.CreateFormFile("file", "in.jsonl")
+			w, _ := mw.CreateFormFile("file", name)
 			w.Write([]byte(chatLine("a", "dev") + "\n"))
 		}
 		for k, v := range fields {
@@ -529,6 +534,7 @@ func TestUploadBadForm(t *testing.T) {
 		"no file":       {map[string]string{"purpose": "batch"}, false, "file"},
 		"no purpose":    {nil, true, "purpose"},
 		"other purpose": {map[string]string{"purpose": "fine-tune"}, true, "purpose"},
+		"long name":     {map[string]string{"purpose": "batch", "name": strings.Repeat("n", 300)}, true, "file"},
 	} {
 		ct, body := form(tc.fields, tc.file)
 		code, b := ta.do(t, http.MethodPost, "/v1/files", "alice", ct, body)

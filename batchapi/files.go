@@ -3,6 +3,7 @@ package batchapi
 import (
 	"errors"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 
@@ -74,9 +75,17 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 			if stored != nil {
 				return badRequest("file", "more than one file part: upload one file per request")
 			}
+			if seen && purpose != PurposeBatch {
+				// Refused before the file is read or stored.
+				w.Header().Set("Connection", "close")
+				return errPurpose(purpose)
+			}
 			name := part.FileName()
 			if name == "" {
 				name = "upload.jsonl"
+			}
+			if len(name) > 255 {
+				return badRequest("file", "the file name is %d bytes long: at most 255", len(name))
 			}
 			f, err := putFile(r.Context(), a.o.Store, caller, PurposeBatch, name, part, int64(a.o.MaxFileMiB)<<20)
 			if errors.Is(err, work.ErrTooLarge) {
@@ -92,15 +101,19 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 		}
 	}
 	switch {
+	case seen && purpose != PurposeBatch:
+		return errPurpose(purpose)
 	case stored == nil:
 		return badRequest("file", "no file part: send the JSONL as the multipart field \"file\"")
 	case !seen:
 		return badRequest("purpose", "purpose is missing: send purpose=batch")
-	case purpose != PurposeBatch:
-		return badRequest("purpose", "purpose %q is not supported: vagent keeps files for the Batch API only (purpose \"batch\")", purpose)
 	}
 	keep = true
 	return writeJSON(w, fileObject(*stored))
+}
+
+func errPurpose(purpose string) error {
+	return badRequest("purpose", "purpose %q is not supported: vagent keeps files for the Batch API only (purpose \"batch\")", purpose)
 }
 
 // file returns the caller's file id: 404 when it does not exist or is
@@ -136,7 +149,7 @@ func (a *API) fileContent(w http.ResponseWriter, r *http.Request, caller string)
 	defer rc.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(f.Bytes, 10))
-	w.Header().Set("Content-Disposition", `attachment; filename="`+f.Filename+`"`)
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": f.Filename}))
 	io.Copy(w, rc)
 	return nil
 }
