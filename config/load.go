@@ -124,6 +124,11 @@ func Defaults() Config {
 		},
 		// OpenAI's own bound on a batch input file.
 		Batch: Batch{MaxFileMiB: 200},
+		Work: Work{
+			Concurrency: 4,
+			MaxAttempts: 3,
+			Retention:   Duration{30 * 24 * time.Hour},
+		},
 	}
 }
 
