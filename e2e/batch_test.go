@@ -76,7 +76,7 @@ func TestE2EBatchSDK(t *testing.T) {
 	}
 	switches, _ := g.metric("vagent_switches_total")
 	switches -= switchesBefore
-	fmt.Printf("batch e2e: 12 lines over 3 agents in turn: %.0f switches, request counts %+v\n", switches, b.RequestCounts)
+	fmt.Printf("batch e2e: 12 lines over 3 agents in turn: %.0f switches; requests: %d total, %d completed, %d failed\n", switches, b.RequestCounts.Total, b.RequestCounts.Completed, b.RequestCounts.Failed)
 	if b.RequestCounts.Total != 14 || b.RequestCounts.Completed != 12 || b.RequestCounts.Failed != 2 {
 		t.Errorf("request counts %+v, want 14 total, 12 completed, 2 failed", b.RequestCounts)
 	}
