@@ -8,6 +8,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,8 +150,8 @@ func TestE2EBatchSDK(t *testing.T) {
 	if big.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), "max_file_mib") {
 		t.Errorf("2 GiB upload: %d %s", big.StatusCode, body)
 	}
-	if sent.n > 64<<20 {
-		t.Errorf("the client sent %d MiB of a refused upload", sent.n>>20)
+	if n := sent.n.Load(); n > 64<<20 {
+		t.Errorf("the client sent %d MiB of a refused upload", n>>20)
 	}
 	if l, err := client.Files.List(ctx, openai.FileListParams{}); err != nil || len(l.Data) != 3 {
 		t.Errorf("files after the refused upload: %v (%v), want the input, output and error files", l, err)
@@ -158,10 +159,10 @@ func TestE2EBatchSDK(t *testing.T) {
 }
 
 // countingBody is an endless body of zeros that counts what was read.
-type countingBody struct{ n int64 }
+type countingBody struct{ n atomic.Int64 }
 
 func (c *countingBody) Read(p []byte) (int, error) {
 	clear(p)
-	c.n += int64(len(p))
+	c.n.Add(int64(len(p)))
 	return len(p), nil
 }
