@@ -34,7 +34,8 @@ func (k *batchKind) Prepare(ctx context.Context, s *work.Store, j work.Job, it w
 // atomically through the store, then sets the final status and counts. It
 // is idempotent: once the files are recorded a second call changes
 // nothing. A crash between storing a file and recording it leaves that
-// file unreferenced; the next call writes it again.
+// file unreferenced (the next call writes it again, and the store's
+// retention sweep deletes the orphan).
 func (k *batchKind) Finished(ctx context.Context, s *work.Store, j work.Job) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
