@@ -272,8 +272,8 @@ func TestFinishedWritesFiles(t *testing.T) {
 	m, _ := json.Marshal(meta{Owner: "alice", Endpoint: "/v1/chat/completions", InputFileID: "file-x", CompletionWindow: "24h"})
 	rejected, _ := json.Marshal(outputError{Code: codeInvalidURL, Message: "line 2: url is missing"})
 	j, err := ta.store.CreateJob(ctx, work.Job{Kind: Kind, Status: StatusInProgress, Meta: m}, []work.Item{
-		{Seq: 3, CustomID: "c", Agent: "po", Path: "/v1/chat/completions", State: work.Done, Status: 200, Response: []byte(`{"id":"chatcmpl-3","model":"po"}`)},
-		{Seq: 1, CustomID: "a", Agent: "dev", Path: "/v1/chat/completions", State: work.Done, Status: 200, Response: []byte(`{"id":"chatcmpl-1","model":"dev"}`)},
+		{Seq: 3, CustomID: "c", Agent: "po", Path: "/v1/chat/completions", State: work.Done, Status: 200, Response: []byte(`{"id":"chatcmpl-3","model":"po","usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4}}}`)},
+		{Seq: 1, CustomID: "a", Agent: "dev", Path: "/v1/chat/completions", State: work.Done, Status: 200, Response: []byte(`{"id":"chatcmpl-1","model":"dev","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`)},
 		{Seq: 2, CustomID: "b", Path: "/v1/chat/completions", State: work.Failed, Error: string(rejected)},
 		{Seq: 4, CustomID: "d", Agent: "dev", Path: "/v1/chat/completions", State: work.Failed, Status: 400, Response: []byte(`{"error":{"message":"bad"}}`)},
 		{Seq: 5, CustomID: "e", Agent: "dev", Path: "/v1/chat/completions", State: work.Failed, Error: "agent dev failed to start"},
@@ -293,6 +293,10 @@ func TestFinishedWritesFiles(t *testing.T) {
 	if got.Status != openai.BatchStatusCompleted || got.CompletedAt != ta.now.Unix() || got.FinalizingAt != ta.now.Unix() ||
 		got.RequestCounts.Total != 5 || got.RequestCounts.Completed != 2 || got.RequestCounts.Failed != 3 {
 		t.Errorf("finished batch %+v", got)
+	}
+	// Usage sums the answered lines' usage.
+	if got.Usage.InputTokens != 6 || got.Usage.OutputTokens != 9 || got.Usage.TotalTokens != 15 || got.Usage.InputTokensDetails.CachedTokens != 4 || !got.JSON.Usage.Valid() {
+		t.Errorf("usage %+v", got.Usage)
 	}
 	out := ta.content(t, "alice", got.OutputFileID)
 	if len(out) != 2 || *out[0].CustomID != "a" || *out[1].CustomID != "c" || out[0].Response.StatusCode != 200 ||

@@ -24,8 +24,10 @@ type meta struct {
 	Errors           []BatchError      `json:"errors,omitempty"`
 	OutputFileID     string            `json:"output_file_id,omitempty"`
 	ErrorFileID      string            `json:"error_file_id,omitempty"`
-	// Counts are the final request counts, set by Finished.
+	// Counts are the final request counts and Usage the answers' token
+	// usage, set by Finished.
 	Counts *RequestCounts `json:"counts,omitempty"`
+	Usage  *Usage         `json:"usage,omitempty"`
 	// Unix seconds of each state reached; 0 until then.
 	InProgressAt int64 `json:"in_progress_at,omitempty"`
 	ExpiresAt    int64 `json:"expires_at,omitempty"`
@@ -71,7 +73,7 @@ func batchObject(j work.Job) (Batch, error) {
 		CreatedAt: j.CreatedAt.Unix(), InProgressAt: unix(m.InProgressAt), ExpiresAt: unix(m.ExpiresAt),
 		FinalizingAt: unix(m.FinalizingAt), CompletedAt: unix(m.CompletedAt), FailedAt: unix(m.FailedAt),
 		CancellingAt: unix(m.CancellingAt), CancelledAt: unix(m.CancelledAt),
-		Metadata: m.Metadata,
+		Metadata: m.Metadata, Usage: m.Usage,
 	}
 	if len(m.Errors) > 0 {
 		b.Errors = &BatchErrors{Object: "list", Data: m.Errors}

@@ -66,8 +66,12 @@ func (k *batchKind) Finished(ctx context.Context, s *work.Store, j work.Job) err
 	sort.SliceStable(items, func(a, b int) bool { return items[a].Seq < items[b].Seq })
 	var out, errs bytes.Buffer
 	counts := RequestCounts{Total: len(items)}
+	usage := &Usage{}
 	for _, it := range items {
 		line, ok := outputOf(j.ID, it)
+		if ok {
+			usage.add(it.Response)
+		}
 		b, err := json.Marshal(line)
 		if err != nil {
 			return fmt.Errorf("batch %s: line %d: %w", j.ID, it.Seq, err)
@@ -100,7 +104,7 @@ func (k *batchKind) Finished(ctx context.Context, s *work.Store, j work.Job) err
 		errID = f.ID
 	}
 	return updateMeta(ctx, s, j.ID, func(j *work.Job, m *meta) {
-		m.OutputFileID, m.ErrorFileID, m.Counts = outID, errID, &counts
+		m.OutputFileID, m.ErrorFileID, m.Counts, m.Usage = outID, errID, &counts, usage
 		for _, id := range []string{outID, errID} {
 			if id != "" {
 				j.Files = append(j.Files, id)
@@ -167,4 +171,36 @@ func outputOf(jobID string, it work.Item) (line outputLine, ok bool) {
 		line.Error = &outputError{Code: codeRequestFailed, Message: msg}
 	}
 	return line, false
+}
+
+// add counts one answer's usage (OpenAI's chat and text completion
+// usage). vLLM sends prompt_tokens_details.cached_tokens only when it runs
+// with --enable-prompt-tokens-details (vllm/entrypoints/openai/
+// chat_completion/serving.py, v0.18.0rc2), and no reasoning tokens.
+func (u *Usage) add(answer []byte) {
+	var a struct {
+		Usage *struct {
+			Prompt        int64 `json:"prompt_tokens"`
+			Completion    int64 `json:"completion_tokens"`
+			Total         int64 `json:"total_tokens"`
+			PromptDetails *struct {
+				Cached int64 `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+			CompletionDetails *struct {
+				Reasoning int64 `json:"reasoning_tokens"`
+			} `json:"completion_tokens_details"`
+		} `json:"usage"`
+	}
+	if json.Unmarshal(answer, &a) != nil || a.Usage == nil {
+		return
+	}
+	u.InputTokens += a.Usage.Prompt
+	u.OutputTokens += a.Usage.Completion
+	u.TotalTokens += a.Usage.Total
+	if d := a.Usage.PromptDetails; d != nil {
+		u.InputTokensDetails.CachedTokens += d.Cached
+	}
+	if d := a.Usage.CompletionDetails; d != nil {
+		u.OutputTokensDetails.ReasoningTokens += d.Reasoning
+	}
 }

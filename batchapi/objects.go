@@ -78,6 +78,26 @@ type Batch struct {
 	CancelledAt      *int64            `json:"cancelled_at"`
 	RequestCounts    RequestCounts     `json:"request_counts"`
 	Metadata         map[string]string `json:"metadata"`
+	// Usage sums the answers' usage, once the batch has ended.
+	Usage *Usage `json:"usage,omitempty"`
+}
+
+// Usage is a batch's token usage (openai-go BatchUsage): the sum of its
+// answers' usage, details included where the answers report them.
+type Usage struct {
+	InputTokens         int64        `json:"input_tokens"`
+	InputTokensDetails  cachedTokens `json:"input_tokens_details"`
+	OutputTokens        int64        `json:"output_tokens"`
+	OutputTokensDetails reasonTokens `json:"output_tokens_details"`
+	TotalTokens         int64        `json:"total_tokens"`
+}
+
+type cachedTokens struct {
+	CachedTokens int64 `json:"cached_tokens"`
+}
+
+type reasonTokens struct {
+	ReasoningTokens int64 `json:"reasoning_tokens"`
 }
 
 // BatchErrors lists what was wrong with a batch's input file.

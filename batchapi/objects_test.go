@@ -49,6 +49,7 @@ func TestBatchDecodesWithSDK(t *testing.T) {
 		Errors:        &BatchErrors{Object: "list", Data: []BatchError{{Code: codeModelNotFound, Message: "line 3: no", Param: &param, Line: &line}}},
 		RequestCounts: RequestCounts{Total: 10, Completed: 9, Failed: 1},
 		Metadata:      map[string]string{"k": "v"},
+		Usage:         &Usage{InputTokens: 6, OutputTokens: 9, TotalTokens: 15},
 	})
 	var got openai.Batch
 	if err := json.Unmarshal(b, &got); err != nil {
@@ -59,6 +60,11 @@ func TestBatchDecodesWithSDK(t *testing.T) {
 		got.CreatedAt != 1 || got.InProgressAt != 2 || got.ExpiresAt != 3 || got.FinalizingAt != 4 || got.CompletedAt != 5 ||
 		got.RequestCounts.Total != 10 || got.RequestCounts.Completed != 9 || got.RequestCounts.Failed != 1 || got.Metadata["k"] != "v" {
 		t.Errorf("SDK read %s as %+v", b, got)
+	}
+	u := got.Usage
+	if u.InputTokens != 6 || u.OutputTokens != 9 || u.TotalTokens != 15 || !u.JSON.InputTokensDetails.Valid() ||
+		!u.InputTokensDetails.JSON.CachedTokens.Valid() || !u.OutputTokensDetails.JSON.ReasoningTokens.Valid() {
+		t.Errorf("SDK read usage as %+v", u)
 	}
 	if len(got.Errors.Data) != 1 || got.Errors.Data[0].Line != 3 || got.Errors.Data[0].Param != "body.model" || got.Errors.Data[0].Code != codeModelNotFound {
 		t.Errorf("SDK read errors as %+v", got.Errors)
