@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +47,10 @@ type Options struct {
 	// MaxFileMiB is the largest upload ([batch] max_file_mib). A batch's
 	// output and error files are not bounded by it.
 	MaxFileMiB int
-	Log        *slog.Logger
+	// BodyTimeout bounds how long a client may take to send a request's
+	// body, an upload included (gateway.body_timeout); 0: no bound.
+	BodyTimeout time.Duration
+	Log         *slog.Logger
 	// Now is the clock (tests); time.Now when nil.
 	Now func() time.Time
 }
@@ -237,12 +241,38 @@ func isMultipart(r *http.Request) bool {
 	return err == nil && mt == "multipart/form-data"
 }
 
+// bodyDeadline bounds the reading of r's body by gateway.body_timeout,
+// as the gateway bounds an inference request's; done lifts the bound once
+// the body is read, so that the answer is not cut by it.
+func (a *API) bodyDeadline(w http.ResponseWriter) (done func()) {
+	if a.o.BodyTimeout <= 0 {
+		return func() {}
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(a.o.BodyTimeout)) != nil {
+		return func() {} // not HTTP/1: unbounded, as in the gateway
+	}
+	return func() { rc.SetReadDeadline(time.Time{}) }
+}
+
+// bodyError is what a client sees when its body could not be read: 408
+// past gateway.body_timeout, else 400. The connection closes after it.
+func (a *API) bodyError(w http.ResponseWriter, err error) error {
+	w.Header().Set("Connection", "close")
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return gateway.Error(http.StatusRequestTimeout, "", "the request body did not arrive within %s (gateway.body_timeout)", a.o.BodyTimeout)
+	}
+	return badRequest("", "reading the request body: %v", err)
+}
+
 // readJSON decodes r's JSON body, at most 1 MiB, into v.
-func readJSON(r *http.Request, v any) error {
+func (a *API) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	done := a.bodyDeadline(w)
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20+1))
 	if err != nil {
-		return badRequest("", "reading the request body: %v", err)
+		return a.bodyError(w, err)
 	}
+	done()
 	if len(body) > 1<<20 {
 		return gateway.Error(http.StatusRequestEntityTooLarge, "", "request body larger than 1 MiB")
 	}

@@ -494,6 +494,34 @@ func TestUploadTooLarge(t *testing.T) {
 	}
 }
 
+// TestUploadBodyTimeout: an upload that stalls is answered 408 naming
+// gateway.body_timeout once the bound passes, and nothing is stored.
+func TestUploadBodyTimeout(t *testing.T) {
+	ta := newTestAPI(t, 1)
+	ta.o.BodyTimeout = 100 * time.Millisecond
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		mw.WriteField("purpose", "batch")
+		w, _ := mw.CreateFormFile("file", "slow.jsonl")
+		w.Write([]byte(chatLine("a", "dev") + "\n"))
+		// ... and nothing more: the client stalls.
+	}()
+	code, b := ta.do(t, http.MethodPost, "/v1/files", "alice", mw.FormDataContentType(), pr)
+	if code != http.StatusRequestTimeout {
+		t.Fatalf("stalled upload: %d %s", code, b)
+	}
+	if msg, _ := apiError(t, b); !strings.Contains(msg, "within 100ms (gateway.body_timeout)") {
+		t.Errorf("408 says %q", msg)
+	}
+	files, _ := ta.store.Files(t.Context(), "", "", 0)
+	ents, _ := os.ReadDir(filepath.Join(ta.dir, work.FilesDir))
+	if len(files) != 0 || len(ents) != 0 {
+		t.Errorf("left behind: %d files, %d entries on disk", len(files), len(ents))
+	}
+}
+
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -132,7 +132,7 @@ func (c *createRequest) validate() error {
 // field); the others run. A file with no valid line makes a failed batch.
 func (a *API) createBatch(w http.ResponseWriter, r *http.Request, caller string) error {
 	var req createRequest
-	if err := readJSON(r, &req); err != nil {
+	if err := a.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	if err := req.validate(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 
 	"github.com/vagent-dev/vagent/gateway"
@@ -39,6 +40,7 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 	if r.ContentLength > int64(a.o.MaxFileMiB)<<20+multipartSlack {
 		return a.tooLarge(w)
 	}
+	defer a.bodyDeadline(w)()
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return badRequest("", "reading the multipart body: %v", err)
@@ -61,6 +63,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 			break
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return a.bodyError(w, err)
+			}
 			w.Header().Set("Connection", "close")
 			return badRequest("", "reading the multipart body: %v", err)
 		}
@@ -68,7 +73,7 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 		case "purpose":
 			b, err := io.ReadAll(io.LimitReader(part, 256))
 			if err != nil {
-				return badRequest("purpose", "reading purpose: %v", err)
+				return a.bodyError(w, err)
 			}
 			purpose, seen = string(b), true
 		case "file":
@@ -90,6 +95,9 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 			f, err := putFile(r.Context(), a.o.Store, caller, PurposeBatch, name, part, int64(a.o.MaxFileMiB)<<20)
 			if errors.Is(err, work.ErrTooLarge) {
 				return a.tooLarge(w)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return a.bodyError(w, err)
 			}
 			if err != nil {
 				return storeError("store the upload", err)

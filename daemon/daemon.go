@@ -210,7 +210,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	}
 	defer store.Close()
 	bapi := batchapi.New(batchapi.Options{Store: store, Gateway: gw, Notify: executor.Notify,
-		MaxFileMiB: cfg.Batch.MaxFileMiB, Log: log})
+		MaxFileMiB: cfg.Batch.MaxFileMiB, BodyTimeout: cfg.Gateway.BodyTimeout.Duration, Log: log})
 	executor.Register(batchapi.Kind, bapi.Kind())
 
 	apiLn, err := net.Listen("tcp", cfg.Gateway.Listen)
