@@ -21,6 +21,10 @@ type Target struct {
 	// Load reports the agents' states and the clients' requests waiting
 	// (gateway.Load).
 	Load func() []AgentLoad
+	// Yielded reports whether an answer's header says the request gave
+	// way to a client's without reaching an engine (gateway.Yielded); it
+	// is sent again without counting an attempt. Nil: never.
+	Yielded func(http.Header) bool
 }
 
 // ExecOptions tune the executor; zero values take the defaults.
@@ -314,7 +318,7 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		b, err := k.Prepare(ctx, e.s, j, it)
 		if err != nil {
 			if ctx.Err() != nil {
-				e.putBack(it, "vagentd stopped")
+				e.putBack(it, "vagentd stopped", false)
 				return
 			}
 			e.record(ctx, j, it, Outcome{State: Failed, Error: "prepare: " + err.Error()}, 0)
@@ -331,7 +335,12 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		return
 	}
 	if ctx.Err() != nil {
-		e.putBack(it, "vagentd stopped")
+		e.putBack(it, "vagentd stopped", false)
+		return
+	}
+	if res.yielded {
+		e.log.Info("background item gave way to a client: it waits for its turn", "job", j.ID, "item", it.ID, "agent", it.Agent)
+		e.putBack(it, res.out.Error, true)
 		return
 	}
 	if res.retry && it.Attempts < e.o.MaxAttempts {
@@ -342,7 +351,7 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		case <-time.After(delay):
 		case <-ctx.Done():
 		}
-		e.putBack(it, res.out.Error)
+		e.putBack(it, res.out.Error, false)
 		return
 	}
 	e.record(ctx, j, it, res.out, res.tokens)
@@ -350,10 +359,10 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 
 // putBack returns a running item to pending, whatever ctx says: it must
 // not stay running.
-func (e *Executor) putBack(it Item, why string) {
+func (e *Executor) putBack(it Item, why string, uncount bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := e.s.release(ctx, it.ID, why); err != nil {
+	if err := e.s.release(ctx, it.ID, why, uncount); err != nil {
 		e.log.Warn("background item: putting it back failed (it goes back at the next start)", "item", it.ID, "err", err)
 	}
 }
@@ -381,9 +390,10 @@ func (e *Executor) record(ctx context.Context, j Job, it Item, o Outcome, tokens
 
 // result is what came of sending an item.
 type result struct {
-	out    Outcome
-	retry  bool
-	tokens int
+	out     Outcome
+	retry   bool
+	yielded bool // gave way to a client before reaching an engine
+	tokens  int
 }
 
 // send sends the item's request through the target and reads the answer.
@@ -413,7 +423,8 @@ func (e *Executor) send(ctx context.Context, j Job, it Item, body []byte) result
 		return result{out: out, retry: true}
 	default:
 		out.State, out.Error = Failed, errorMessage(b, resp.StatusCode)
-		return result{out: out, retry: retryable(resp.StatusCode)}
+		yielded := e.t.Yielded != nil && e.t.Yielded(resp.Header)
+		return result{out: out, retry: retryable(resp.StatusCode), yielded: yielded}
 	}
 }
 
