@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -165,4 +166,116 @@ func (c *countingBody) Read(p []byte) (int, error) {
 	clear(p)
 	c.n.Add(int64(len(p)))
 	return len(p), nil
+}
+
+// TestE2EBatchSurvivesKills: a batch created through the SDK runs while
+// vagentd is SIGKILLed three times; it completes with one output line per
+// input line, every request delivered by an engine exactly once (counted
+// at the engines), and its output file written once.
+func TestE2EBatchSurvivesKills(t *testing.T) {
+	w := newWorkHost(t, map[string]any{"work.concurrency": 4})
+	ctx := t.Context()
+	client := w.sdk("")
+	var in bytes.Buffer
+	const lines = 12
+	for i := range lines {
+		// 150 tokens at the simulator's 100/s: 1.5 s a request.
+		fmt.Fprintf(&in, `{"custom_id":"line-%d","method":"POST","url":"/v1/chat/completions","body":{"model":%q,"messages":[{"role":"user","content":"Item %d."}],"max_tokens":150,"ignore_eos":true}}`+"\n",
+			i, []string{"po", "architect", "dev"}[i%3], i)
+	}
+	f, err := client.Files.New(ctx, openai.FileNewParams{File: openai.File(bytes.NewReader(in.Bytes()), "in.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := client.Batches.New(ctx, openai.BatchNewParams{InputFileID: f.ID, Endpoint: openai.BatchNewParamsEndpointV1ChatCompletions,
+		CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doneCount := func() int {
+		j, err := w.store.Job(ctx, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.Counts["done"]
+	}
+	for _, after := range []int{1, 4, 8} {
+		eventually(t, 2*time.Minute, fmt.Sprintf("%d requests done", after), func() bool { return doneCount() >= after })
+		// Kill while requests are in flight, once every answer an engine
+		// delivered is recorded.
+		time.Sleep(700 * time.Millisecond)
+		eventually(t, 30*time.Second, "every delivered answer recorded", func() bool {
+			n := 0
+			for _, c := range w.delivered(t, b.ID) {
+				n += c
+			}
+			return n == doneCount()
+		})
+		props, err := w.unitProps(ctx, gatewayUnit)
+		if err != nil || props.MainPID == 0 {
+			t.Fatalf("vagentd's main PID: %+v %v", props, err)
+		}
+		if done := doneCount(); done >= lines {
+			t.Fatalf("the batch ended before kill %d: make its requests longer", after)
+		}
+		if _, errOut, code, err := w.s.Exec(ctx, "kill", "-9", strconv.Itoa(props.MainPID)); err != nil || code != 0 {
+			t.Fatalf("kill -9 vagentd: %v %s", err, errOut)
+		}
+		eventually(t, 30*time.Second, "vagentd restarted", func() bool {
+			p, err := w.unitProps(ctx, gatewayUnit)
+			return err == nil && p.ActiveState == "active" && p.MainPID != 0 && p.MainPID != props.MainPID
+		})
+		w.waitHealthy(10 * time.Second)
+	}
+	eventually(t, 3*time.Minute, "the batch completed", func() bool {
+		b, err = client.Batches.Get(ctx, b.ID)
+		return err == nil && b.Status == openai.BatchStatusCompleted
+	})
+	if b.RequestCounts.Total != lines || b.RequestCounts.Completed != lines || b.ErrorFileID != "" {
+		t.Errorf("after three kills: %+v, error file %q", b.RequestCounts, b.ErrorFileID)
+	}
+	resp, err := client.Files.Content(ctx, b.OutputFileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	seen := map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var o struct {
+			CustomID string `json:"custom_id"`
+			Response struct {
+				StatusCode int `json:"status_code"`
+			} `json:"response"`
+		}
+		if err := json.Unmarshal([]byte(l), &o); err != nil || o.Response.StatusCode != 200 {
+			t.Errorf("output line %s (%v)", l, err)
+		}
+		seen[o.CustomID]++
+	}
+	for i := range lines {
+		if n := seen[fmt.Sprint("line-", i)]; n != 1 {
+			t.Errorf("line-%d is in the output file %d times", i, n)
+		}
+	}
+	items, err := w.store.Items(ctx, b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivered := w.delivered(t, b.ID)
+	sends := 0
+	for _, it := range items {
+		sends += it.Attempts
+		if n := delivered[it.ID]; n != 1 {
+			t.Errorf("%s was delivered by the engines %d times, want exactly once", it.CustomID, n)
+		}
+	}
+	outputs, err := client.Files.List(ctx, openai.FileListParams{Purpose: openai.String("batch_output")})
+	if err != nil || len(outputs.Data) != 1 {
+		t.Errorf("output files: %v (%v), want exactly one", outputs, err)
+	}
+	t.Logf("%d requests, 3 SIGKILLs: %d sends in all", lines, sends)
+	if sends <= lines {
+		t.Errorf("%d sends for %d requests: no kill cut a request in flight, so the test proved nothing", sends, lines)
+	}
 }
