@@ -23,6 +23,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vagent-dev/vagent/gateway"
@@ -170,6 +171,9 @@ func storeError(op string, err error) error {
 	}
 	if errors.Is(err, context.Canceled) {
 		return gateway.Error(499, "", "%s: the client went away", op)
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return gateway.Error(http.StatusInsufficientStorage, "", "%s: the work store's disk is full; nothing was stored (%v)", op, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }

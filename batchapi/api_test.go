@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -606,5 +607,15 @@ func TestRoutes(t *testing.T) {
 	apiError(t, b)
 	if code, b := ta.do(t, http.MethodGet, "/v1/files?limit=0", "alice", "", nil); code != http.StatusBadRequest {
 		t.Errorf("limit=0: %d %s", code, b)
+	}
+}
+
+// TestStoreErrorDiskFull: a full disk is a 507 that says so, not a bare
+// 500.
+func TestStoreErrorDiskFull(t *testing.T) {
+	err := storeError("store the upload", fmt.Errorf("store file in.jsonl: write: %w", syscall.ENOSPC))
+	var ae *gateway.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusInsufficientStorage || !strings.Contains(ae.Message, "disk is full; nothing was stored") {
+		t.Errorf("%v", err)
 	}
 }

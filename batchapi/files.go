@@ -1,12 +1,14 @@
 package batchapi
 
 import (
+	"context"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/vagent-dev/vagent/gateway"
 	"github.com/vagent-dev/vagent/work"
@@ -50,11 +52,16 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request, caller string) 
 		purpose string
 		seen    bool
 	)
-	// Whatever goes wrong after the file is stored takes it away again.
+	// Whatever goes wrong after the file is stored takes it away again,
+	// even when the client has gone.
 	keep := false
 	defer func() {
 		if stored != nil && !keep {
-			a.o.Store.DeleteFile(r.Context(), stored.ID)
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+			defer cancel()
+			if err := a.o.Store.DeleteFile(ctx, stored.ID); err != nil {
+				a.o.Log.Warn("removing a refused upload", "file", stored.ID, "err", err)
+			}
 		}
 	}()
 	for {
