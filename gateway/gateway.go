@@ -33,6 +33,16 @@
 // A start nobody waits for any more (clients gone) is cancelled and the
 // half-started unit stopped, unless the agent is pinned.
 //
+// # Background work
+//
+// vagentd's own work (batches, pipeline runs) comes in through
+// BackgroundHandler, in process, marked by a context value: it takes no
+// client key but is otherwise served as a client's request. Agents with
+// clients waiting are served before agents with background work only, and
+// a client's request cancels a start that only background work waits for
+// (those requests are answered Yielded). Load tells the work executor
+// which agents run and whom clients wait for.
+//
 // # Sleep mode
 //
 // The supervisor puts a sleep agent to sleep instead of stopping it (after
@@ -265,34 +275,22 @@ func New(o Options) (*Gateway, error) {
 // once and the supervisor decides what really has to go.
 func (g *Gateway) computeConflicts(mem map[int]supervisor.GPUMemory) {
 	reserve := g.cfg.GPU.ReserveMiB << 20
+	totals := make(map[int]uint64, len(mem))
+	for x, m := range mem {
+		totals[x] = m.Total
+	}
 	for _, a := range g.agents {
 		var cs []*agentRT
 		for _, b := range g.agents {
 			if a == b || !config.SharesGPU(a.cfg, b.cfg) {
 				continue
 			}
-			var total uint64
-			for _, x := range a.cfg.GPUs {
-				if m, ok := mem[x]; ok && onGPU(b.cfg, x) {
-					total = m.Total
-					break
-				}
-			}
-			if config.CannotShare(a.cfg, b.cfg, total, reserve) {
+			if config.CannotShareOn(a.cfg, b.cfg, totals, reserve) {
 				cs = append(cs, b)
 			}
 		}
 		a.conflicts = cs
 	}
-}
-
-func onGPU(a *config.Agent, g int) bool {
-	for _, x := range a.GPUs {
-		if x == g {
-			return true
-		}
-	}
-	return false
 }
 
 // Handler serves the OpenAI API under /v1/ (and vLLM's /tokenize-style

@@ -40,8 +40,13 @@ type ExecOptions struct {
 	// (default 1s, at most 30s).
 	RetryDelay time.Duration
 	// Poll is how often the executor looks at the gateway again while its
-	// work waits for clients to be served (default 100ms).
+	// work waits for clients to be served (default 100ms); with no work it
+	// looks at the store ten times less often (work stored by another
+	// program without Notify).
 	Poll time.Duration
+	// FinishRetry is how long a job whose Finished hook failed waits for
+	// its next try (default 30s).
+	FinishRetry time.Duration
 	// SweepInterval is how often Store.Sweep runs (default 1h).
 	SweepInterval time.Duration
 	Log           *slog.Logger
@@ -69,6 +74,9 @@ type Executor struct {
 	total    int
 	current  string
 	subs     map[string]map[chan Event]struct{}
+	// finishAfter holds jobs whose Finished hook failed until their next
+	// try.
+	finishAfter map[string]time.Time
 }
 
 // NewExecutor returns an executor for s that sends to t.
@@ -85,6 +93,9 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	if o.Poll <= 0 {
 		o.Poll = 100 * time.Millisecond
 	}
+	if o.FinishRetry <= 0 {
+		o.FinishRetry = 30 * time.Second
+	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = time.Hour
 	}
@@ -94,6 +105,7 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	e := &Executor{
 		s: s, t: t, o: o, log: o.Log, kinds: map[string]Kind{},
 		notify: make(chan struct{}, 1), inflight: map[string]int{}, subs: map[string]map[chan Event]struct{}{},
+		finishAfter: map[string]time.Time{},
 	}
 	e.m = newExecMetrics(s)
 	if o.Registry != nil {
@@ -172,11 +184,13 @@ func (e *Executor) Run(ctx context.Context) error {
 	e.sweep(ctx)
 	for {
 		e.finishEnded(ctx)
+		waiting := false
 		for {
-			started, err := e.dispatch(ctx, &wg, done)
+			started, w, err := e.dispatch(ctx, &wg, done)
 			if err != nil && ctx.Err() == nil {
 				e.log.Warn("background work: dispatch failed", "err", err)
 			}
+			waiting = w
 			if !started {
 				break
 			}
@@ -187,7 +201,14 @@ func (e *Executor) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		poll.Reset(e.o.Poll)
+		// Work that waits for its turn looks at the gateway again soon;
+		// without any, the store is looked at now and then only, for work
+		// another program stored without Notify.
+		if waiting {
+			poll.Reset(e.o.Poll)
+		} else {
+			poll.Reset(10 * e.o.Poll)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -220,7 +241,12 @@ func (e *Executor) finishEnded(ctx context.Context) {
 		return
 	}
 	for _, j := range jobs {
-		e.finish(ctx, j.ID)
+		e.mu.Lock()
+		later := time.Now().Before(e.finishAfter[j.ID])
+		e.mu.Unlock()
+		if !later {
+			e.finish(ctx, j.ID)
+		}
 	}
 }
 
@@ -237,7 +263,10 @@ func (e *Executor) finish(ctx context.Context, id string) {
 	if k := e.kinds[j.Kind]; k != nil {
 		if err := k.Finished(ctx, e.s, j); err != nil {
 			if ctx.Err() == nil {
-				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err)
+				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err, "retry_in", e.o.FinishRetry)
+				e.mu.Lock()
+				e.finishAfter[j.ID] = time.Now().Add(e.o.FinishRetry)
+				e.mu.Unlock()
 			}
 			return
 		}
@@ -246,19 +275,22 @@ func (e *Executor) finish(ctx context.Context, id string) {
 		e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "err", err)
 		return
 	}
+	e.mu.Lock()
+	delete(e.finishAfter, j.ID)
+	e.mu.Unlock()
 	e.log.Info("job finished", "job", j.ID, "kind", j.Kind, "done", j.Counts[Done], "failed", j.Counts[Failed], "cancelled", j.Counts[Cancelled])
 	e.emit(Event{JobID: j.ID, Type: EventJob})
 }
 
 // dispatch starts one item if the policy allows; it reports whether it
-// did.
-func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (bool, error) {
+// did, and whether eligible work is left waiting.
+func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (started, waiting bool, err error) {
 	if ctx.Err() != nil {
-		return false, nil
+		return false, false, nil
 	}
 	queues, err := e.s.Queues(ctx)
 	if err != nil || len(queues) == 0 {
-		return false, err
+		return false, false, err
 	}
 	loads := map[string]AgentLoad{}
 	for _, l := range e.t.Load() {
@@ -270,11 +302,11 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	e.mu.Unlock()
 	d, ok := pick(v)
 	if !ok {
-		return false, nil
+		return false, true, nil
 	}
 	it, j, ok, err := e.s.claim(ctx, d.agent)
 	if err != nil || !ok {
-		return false, err
+		return false, true, err
 	}
 	if d.cold && loads[d.agent].Interactive == 0 {
 		e.m.switched(j.Kind)
@@ -300,7 +332,7 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 		default:
 		}
 	}()
-	return true, nil
+	return true, true, nil
 }
 
 func cloneMap(m map[string]int) map[string]int {
@@ -370,12 +402,24 @@ func (e *Executor) putBack(it Item, why string, uncount bool) {
 // record stores the item's outcome and, when that ended the job, finishes
 // the job.
 func (e *Executor) record(ctx context.Context, j Job, it Item, o Outcome, tokens int) {
-	ended, err := e.s.complete(ctx, it.ID, o)
-	if err != nil {
-		// Not recorded: the item stays running in the database, and goes
-		// back to pending at the next start.
-		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "err", err)
-		return
+	// The answer is in hand: a write that fails (a full disk) is tried
+	// again for a while rather than the request sent again.
+	var ended bool
+	var err error
+	for try, wait := 0, time.Second; ; try, wait = try+1, min(2*wait, 30*time.Second) {
+		if ended, err = e.s.complete(ctx, it.ID, o); err == nil {
+			break
+		}
+		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "try", try+1, "err", err)
+		if try == 5 || ctx.Err() != nil {
+			// Not recorded: the item stays running in the database and
+			// goes back to pending at the next start.
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
 	}
 	ev := Event{JobID: j.ID, ItemID: it.ID, Seq: it.Seq, Stage: it.Stage, Agent: it.Agent, Type: EventDone, Tokens: tokens}
 	if o.State != Done {

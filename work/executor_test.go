@@ -164,6 +164,9 @@ func startExecutor(t *testing.T, s *Store, g *fakeGateway, o ExecOptions, k Kind
 	if o.Poll == 0 {
 		o.Poll = 5 * time.Millisecond
 	}
+	if o.FinishRetry == 0 {
+		o.FinishRetry = 10 * time.Millisecond
+	}
 	e := NewExecutor(s, g.target(), o)
 	if k != nil {
 		e.Register("batch", k)
@@ -535,5 +538,41 @@ func TestExecutorYieldedIsNoAttempt(t *testing.T) {
 	items, _ := s.Items(ctx, j.ID)
 	if items[0].State != Done || items[0].Attempts != 1 {
 		t.Fatalf("item after two yields: %+v", items[0])
+	}
+}
+
+// An answer whose write fails (a full disk) is written again once the
+// store takes writes, not asked for again.
+func TestExecutorRetriesRecordingAnswer(t *testing.T) {
+	s := openTest(t, Options{})
+	for _, q := range []string{
+		`CREATE TABLE fail_once (x INTEGER)`,
+		`INSERT INTO fail_once VALUES (1)`,
+		`CREATE TRIGGER full BEFORE UPDATE OF state ON items WHEN NEW.state = 'done' AND EXISTS (SELECT 1 FROM fail_once)
+			BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := newFakeGateway("dev")
+	_, stop := startExecutor(t, s, g, ExecOptions{}, nil)
+	defer stop()
+	j, _ := s.CreateJob(context.Background(), Job{Kind: "batch"}, interleaved(1, "dev"))
+	waitJob(t, s, j.ID, func(Job) bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.delivered) == 1
+	})
+	time.Sleep(50 * time.Millisecond) // the first write fails
+	if _, err := s.db.Exec(`DELETE FROM fail_once`); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, s, j.ID, func(j Job) bool { return j.Finalized })
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	items, _ := s.Items(context.Background(), j.ID)
+	if items[0].State != Done || g.delivered[fmt.Sprint(items[0].ID)] != 1 || len(g.sent) != 1 {
+		t.Fatalf("item %+v, delivered %v, sent %v", items[0], g.delivered, g.sent)
 	}
 }
