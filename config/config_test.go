@@ -198,6 +198,16 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"env: CUDA_VISIBLE_DEVICES is set by vagent itself"},
 		},
 		{
+			name:   "Hub token in an agent's env",
+			agents: map[string]string{"po": goodAgent + "[env]\nHF_TOKEN = \"hf_abc\"\n"},
+			want:   []string{"agents/po.toml:", `agent "po"`, "env: HF_TOKEN looks like a secret", "HF_HOME/token"},
+		},
+		{
+			name: "a secret in engine.env",
+			main: "[engine]\nkind = \"sim\"\n[engine.env]\nWANDB_API_KEY = \"x\"\n",
+			want: []string{"vagent.toml:", "engine.env: WANDB_API_KEY looks like a secret"},
+		},
+		{
 			name: "engine kind",
 			main: "[engine]\nkind = \"docker\"\n",
 			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
