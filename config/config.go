@@ -44,6 +44,7 @@ type Config struct {
 	Gateway    Gateway
 	Units      Units
 	Supervisor Supervisor
+	Batch      Batch
 	Work       Work
 
 	// Agents are sorted by name.
@@ -217,6 +218,13 @@ type Supervisor struct {
 	StartBackoff Duration `toml:"start_backoff"`
 	// StartBackoffMax bounds StartBackoff's doubling.
 	StartBackoffMax Duration `toml:"start_backoff_max"`
+}
+
+// Batch bounds the OpenAI Batch API (/v1/files, /v1/batches).
+type Batch struct {
+	// MaxFileMiB bounds one uploaded file; past it: 413. A batch's output
+	// and error files are not bounded by it.
+	MaxFileMiB int `toml:"max_file_mib"`
 }
 
 // Work tunes background work: OpenAI batches and pipeline runs, run

@@ -122,6 +122,8 @@ func Defaults() Config {
 			StartBackoff:    Duration{5 * time.Second},
 			StartBackoffMax: Duration{5 * time.Minute},
 		},
+		// OpenAI's own bound on a batch input file.
+		Batch: Batch{MaxFileMiB: 200},
 		Work: Work{
 			Concurrency: 4,
 			MaxAttempts: 3,

@@ -56,6 +56,7 @@ var mainDocs = map[string]keyDoc{
 	"gateway.keepalive_timeout":      {"An idle client connection is closed after this long between requests.", ""},
 	"gateway.max_connections":        {"Open client connections on `listen`; past it new connections wait in the kernel's backlog until one closes. Also vagentd.socket's Backlog=: how many new connections may wait while vagentd restarts (the kernel caps it at net.core.somaxconn).", ""},
 	"gateway.max_requests_per_key":   {"Inference requests one key may have open at once (queued, sending its body, or being served); past it: 429 with Retry-After. Without a keys file every client counts as one anonymous key.", ""},
+	"batch.max_file_mib":             {"Largest file `POST /v1/files` accepts for the Batch API, in MiB; past it: 413, refused before the body is read when its length is declared, and nothing is stored. Uploads stream to disk: memory does not grow with them. Output and error files are not bounded by it.", ""},
 	"units.user":                     {"The user engines run as; empty keeps systemd's default (root). A lowercase letter or `_`, then lowercase letters, digits, `_` or `-`, at most 31 in all (systemd's rule).", "`User=`"},
 	"units.group":                    {"The group engines run as; empty means the user's primary group. Named as units.user.", "`Group=`"},
 	"units.restart_sec":              {"Pause before systemd restarts a crashed engine.", "`RestartSec=`"},

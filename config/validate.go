@@ -124,6 +124,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Gateway.MaxBodyMiB < 1 || c.Gateway.MaxBodyMiB > 4096 {
 		f.fail("gateway.max_body_mib", "must be between 1 and 4096, not %d", c.Gateway.MaxBodyMiB)
 	}
+	if c.Batch.MaxFileMiB < 1 || c.Batch.MaxFileMiB > 1<<20 {
+		f.fail("batch.max_file_mib", "must be between 1 and 1048576 (1 TiB), not %d", c.Batch.MaxFileMiB)
+	}
 	if c.Gateway.MaxConnections < 1 {
 		f.fail("gateway.max_connections", "must be at least 1")
 	}
