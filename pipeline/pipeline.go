@@ -76,8 +76,15 @@ type file struct {
 // names in the run directory and of template references.
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
 
+// reservedNames are vagentctl run's subcommands, which a pipeline name
+// would hide.
+var reservedNames = map[string]bool{"list": true, "show": true, "follow": true, "cancel": true, "pause": true, "resume": true, "help": true}
+
 // ValidName reports why name cannot name a pipeline (nil when it can).
 func ValidName(name string) error {
+	if reservedNames[name] {
+		return fmt.Errorf("%q is not a pipeline name: vagentctl run %s is a command", name, name)
+	}
 	if !nameRE.MatchString(name) {
 		return fmt.Errorf("%q is not a pipeline name: a lowercase letter, then at most 63 lowercase letters, digits, '_' or '-'", name)
 	}
