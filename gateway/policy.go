@@ -23,11 +23,13 @@ func newPolicy(c *config.Gateway) policy {
 // agentView is what the policy sees of one agent.
 type agentView struct {
 	phase    phase
-	held     bool      // a stop by the control API is in progress
-	pinned   bool      // by a load request or by configuration
-	inflight int       // requests admitted and not yet released
-	waiting  int       // requests queued for it
-	oldest   time.Time // when the oldest of them arrived; zero if none
+	held     bool // a stop by the control API is in progress
+	pinned   bool // by a load request or by configuration
+	inflight int  // requests admitted and not yet released
+	waiting  int  // requests queued for it
+	// interactive of them are clients' (the rest are background work)
+	interactive int
+	oldest      time.Time // when the oldest of them arrived; zero if none
 	// A start in progress that nobody asked to keep: the control API
 	// neither asked for it nor waits for it, and it is not cancelled yet.
 	startCancellable bool
@@ -143,9 +145,19 @@ func (p policy) next(ag agentView, conflicts []agentView, now time.Time) (s step
 	return stepNone, time.Time{}
 }
 
-// schedOrder compares two agents with requests waiting: the one whose
-// oldest request arrived first goes first.
-func schedOrder(a, b agentView) int { return a.oldest.Compare(b.oldest) }
+// schedOrder compares two agents with requests waiting: one with
+// interactive requests waiting goes before one with background work only
+// (batches and pipelines yield to clients), then the one whose oldest
+// request arrived first.
+func schedOrder(a, b agentView) int {
+	if ai, bi := a.interactive > 0, b.interactive > 0; ai != bi {
+		if ai {
+			return -1
+		}
+		return 1
+	}
+	return a.oldest.Compare(b.oldest)
+}
 
 // cancelStart reports whether ag's start should be cancelled: nobody waits
 // for it any more, it is not pinned, and the control API did not ask for it.

@@ -118,7 +118,8 @@ func (g *Gateway) serveInference(w http.ResponseWriter, r *http.Request) {
 // response streams, which keeps the goroutines of open streams small.)
 func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (ag *agentRT, out []byte, jsonBody bool, err error) {
 	var key *keyEntry
-	if g.o.Keys != nil {
+	bg := isBackground(r.Context())
+	if g.o.Keys != nil && !bg {
 		k, aerr := g.authenticate(r)
 		if aerr != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vagent"`)
@@ -130,11 +131,15 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, nil, false, apiErr(http.StatusMethodNotAllowed, typeInvalidRequest, "%s %s: use POST", r.Method, r.URL.Path)
 	}
-	slot, aerr := g.admit(key)
-	if aerr != nil {
-		return nil, nil, false, aerr
+	if !bg {
+		// Background work is bounded by the executor's own concurrency,
+		// not by a client key's slots.
+		slot, aerr := g.admit(key)
+		if aerr != nil {
+			return nil, nil, false, aerr
+		}
+		x.slot, x.admitted = slot, true
 	}
-	x.slot, x.admitted = slot, true
 	body, aerr := g.readBody(w, r)
 	if aerr != nil {
 		return nil, nil, false, aerr
@@ -198,7 +203,7 @@ func joinStrings(s []string) string {
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, body []byte, jsonBody bool) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	l := &lease{cancel: cancel}
+	l := &lease{cancel: cancel, background: isBackground(r.Context())}
 	defer l.stopTimer()
 	defer g.release(l)
 	for attempt := 0; ; attempt++ {

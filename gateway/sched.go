@@ -62,6 +62,9 @@ type lease struct {
 	ag     *agentRT
 	cancel context.CancelCauseFunc
 	timer  *time.Timer // request_timeout, once admitted
+	// background marks vagentd's own work (batches, pipelines): it yields
+	// to interactive requests (see Load and schedOrder).
+	background bool
 }
 
 func (l *lease) stopTimer() {
@@ -121,6 +124,11 @@ func (g *Gateway) viewLocked(ag *agentRT) agentView {
 	}
 	if len(ag.waiters) > 0 {
 		v.oldest = ag.waiters[0].arrived
+	}
+	for _, w := range ag.waiters {
+		if !w.lease.background {
+			v.interactive++
+		}
 	}
 	if op := ag.op; op != nil {
 		v.startCancellable = !op.cancelled && !op.keep && op.refs == 0

@@ -27,24 +27,25 @@ func createTemp(dir, pattern string) (fileWriter, error) { return os.CreateTemp(
 // crash left them.
 const tmpPrefix = ".tmp-"
 
-// PutFile stores r's contents as a new file. The contents are written to a
-// temporary file, synced, renamed into place and the directory synced
-// before the row is committed, so a stored file is always whole. Past
-// Options.MaxFileBytes it returns ErrTooLarge; on any error (a full disk,
-// a reader that fails) nothing is left behind and earlier files are
-// untouched.
-func (s *Store) PutFile(ctx context.Context, purpose, filename string, r io.Reader) (File, error) {
-	f := File{ID: NewID("file-"), Purpose: purpose, Filename: filename, CreatedAt: time.UnixMilli(ms(s.now()))}
-	n, err := s.writeContents(f.ID, r)
+// PutFile stores r's contents as a new file with f's Owner, Purpose and
+// Filename (its other fields are set by the store), at most max bytes (0:
+// no bound; past it ErrTooLarge). The contents are written to a temporary
+// file, synced, renamed into place and the directory synced before the row
+// is committed, so a stored file is always whole. On any error (too large,
+// a full disk, a reader that fails) nothing is left behind and earlier
+// files are untouched.
+func (s *Store) PutFile(ctx context.Context, f File, r io.Reader, max int64) (File, error) {
+	f.ID, f.CreatedAt = NewID("file-"), time.UnixMilli(ms(s.now()))
+	n, err := s.writeContents(f.ID, r, max)
 	if err != nil {
-		return File{}, fmt.Errorf("store file %s: %w", filename, err)
+		return File{}, fmt.Errorf("store file %s: %w", f.Filename, err)
 	}
 	f.Bytes = n
-	_, err = s.db.ExecContext(ctx, `INSERT INTO files(id, purpose, filename, bytes, created_at) VALUES (?,?,?,?,?)`,
-		f.ID, f.Purpose, f.Filename, f.Bytes, ms(f.CreatedAt))
+	_, err = s.db.ExecContext(ctx, `INSERT INTO files(id, owner, purpose, filename, bytes, created_at) VALUES (?,?,?,?,?,?)`,
+		f.ID, f.Owner, f.Purpose, f.Filename, f.Bytes, ms(f.CreatedAt))
 	if err != nil {
 		os.Remove(s.contentPath(f.ID))
-		return File{}, fmt.Errorf("store file %s: %w", filename, err)
+		return File{}, fmt.Errorf("store file %s: %w", f.Filename, err)
 	}
 	return f, nil
 }
@@ -52,7 +53,7 @@ func (s *Store) PutFile(ctx context.Context, purpose, filename string, r io.Read
 func (s *Store) contentPath(id string) string { return filepath.Join(s.files, id) }
 
 // writeContents writes r to files/id atomically and returns its size.
-func (s *Store) writeContents(id string, r io.Reader) (n int64, err error) {
+func (s *Store) writeContents(id string, r io.Reader, max int64) (n int64, err error) {
 	tmp, err := s.o.create(s.files, tmpPrefix+id+"-*")
 	if err != nil {
 		return 0, err
@@ -64,15 +65,15 @@ func (s *Store) writeContents(id string, r io.Reader) (n int64, err error) {
 		}
 	}()
 	src := r
-	if s.o.MaxFileBytes > 0 {
-		src = io.LimitReader(r, s.o.MaxFileBytes+1)
+	if max > 0 {
+		src = io.LimitReader(r, max+1)
 	}
 	n, err = io.Copy(tmp, src)
 	if err != nil {
 		return 0, err
 	}
-	if s.o.MaxFileBytes > 0 && n > s.o.MaxFileBytes {
-		return 0, fmt.Errorf("%w: over %d bytes", ErrTooLarge, s.o.MaxFileBytes)
+	if max > 0 && n > max {
+		return 0, fmt.Errorf("%w: over %d bytes", ErrTooLarge, max)
 	}
 	if err = tmp.Sync(); err != nil {
 		return 0, err
@@ -99,12 +100,12 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-const fileCols = `id, purpose, filename, bytes, created_at`
+const fileCols = `id, owner, purpose, filename, bytes, created_at`
 
 func scanFile(sc interface{ Scan(...any) error }) (File, error) {
 	var f File
 	var created int64
-	if err := sc.Scan(&f.ID, &f.Purpose, &f.Filename, &f.Bytes, &created); err != nil {
+	if err := sc.Scan(&f.ID, &f.Owner, &f.Purpose, &f.Filename, &f.Bytes, &created); err != nil {
 		return File{}, err
 	}
 	f.CreatedAt = time.UnixMilli(created)

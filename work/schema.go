@@ -46,6 +46,7 @@ var migrations = []string{
 	CREATE INDEX items_state ON items(state, agent);
 	CREATE TABLE files (
 		id          TEXT PRIMARY KEY,
+		owner       TEXT NOT NULL DEFAULT '',
 		purpose     TEXT NOT NULL,
 		filename    TEXT NOT NULL,
 		bytes       INTEGER NOT NULL,

@@ -46,9 +46,6 @@ const (
 
 // Options bound what the store keeps.
 type Options struct {
-	// MaxFileBytes bounds one file; past it PutFile returns ErrTooLarge.
-	// Zero means no bound.
-	MaxFileBytes int64
 	// Retention is how long a job is kept after its last item ended (with
 	// its items and the files only it used), and how long a file that no
 	// job uses is kept. Zero keeps everything.
@@ -179,8 +176,12 @@ type Item struct {
 	// After is 0 or the item that must be done first (a pipeline: the same
 	// input's previous stage). If that one fails or is cancelled, so is
 	// this one.
-	After    int64
-	CustomID string
+	After int64
+	// AfterIndex, in CreateJob only, names the item to wait for among
+	// those of the same call: i+1 for items[i], 0 for none. CreateJob
+	// turns it into After, since ids are made by the insert.
+	AfterIndex int
+	CustomID   string
 	// Agent is the model name as the gateway resolves it.
 	Agent string
 	// Path is "/v1/chat/completions" or "/v1/completions".
@@ -198,7 +199,10 @@ type Item struct {
 
 // File is the metadata of a stored file.
 type File struct {
-	ID        string
+	ID string
+	// Owner is who may see the file (the Batch API: the API key's name;
+	// "" without keys). The store keeps it and does not interpret it.
+	Owner     string
 	Purpose   string
 	Filename  string
 	Bytes     int64
@@ -262,27 +266,9 @@ func (s *Store) CreateJob(ctx context.Context, j Job, items []Item) (Job, error)
 		j.Meta = json.RawMessage("{}")
 	}
 	now := s.now()
-	j.CreatedAt = time.UnixMilli(ms(now))
-	j.Counts = map[ItemState]int{}
-	open := 0
-	for _, it := range items {
-		st := it.State
-		if st == "" || st == Running {
-			st = Pending
-		}
-		j.Counts[st]++
-		if st == Pending {
-			open++
-		}
-	}
-	var ended sql.NullInt64
-	if open == 0 {
-		ended = sql.NullInt64{Int64: ms(now), Valid: true}
-		j.EndedAt = j.CreatedAt
-	}
 	err := s.tx(ctx, "create job "+j.ID, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs(id, kind, status, meta, paused, created_at, ended_at) VALUES (?,?,?,?,?,?,?)`,
-			j.ID, j.Kind, j.Status, string(j.Meta), j.Paused, ms(now), ended); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs(id, kind, status, meta, paused, created_at) VALUES (?,?,?,?,?,?)`,
+			j.ID, j.Kind, j.Status, string(j.Meta), j.Paused, ms(now)); err != nil {
 			return fmt.Errorf("create job %s: %w", j.ID, err)
 		}
 		if err := setFiles(ctx, tx, j.ID, j.Files); err != nil {
@@ -294,17 +280,42 @@ func (s *Store) CreateJob(ctx context.Context, j Job, items []Item) (Job, error)
 			return fmt.Errorf("create job %s: %w", j.ID, err)
 		}
 		defer stmt.Close()
+		ids := make([]int64, len(items))
 		for i, it := range items {
 			st := it.State
 			if st == "" || st == Running {
 				st = Pending
 			}
-			if _, err := stmt.ExecContext(ctx, j.ID, it.Seq, it.Stage, it.After, it.CustomID, it.Agent, it.Path,
-				it.Body, string(st), it.Status, it.Response, it.Error, ms(now), ms(now)); err != nil {
+			after := it.After
+			if it.AfterIndex != 0 {
+				if it.AfterIndex < 1 || it.AfterIndex > i {
+					return fmt.Errorf("create job %s: item %d: AfterIndex %d must name an earlier item of the same call (1..%d)", j.ID, i, it.AfterIndex, i)
+				}
+				after = ids[it.AfterIndex-1]
+			}
+			r, err := stmt.ExecContext(ctx, j.ID, it.Seq, it.Stage, after, it.CustomID, it.Agent, it.Path,
+				it.Body, string(st), it.Status, it.Response, it.Error, ms(now), ms(now))
+			if err != nil {
+				return fmt.Errorf("create job %s: item %d: %w", j.ID, i, err)
+			}
+			if ids[i], err = r.LastInsertId(); err != nil {
 				return fmt.Errorf("create job %s: item %d: %w", j.ID, i, err)
 			}
 		}
-		return nil
+		// Items refused up front take the items after them along, so that
+		// the job can still end.
+		for i, it := range items {
+			if it.State == Failed || it.State == Cancelled {
+				if err := failDependents(ctx, tx, ids[i], ms(now)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := markEnded(ctx, tx, j.ID, ms(now)); err != nil {
+			return err
+		}
+		j, err = getJob(ctx, tx, j.ID)
+		return err
 	})
 	if err != nil {
 		return Job{}, err

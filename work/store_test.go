@@ -148,7 +148,7 @@ func TestUpdateJob(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
 	j, _ := s.CreateJob(ctx, Job{Kind: "batch", Status: "validating"}, batchItems("dev"))
-	f, err := s.PutFile(ctx, "batch", "in.jsonl", strings.NewReader("{}\n"))
+	f, err := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "in.jsonl"}, strings.NewReader("{}\n"), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,12 +204,12 @@ func TestCancelJob(t *testing.T) {
 
 func TestPutFile(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, Options{MaxFileBytes: 10})
-	f, err := s.PutFile(ctx, "batch", "a.jsonl", strings.NewReader("0123456789"))
+	s := openTest(t, Options{})
+	f, err := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "a.jsonl"}, strings.NewReader("0123456789"), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(f.ID, "file-") || f.Bytes != 10 || f.Filename != "a.jsonl" || f.Purpose != "batch" {
+	if !strings.HasPrefix(f.ID, "file-") || f.Bytes != 10 || f.Filename != "a.jsonl" || f.Purpose != "batch" || f.Owner != "alice" {
 		t.Fatalf("file %+v", f)
 	}
 	rc, err := s.OpenFile(ctx, f.ID)
@@ -221,7 +221,7 @@ func TestPutFile(t *testing.T) {
 	if string(b) != "0123456789" {
 		t.Fatalf("contents %q", b)
 	}
-	if _, err := s.PutFile(ctx, "batch", "big.jsonl", strings.NewReader("0123456789x")); !errors.Is(err, ErrTooLarge) {
+	if _, err := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "big.jsonl"}, strings.NewReader("0123456789x"), 10); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("11 bytes over a 10-byte limit: %v", err)
 	}
 	assertOnlyFiles(t, s, f.ID)
@@ -293,12 +293,12 @@ func TestPutFileDiskFull(t *testing.T) {
 		}
 		return &failingWriter{f: f, room: 4}, nil
 	}})
-	old, err := s.PutFile(ctx, "batch", "old.jsonl", strings.NewReader("kept"))
+	old, err := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "old.jsonl"}, strings.NewReader("kept"), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	full = true
-	_, err = s.PutFile(ctx, "batch", "new.jsonl", strings.NewReader("does not fit"))
+	_, err = s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "new.jsonl"}, strings.NewReader("does not fit"), 0)
 	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "new.jsonl") {
 		t.Fatalf("disk full: %v, want ENOSPC naming the file", err)
 	}
@@ -315,7 +315,7 @@ func (errReader) Read([]byte) (int, error) { return 0, errors.New("client went a
 
 func TestPutFileReaderError(t *testing.T) {
 	s := openTest(t, Options{})
-	if _, err := s.PutFile(context.Background(), "batch", "x", io.MultiReader(strings.NewReader("abc"), errReader{})); err == nil {
+	if _, err := s.PutFile(context.Background(), File{Purpose: "batch", Filename: "x"}, io.MultiReader(strings.NewReader("abc"), errReader{}), 0); err == nil {
 		t.Fatal("a failing reader stored a file")
 	}
 	assertOnlyFiles(t, s)
@@ -330,7 +330,7 @@ func TestOpenCleansFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, _ := s.PutFile(ctx, "batch", "a", strings.NewReader("a"))
+	f, _ := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "a"}, strings.NewReader("a"), 10)
 	s.Close()
 	for _, name := range []string{tmpPrefix + "file-x-123", "file-orphan"} {
 		if err := os.WriteFile(filepath.Join(dir, FilesDir, name), []byte("x"), 0o600); err != nil {
@@ -392,19 +392,20 @@ func TestPragmas(t *testing.T) {
 func TestClaimOrderAndDependencies(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
-	j, _ := s.CreateJob(ctx, Job{Kind: "pipeline"}, []Item{
+	j, err := s.CreateJob(ctx, Job{Kind: "pipeline"}, []Item{
 		{Seq: 0, Stage: 0, Agent: "po", Path: "/v1/chat/completions"},
+		{Seq: 0, Stage: 1, AfterIndex: 1, Agent: "dev", Path: "/v1/chat/completions"},
 		{Seq: 1, Stage: 0, Agent: "po", Path: "/v1/chat/completions"},
-	})
-	items, _ := s.Items(ctx, j.ID)
-	// Second stage, added as a second job would be awkward: use a new job
-	// whose items come after the first job's.
-	j2, err := s.CreateJob(ctx, Job{Kind: "pipeline"}, []Item{
-		{Seq: 0, Stage: 1, After: items[0].ID, Agent: "dev", Path: "/v1/chat/completions"},
-		{Seq: 1, Stage: 1, After: items[1].ID, Agent: "dev", Path: "/v1/chat/completions"},
+		{Seq: 1, Stage: 1, AfterIndex: 3, Agent: "dev", Path: "/v1/chat/completions"},
+		{Seq: 1, Stage: 2, AfterIndex: 4, Agent: "architect", Path: "/v1/chat/completions"},
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	j2 := j
+	items, _ := s.Items(ctx, j.ID)
+	if items[1].After != items[0].ID || items[3].After != items[2].ID || items[4].After != items[3].ID {
+		t.Fatalf("AfterIndex not turned into ids: %+v", items)
 	}
 	qs, _ := s.Queues(ctx)
 	if len(qs) != 1 || qs[0].Agent != "po" || qs[0].Items != 2 {
@@ -425,7 +426,7 @@ func TestClaimOrderAndDependencies(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := s.Job(ctx, j2.ID)
-	if got.Counts[Failed] != 1 || got.Counts[Pending] != 1 {
+	if got.Counts[Failed] != 3 || got.Counts[Pending] != 1 || got.Counts[Done] != 1 {
 		t.Fatalf("dependent of a failed item: %+v", got.Counts)
 	}
 	c, _, ok, _ := s.claim(ctx, "dev")
@@ -434,6 +435,26 @@ func TestClaimOrderAndDependencies(t *testing.T) {
 	}
 	if _, _, ok, _ := s.claim(ctx, "dev"); ok {
 		t.Fatal("claimed the dependent of a failed item")
+	}
+	if _, err := s.CreateJob(ctx, Job{Kind: "pipeline"}, []Item{{Agent: "po", AfterIndex: 1}}); err == nil || !strings.Contains(err.Error(), "AfterIndex") {
+		t.Fatalf("AfterIndex naming itself: %v", err)
+	}
+}
+
+// An item refused up front (created failed) fails the items after it, so
+// the job ends.
+func TestCreateJobRefusedItemEndsChain(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{})
+	j, err := s.CreateJob(ctx, Job{Kind: "pipeline"}, []Item{
+		{Agent: "po", State: Failed, Error: "template: missing stage"},
+		{Agent: "dev", AfterIndex: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Counts[Failed] != 2 || j.EndedAt.IsZero() {
+		t.Fatalf("job %+v: want both failed and the job ended", j)
 	}
 }
 
@@ -476,8 +497,8 @@ func TestSweep(t *testing.T) {
 	s := openTest(t, Options{Retention: time.Hour})
 	t0 := time.Now()
 	s.now = func() time.Time { return t0 }
-	in, _ := s.PutFile(ctx, "batch", "in", strings.NewReader("x"))
-	loose, _ := s.PutFile(ctx, "batch", "loose", strings.NewReader("y"))
+	in, _ := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "in"}, strings.NewReader("x"), 10)
+	loose, _ := s.PutFile(ctx, File{Owner: "alice", Purpose: "batch", Filename: "loose"}, strings.NewReader("y"), 10)
 	done, _ := s.CreateJob(ctx, Job{Kind: "batch", Files: []string{in.ID}}, nil) // ended at once
 	live, _ := s.CreateJob(ctx, Job{Kind: "batch", Files: []string{in.ID}}, batchItems("dev"))
 	if err := s.finalize(ctx, done.ID); err != nil {
