@@ -43,6 +43,7 @@ type Config struct {
 	Gateway    Gateway
 	Units      Units
 	Supervisor Supervisor
+	Work       Work
 
 	// Agents are sorted by name.
 	Agents []*Agent
@@ -216,6 +217,25 @@ type Supervisor struct {
 	// StartBackoffMax bounds StartBackoff's doubling.
 	StartBackoffMax Duration `toml:"start_backoff_max"`
 }
+
+// Work tunes background work: OpenAI batches and pipeline runs, run
+// through the gateway grouped by agent.
+type Work struct {
+	// Concurrency bounds background requests in flight, all agents
+	// together: a client's request for another agent waits for at most
+	// these to finish before its switch.
+	Concurrency int `toml:"concurrency"`
+	// MaxAttempts bounds how often an item is sent when the gateway or
+	// engine could not serve it (5xx, 429, a cut request).
+	MaxAttempts int `toml:"max_attempts"`
+	// Retention is how long finished jobs, their items and files are kept;
+	// 0 keeps them until deleted.
+	Retention Duration `toml:"retention"`
+}
+
+// WorkDir holds the work store: the database of batches, pipeline runs and
+// their items, and the files' contents.
+func (c *Config) WorkDir() string { return c.Paths.StateDir + "/work" }
 
 // Agent is one vLLM server: a model with tuned flags, rendered as the unit
 // vagent@NAME.service.

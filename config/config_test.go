@@ -193,6 +193,16 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
 		},
 		{
+			name: "work concurrency",
+			main: "[work]\nretention = \"24h\"\nconcurrency = 0\n",
+			want: []string{"vagent.toml:3:", "work.concurrency: must be between 1 and 1024, not 0"},
+		},
+		{
+			name: "work retention",
+			main: "[work]\nretention = \"-1h\"\n",
+			want: []string{"vagent.toml:2:", "work.retention: must not be negative"},
+		},
+		{
 			name: "global switch mode",
 			main: "[supervisor]\nhealth_timeout = \"1m\"\nswitch_mode = \"hibernate\"\n",
 			want: []string{"vagent.toml:3:", "supervisor.switch_mode: must be \"restart\" or \"sleep\", not \"hibernate\""},

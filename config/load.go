@@ -122,6 +122,11 @@ func Defaults() Config {
 			StartBackoff:    Duration{5 * time.Second},
 			StartBackoffMax: Duration{5 * time.Minute},
 		},
+		Work: Work{
+			Concurrency: 4,
+			MaxAttempts: 3,
+			Retention:   Duration{30 * 24 * time.Hour},
+		},
 	}
 }
 

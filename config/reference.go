@@ -71,6 +71,9 @@ var mainDocs = map[string]keyDoc{
 	"supervisor.host_ram_budget_mib": {"Host RAM that sleeping agents may hold with their weights. Past it the least recently used sleeper is stopped for real; an agent whose weights alone exceed it sleeps at level 2. 0 means half of the host's MemAvailable (plus what sleepers already hold), read at each switch.", ""},
 	"supervisor.start_backoff":       {"How long vagentd refuses to start an agent again after its start failed (the gateway answers 503 with Retry-After and the failure's root cause). Each failure in a row doubles it up to start_backoff_max; a successful start, or `vagentctl restart`, clears it. 0 turns the backoff off. systemd's own start limit (units.start_limit_*) is never reset by vagent.", ""},
 	"supervisor.start_backoff_max":   {"The longest start backoff (start_backoff doubled per failure in a row stops growing here).", ""},
+	"work.concurrency":               {"Background requests (batch lines, pipeline stages) in flight at once, all agents together. A client's request for an agent that cannot run beside the one background work uses waits for at most these to finish before its switch.", ""},
+	"work.max_attempts":              {"How often a batch line or pipeline stage is sent when the gateway or engine could not serve it (5xx, 429, a cut request); then it fails. A 4xx answer fails it at once.", ""},
+	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work); files no job uses are kept as long from their upload. 0 keeps everything.", ""},
 }
 
 // agentDocs documents every key of an agent file.

@@ -84,6 +84,7 @@ func (c *Config) validateMain(data []byte) Errors {
 	checkNoControl(f, reflect.ValueOf(c.Gateway), "gateway")
 	checkNoControl(f, reflect.ValueOf(c.Units), "units")
 	checkNoControl(f, reflect.ValueOf(c.Supervisor), "supervisor")
+	checkNoControl(f, reflect.ValueOf(c.Work), "work")
 
 	if !oneOf(c.Engine.Kind, []string{EngineVLLM, EngineSim}) {
 		f.fail("engine.kind", "must be %q or %q, not %q", EngineVLLM, EngineSim, c.Engine.Kind)
@@ -162,6 +163,15 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if b, m := c.Supervisor.StartBackoff.Duration, c.Supervisor.StartBackoffMax.Duration; b > 0 && m < b {
 		f.fail("supervisor.start_backoff_max", "must be at least start_backoff (%s), not %s", b, m)
+	}
+	if c.Work.Concurrency < 1 || c.Work.Concurrency > 1024 {
+		f.fail("work.concurrency", "must be between 1 and 1024, not %d", c.Work.Concurrency)
+	}
+	if c.Work.MaxAttempts < 1 || c.Work.MaxAttempts > 100 {
+		f.fail("work.max_attempts", "must be between 1 and 100, not %d", c.Work.MaxAttempts)
+	}
+	if c.Work.Retention.Duration < 0 {
+		f.fail("work.retention", "must not be negative (0 keeps everything)")
 	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)

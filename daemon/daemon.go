@@ -3,10 +3,12 @@
 // the OpenAI-compatible endpoint on TCP and the control API on a unix
 // socket, and tells systemd when it is ready.
 //
-// vagentd keeps no state of its own: on start it rebuilds its view from
-// systemd and the GPU, and on stop it only stops serving. It never stops an
-// agent because it is itself stopping, so restarting or upgrading vagentd
-// leaves every engine running.
+// vagentd keeps no state of its own about agents: on start it rebuilds its
+// view from systemd and the GPU, and on stop it only stops serving. It never
+// stops an agent because it is itself stopping, so restarting or upgrading
+// vagentd leaves every engine running. The one thing it stores is accepted
+// background work (batches, pipeline runs) in the work store under the state
+// directory, which a new vagentd resumes.
 package daemon
 
 import (
@@ -199,6 +201,13 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	if err != nil {
 		return err
 	}
+	// Batches and pipeline runs: stored under the state directory, run by
+	// the executor through gw. Their APIs mount on api and ctl below.
+	store, executor, err := openWork(ctx, cfg, gw, reg, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
 
 	apiLn, err := net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
@@ -238,7 +247,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	// it stops only after the requests in flight are done.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
-	errc := make(chan error, 3+len(own))
+	errc := make(chan error, 4+len(own))
 	go func() { errc <- serve("gateway", api, apiLn) }()
 	for _, l := range own {
 		go func() { errc <- serve("agent listener", l.srv, l.ln) }()
@@ -249,6 +258,17 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		defer close(runDone)
 		if err := gw.Run(runCtx); err != nil && runCtx.Err() == nil {
 			errc <- fmt.Errorf("gateway: %w", err)
+		}
+	}()
+	// Background work stops first at shutdown: its requests in flight are
+	// cut and their items go back to pending, for the next vagentd.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	workDone := make(chan struct{})
+	go func() {
+		defer close(workDone)
+		if err := executor.Run(workCtx); err != nil && workCtx.Err() == nil {
+			errc <- fmt.Errorf("background work: %w", err)
 		}
 	}()
 
@@ -271,6 +291,12 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		log.Error("stopping after a failure: agents keep running", "err", failed)
 	}
 	_ = notify(sddaemon.SdNotifyStopping)
+	stopWork()
+	select {
+	case <-workDone:
+	case <-time.After(10 * time.Second):
+		log.Warn("background work did not stop within 10s")
+	}
 
 	// Stop accepting (closing the listeners: under socket activation
 	// systemd keeps its own copy open, so new connections wait in the

@@ -1,6 +1,7 @@
 package docs
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vagent-dev/vagent/gateway"
+	"github.com/vagent-dev/vagent/work"
 )
 
 // exported is every vagent_* metric family a gateway registers, with its
@@ -31,6 +33,14 @@ func exported(t *testing.T) map[string]*dto.MetricFamily {
 		"VLLM_SIM_LOAD_SECONDS": "0", "VLLM_SIM_TTFT_MS": "0", "VLLM_SIM_TOKENS_PER_SECOND": "1000"},
 		model7B, "--port", itoa(port), "--served-model-name", "po", "--max-model-len", "32768")
 	reg := prometheus.NewRegistry()
+	// The work executor's metrics (vagent_batch_*, vagent_pipeline_*), as
+	// vagentd registers them beside the gateway's.
+	st, err := work.Open(context.Background(), t.TempDir(), work.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	work.NewExecutor(st, work.Target{}, work.ExecOptions{Registry: reg})
 	v := startVagentd(t, cfg, gateway.Options{Switcher: &fakeSwitcher{cfg: cfg}, Registry: reg,
 		GPU: fakeGPU{total: 16376 << 20, free: 16000 << 20}})
 	code, _, body := v.post(t, "/v1/chat/completions", "", `{"model": "po", "stream": true, "stream_options": {"include_usage": true}, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi."}]}`)

@@ -76,14 +76,3 @@ func (g *Gateway) Load() []AgentLoad {
 	}
 	return out
 }
-
-// Resolve returns the agent a client's model name stands for (an agent
-// name, served name, alias or repository id, in any case), as the
-// gateway routes it; ok is false when no agent serves it.
-func (g *Gateway) Resolve(model string) (agent string, ok bool) {
-	ag, aerr := g.resolve(model, nil)
-	if aerr != nil {
-		return "", false
-	}
-	return ag.name, true
-}

@@ -111,13 +111,3 @@ func TestLoadAndInteractiveFirst(t *testing.T) {
 		t.Fatalf("switches %v: the interactive request's agent c should start before b's background work", order)
 	}
 }
-
-func TestResolve(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	if a, ok := e.g.Resolve("ORG/A-7B"); !ok || a != "a" {
-		t.Fatalf("resolve repository id: %q %v", a, ok)
-	}
-	if _, ok := e.g.Resolve("nope"); ok {
-		t.Fatal("resolved an unknown model")
-	}
-}
