@@ -166,16 +166,19 @@ func TestE2EPipelineSwitches(t *testing.T) {
 	}
 }
 
-// TestE2EPipelineBadInput: a pipeline naming an unknown agent or a stage
-// that does not exist, and an inputs file with a bad line, are refused
-// with the file and line, and no run is stored.
-func TestE2EPipelineBadInput(t *testing.T) {
+// TestE2EPipelineCLI: vagentctl run against a real vagentd. Bad input
+// first: a pipeline naming an unknown agent or a stage that does not
+// exist, and an inputs file with a bad line, are refused with the file and
+// line, and no run is stored. Then one input streams stage by stage under
+// its headers, and a detached run is paused, cancelled and followed.
+func TestE2EPipelineCLI(t *testing.T) {
 	g := newGatewayHost(t, nil)
 	bad := g.s.Path("bad.toml")
 	os.WriteFile(bad, []byte("[[stage]]\nname = \"stories\"\nagent = \"pm\"\nprompt = \"{{.Input}}\"\n\n"+
 		"[[stage]]\nname = \"design\"\nagent = \"architect\"\nprompt = \"\"\"\n{{stage \"storys\"}}\n\"\"\"\n"), 0o644)
 	ideas := g.s.Path("ideas.txt")
 	os.WriteFile(ideas, []byte("a chess clock\n\"a kitchen timer\n"), 0o644)
+	os.WriteFile(g.s.Path("three.txt"), []byte("one\ntwo\nthree\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -207,6 +210,43 @@ func TestE2EPipelineBadInput(t *testing.T) {
 	var l controlapi.RunList
 	if err := json.Unmarshal([]byte(stdout), &l); err != nil || len(l.Runs) != 0 {
 		t.Errorf("runs stored after bad input: %v %s", err, stdout)
+	}
+
+	// One input: each stage's answer under its header, in order, then the
+	// run directory.
+	stdout = g.mustCtl("run", "idea-to-code", "a todo app")
+	last := -1
+	for _, h := range []string{"## stories (po)\n\n", "## design (architect)\n\n", "## code (dev)\n\n", "\nrun directory: " + g.s.Path("var/lib/vagent/runs/run_")} {
+		i := strings.Index(stdout, h)
+		if i <= last {
+			t.Fatalf("output lacks %q after the previous header:\n%s", h, stdout)
+		}
+		if i+len(h) < len(stdout) && strings.HasPrefix(stdout[i+len(h):], "\n") && !strings.HasPrefix(h, "\nrun") {
+			t.Errorf("no answer under %q:\n%s", h, stdout)
+		}
+		last = i
+	}
+
+	// Detached, paused, cancelled: the pending items never run, the run
+	// ends cancelled (exit 1) with a directory of what was answered.
+	id := strings.TrimSpace(g.mustCtl("run", "idea-to-code", "--inputs", g.s.Path("three.txt"), "--detach"))
+	g.mustCtl("run", "pause", id)
+	var run controlapi.Run
+	if err := json.Unmarshal([]byte(g.mustCtl("run", "show", id, "--json")), &run); err != nil || run.Status != controlapi.RunPaused {
+		t.Fatalf("after pause: %+v %v", run, err)
+	}
+	g.mustCtl("run", "cancel", id)
+	stdout, stderr, code := g.ctl("run", "follow", id)
+	if code != 1 || !strings.Contains(stdout, "run "+id+" cancelled: ") || !strings.Contains(stderr, "vagentctl: run "+id+" cancelled") {
+		t.Fatalf("follow of a cancelled run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	run = controlapi.Run{}
+	if err := json.Unmarshal([]byte(g.mustCtl("run", "show", id, "--json")), &run); err != nil || run.Items["cancelled"] == 0 || run.Items["pending"] != 0 {
+		t.Fatalf("after cancel: %+v %v", run, err)
+	}
+	data, err := os.ReadFile(filepath.Join(run.Dir, "run.jsonl"))
+	if err != nil || strings.Count(string(data), "\n") != 9 || !strings.Contains(string(data), `"state":"cancelled"`) {
+		t.Errorf("run.jsonl of the cancelled run: %v\n%s", err, data)
 	}
 }
 
