@@ -158,7 +158,9 @@ func (r *Runs) serveEvents(w http.ResponseWriter, req *http.Request, id string) 
 	if err != nil {
 		return
 	}
-	seen := map[int64]bool{}
+	// The snapshot's items: ended ones are not told again, started ones
+	// not started again, whatever the channel still holds of them.
+	seen, started := map[int64]bool{}, map[int64]bool{}
 	for _, it := range items {
 		switch it.State {
 		case work.Done, work.Failed:
@@ -167,6 +169,7 @@ func (r *Runs) serveEvents(w http.ResponseWriter, req *http.Request, id string) 
 				return
 			}
 		case work.Running:
+			started[it.ID] = true
 			ev := event(m, work.Event{Type: work.EventStart, Seq: it.Seq, Stage: it.Stage, Agent: it.Agent})
 			if !send(ev) {
 				return
@@ -186,12 +189,12 @@ func (r *Runs) serveEvents(w http.ResponseWriter, req *http.Request, id string) 
 			if !ok {
 				return
 			}
+			if ev.Type != work.EventJob && seen[ev.ItemID] {
+				continue
+			}
 			switch ev.Type {
 			case work.EventJob:
 			case work.EventDone, work.EventFailed:
-				if seen[ev.ItemID] {
-					continue
-				}
 				seen[ev.ItemID] = true
 				it, err := r.store.Item(ctx, ev.ItemID)
 				if err != nil {
@@ -201,6 +204,12 @@ func (r *Runs) serveEvents(w http.ResponseWriter, req *http.Request, id string) 
 					return
 				}
 			default:
+				if ev.Type == work.EventStart {
+					if started[ev.ItemID] {
+						continue
+					}
+					started[ev.ItemID] = true
+				}
 				if !send(event(m, ev)) {
 					return
 				}
