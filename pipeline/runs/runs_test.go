@@ -365,11 +365,16 @@ func TestEventsStream(t *testing.T) {
 	if e.exec.subscribers(j.ID) != 1 {
 		t.Fatal("not subscribed")
 	}
-	e.exec.send(work.Event{JobID: j.ID, Type: work.EventStart, Seq: 0, Stage: 1, Agent: "architect"})
+	// What the channel still held of an item the snapshot showed ended
+	// is not told again.
+	first, _ := e.store.Items(ctx, j.ID)
+	e.exec.send(work.Event{JobID: j.ID, ItemID: first[0].ID, Type: work.EventDelta, Seq: 0, Stage: 0, Agent: "po", Text: "late"})
+	e.exec.send(work.Event{JobID: j.ID, ItemID: first[0].ID, Type: work.EventDone, Seq: 0, Stage: 0, Agent: "po"})
+	e.exec.send(work.Event{JobID: j.ID, ItemID: first[1].ID, Type: work.EventStart, Seq: 0, Stage: 1, Agent: "architect"})
 	if ev := next(); ev.Type != controlapi.EventStageStart || ev.Stage != "design" || ev.Agent != "architect" {
 		t.Fatalf("start event %+v", ev)
 	}
-	e.exec.send(work.Event{JobID: j.ID, Type: work.EventDelta, Seq: 0, Stage: 1, Agent: "architect", Text: "hel"})
+	e.exec.send(work.Event{JobID: j.ID, ItemID: first[1].ID, Type: work.EventDelta, Seq: 0, Stage: 1, Agent: "architect", Text: "hel"})
 	if ev := next(); ev.Type != controlapi.EventDelta || ev.Text != "hel" || ev.Stage != "design" {
 		t.Fatalf("delta %+v", ev)
 	}
