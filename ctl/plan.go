@@ -23,12 +23,12 @@ func planCmd() *cli.Command {
 			"estimates the weights, the KV cache bytes per token, the activation reserve and the CUDA context and graphs, " +
 			"against each agent's budget (gpu_memory_utilization × the GPU's memory). GPU sizes come from NVML, from " +
 			"gpu.sim_total_mib with the simulator, or from --gpu-total-mib. Exits 1 when an agent cannot start on its GPU " +
-			"as configured.",
-		Flags: []cli.Flag{
+			"as configured. " + planSwitchDescription,
+		Flags: append([]cli.Flag{
 			&cli.Uint64Flag{Name: "gpu-total-mib", Usage: "plan for GPUs of this many MiB (a 16 GB card reports about 16376, a 24 GB one 24564)"},
 			&cli.BoolFlag{Name: "offline", Usage: "never ask the Hub (as with HF_HUB_OFFLINE=1)"},
 			jsonFlag,
-		},
+		}, planSwitchFlags()...),
 		OnUsageError: subUsageError,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			cfg, err := configNoArgs(cmd)
@@ -42,6 +42,9 @@ func planCmd() *cli.Command {
 			r := plan.ResolverFromEnv(cfg, os.Getenv)
 			r.Offline = r.Offline || cmd.Bool("offline")
 			p := plan.Make(ctx, cfg, totals, source, r)
+			if p.Switching, err = planSwitching(ctx, cmd, cfg, p); err != nil {
+				return err
+			}
 			out := cmd.Root().Writer
 			if cmd.Bool("json") {
 				if err := writeJSON(out, p); err != nil {

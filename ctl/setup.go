@@ -21,6 +21,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	"github.com/vagent-dev/vagent/config"
+	"github.com/vagent-dev/vagent/plan"
 	"github.com/vagent-dev/vagent/supervisor"
 	"github.com/vagent-dev/vagent/units"
 )
@@ -99,6 +100,10 @@ type setupReport struct {
 	Steps []setupOutcome `json:"steps"`
 	State string         `json:"state_file"`
 	OK    bool           `json:"ok"`
+	// Switching is the advice on sleep mode (setupSwitching), Advice its
+	// figures when known.
+	Switching string       `json:"switching"`
+	Advice    *plan.Advice `json:"switching_advice,omitempty"`
 }
 
 func setupCmd() *cli.Command {
@@ -210,6 +215,7 @@ func runSetup(ctx context.Context, cmd *cli.Command, cfg *config.Config, from in
 		}
 		rep.Steps = append(rep.Steps, o)
 	}
+	rep.Advice, rep.Switching = setupSwitching(ctx, cfg)
 	if jsonOut {
 		if err := writeJSON(stdout, rep); err != nil {
 			return err
@@ -382,6 +388,9 @@ func writeSetupReport(w io.Writer, rep *setupReport) {
 		if n := counts[s.status]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n, s.word))
 		}
+	}
+	if rep.Switching != "" {
+		fmt.Fprintf(w, "switching: %s\n", rep.Switching)
 	}
 	fmt.Fprintf(w, "setup: %s; progress kept in %s\n", strings.Join(parts, ", "), rep.State)
 }

@@ -137,6 +137,14 @@ var producers = map[string]func(t *testing.T) string{
 		}
 		return out
 	},
+	"plan-switch": func(t *testing.T) string {
+		cfgPath := installConfig(t, "configs", map[string]any{"supervisor.switch_mode": "sleep"}, nil)
+		out, errOut, code := vagentctl(t, "--config", cfgPath, "plan", "--offline", "--host-ram-mib", "49152")
+		if code != 0 {
+			t.Fatalf("plan: exit %d\n%s%s", code, out, errOut)
+		}
+		return out
+	},
 	// The host.
 	"doctor-no-driver": func(t *testing.T) string {
 		return doctorOf(t, map[string]any{"engine.kind": "vllm", "gpu.backend": "nvml"}, nil)
@@ -164,6 +172,13 @@ var producers = map[string]func(t *testing.T) string{
 					return nil, &net.OpError{Op: "listen", Net: network, Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}
 				}
 				return net.Listen(network, "127.0.0.1:0")
+			}
+		})
+	},
+	"doctor-sleep-does-not-fit": func(t *testing.T) string {
+		return doctorOf(t, map[string]any{"supervisor.switch_mode": "sleep"}, func(e *doctor.Env, cfg *config.Config) {
+			e.Meminfo = func() (plan.Meminfo, error) {
+				return plan.Meminfo{TotalBytes: 16 << 30, AvailableBytes: 12 << 30, Source: "/proc/meminfo"}, nil
 			}
 		})
 	},

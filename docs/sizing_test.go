@@ -254,6 +254,7 @@ var generatedRE = regexp.MustCompile(`(?s)(<!-- generated: ([a-z-]+) -->\n)(.*?)
 func TestSizingTablesArePlans(t *testing.T) {
 	tables := map[string]func(*testing.T) string{
 		"models": modelsTable, "shipped": shippedTable, "cards": cardsTable, "tensor-parallel": tpTable,
+		"switch": switchTable,
 	}
 	data, err := os.ReadFile(sizingFile)
 	if err != nil {
@@ -290,4 +291,26 @@ func TestSizingTablesArePlans(t *testing.T) {
 	for _, f := range failed {
 		t.Errorf("%s: %s (VAGENT_UPDATE_DOCS=1 go test ./docs -run TestSizingTablesArePlans rewrites it)", sizingFile, f)
 	}
+}
+
+// switchTable is plan's switch costs of each shipped model, as the first
+// shipped agent that uses it runs it, at the default rates.
+func switchTable(t *testing.T) string {
+	cfg, agents := shippedModels(t)
+	var b strings.Builder
+	b.WriteString("| model | checkpoint | cold start | wake from level 1 | wake from level 2 | host RAM asleep at level 1 |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|\n")
+	for _, a := range agents {
+		c := *cfg
+		c.Agents = []*config.Agent{a}
+		totals := map[int]uint64{}
+		for _, g := range a.GPUs {
+			totals[g] = 49140 << 20 // every shipped model fits: the costs do not depend on the card
+		}
+		p := plan.Build(&c, totals, "--gpu-total-mib", offlineFacts(t, &c))
+		s := plan.Switch(&c, p, plan.Meminfo{TotalBytes: 64 << 30, AvailableBytes: 64 << 30}, plan.DefaultRates, nil).Agents[0]
+		fmt.Fprintf(&b, "| `%s` | %s | %.1f s | %.1f s | %.1f s | %s |\n", a.Model, plan.GB(p.Agents[0].Facts.WeightsBytes),
+			s.ColdStart.Seconds, s.WakeLevel1.Seconds, s.WakeLevel2.Seconds, gib(s.HostLevel1Bytes))
+	}
+	return b.String()
 }

@@ -72,6 +72,9 @@ type Env struct {
 	Facts func(ctx context.Context, a *config.Agent) *plan.Facts
 	// ProcModules is the kernel's module list (/proc/modules).
 	ProcModules string
+	// Meminfo reads the host's memory (/proc/meminfo) for the switching
+	// check; nil skips it.
+	Meminfo func() (plan.Meminfo, error)
 }
 
 // HostEnv is the real host for cfg: GPU facts from the backend cfg names.
@@ -111,6 +114,7 @@ func HostEnvWithGPU(cfg *config.Config, b gpu.Backend) Env {
 		OpenGPU:     func() (gpu.Backend, error) { return b, nil },
 		Facts:       r.Facts,
 		ProcModules: "/proc/modules",
+		Meminfo:     plan.ReadMeminfo,
 	}
 }
 
@@ -177,6 +181,7 @@ func (d *Doctor) Run(ctx context.Context) *Report {
 	for _, check := range []func(context.Context){
 		d.checkDriver, d.checkCompute, d.checkUVM, d.checkEngine, d.checkModels,
 		d.checkUnits, d.checkSampling, d.checkSystemd, d.checkPorts, d.checkDisk, d.checkPlan,
+		d.checkSwitching,
 	} {
 		check(ctx)
 	}

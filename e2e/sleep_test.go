@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vagent-dev/vagent/plan"
 )
 
 // sleepBudgetMiB is the host RAM budget of the sleep tests: two sleepers'
@@ -172,6 +175,28 @@ func TestE2ESleep(t *testing.T) {
 		}
 		if out := g.mustCtl("status"); !strings.Contains(out, "sleeping (level 1)") {
 			t.Errorf("vagentctl status does not show the sleeper:\n%s", out)
+		}
+	})
+
+	t.Run("plan shows the cold starts and wakes vagentd timed", func(t *testing.T) {
+		// plan exits 1 when an agent cannot start alone on this test's
+		// card; its JSON is what is checked here.
+		out, errOut, _ := g.ctl("plan", "--offline", "--json", "--host-ram-mib", "65536")
+		var p plan.Plan
+		if err := json.Unmarshal([]byte(out), &p); err != nil || p.Switching == nil {
+			t.Fatalf("plan --json: %v\n%s%s", err, out, errOut)
+		}
+		for _, a := range p.Switching.Agents {
+			if a.Agent != "dev" && a.Agent != "po" {
+				continue
+			}
+			if a.ColdStart == nil || !a.ColdStart.Measured || a.ColdStart.Seconds <= 0 ||
+				a.WakeLevel1 == nil || !a.WakeLevel1.Measured || a.WakeLevel1.Seconds <= 0 {
+				t.Errorf("%s: cold start %+v, level-1 wake %+v; want both measured by vagentd", a.Agent, a.ColdStart, a.WakeLevel1)
+			}
+		}
+		if out := g.mustCtl("status", "--json"); !strings.Contains(out, `"cold_start_ns"`) || !strings.Contains(out, `"wake_level1_ns"`) {
+			t.Errorf("status --json lacks the measured times:\n%s", out)
 		}
 	})
 

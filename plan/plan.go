@@ -230,6 +230,9 @@ type Plan struct {
 	ReserveBytes uint64     `json:"reserve_bytes"`
 	GPUs         []GPU      `json:"gpus"`
 	Agents       []Estimate `json:"agents"`
+	// Switching, when set (Switch), is what switches cost and whether the
+	// host RAM holds the agents asleep.
+	Switching *Switching `json:"switching,omitempty"`
 }
 
 // Failing are the agents that cannot start alone on their GPU as configured.

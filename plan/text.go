@@ -85,6 +85,10 @@ func (p *Plan) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "together on GPU %d: %s\n", g.Index, togetherText(g))
 	}
 	fmt.Fprintln(w)
+	if p.Switching != nil {
+		p.Switching.WriteSwitchText(w)
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintln(w, p.Verdict())
 	return nil
 }

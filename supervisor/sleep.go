@@ -53,17 +53,24 @@ func (s *Supervisor) wakeLocked(ctx context.Context, a *config.Agent, st UnitSta
 	}
 	t0 := time.Now()
 	s.o.Log.Info("waking agent", "agent", a.Name, "unit", a.Unit())
-	if err := s.wake(ctx, a, st); err != nil {
+	level, err := s.wake(ctx, a, st)
+	if err != nil {
 		return &wakeError{agent: a.Name, err: err}
 	}
 	res.Woken, res.WakeDuration = true, time.Since(t0)
+	s.timedWake(a.Name, level, res.WakeDuration)
 	s.o.Log.Info("agent awake", "agent", a.Name, "after", res.WakeDuration.Round(time.Millisecond))
 	return nil
 }
 
-// wake runs vLLM's wake sequence on a's engine.
-func (s *Supervisor) wake(ctx context.Context, a *config.Agent, st UnitState) error {
+// wake runs vLLM's wake sequence on a's engine, and says from which level
+// it woke (0: unknown, woken as from level 2).
+func (s *Supervisor) wake(ctx context.Context, a *config.Agent, st UnitState) (int, error) {
 	level := s.sleepNote(a, st)
+	return level, s.wakeFrom(ctx, a, level)
+}
+
+func (s *Supervisor) wakeFrom(ctx context.Context, a *config.Agent, level int) error {
 	if err := s.engineCall(ctx, func(ctx context.Context) error { return s.client(a).Wake(ctx) }); err != nil {
 		return err
 	}

@@ -36,6 +36,9 @@ type AgentStatus struct {
 	// Backoff, while the agent is in its start backoff, says until when
 	// and why: its starts failed, and it is not started again before.
 	Backoff *Backoff `json:"backoff,omitempty"`
+	// Measured are the cold start and wakes this supervisor timed for the
+	// agent (vagentd's: vagentctl plan uses them); nil before any.
+	Measured *SwitchTimes `json:"measured,omitempty"`
 }
 
 // Status reports every configured agent, rebuilt from systemd, the GPU and,
@@ -75,6 +78,7 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 		if b, ok := s.Backoff(a.Name); ok {
 			as.Backoff = &b
 		}
+		as.Measured = s.timings.get(a.Name)
 		if st.Running() {
 			as.Healthy = s.healthy(ctx, a)
 		}

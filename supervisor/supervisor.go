@@ -126,6 +126,9 @@ type Supervisor struct {
 	// backoffs are the agents whose last starts failed, by name.
 	boMu     sync.Mutex
 	backoffs map[string]*backoff
+
+	// timings are the starts and wakes timed, for Status.
+	timings timings
 }
 
 // measured is a residual measured from the GPU after a sleep.
@@ -486,7 +489,11 @@ func (s *Supervisor) startLocked(ctx context.Context, a *config.Agent) error {
 		}
 		return err
 	}
-	return s.waitReady(ctx, a, started)
+	if err := s.waitReady(ctx, a, started); err != nil {
+		return err
+	}
+	s.timedColdStart(a.Name, time.Since(started))
+	return nil
 }
 
 // checkNeverFits refuses, before anything is evicted, an agent that cannot
