@@ -183,6 +183,15 @@ func runSubmit(ctx context.Context, cmd *cli.Command) error {
 	return follow(ctx, cmd, dc, run)
 }
 
+// followLostError is a follow that vagentd ended before the run did (it
+// restarted): the run is stored and goes on in the next vagentd.
+type followLostError struct {
+	error
+	id string
+}
+
+func (e *followLostError) Unwrap() error { return e.error }
+
 // inputsError is a bad inputs file: nothing was submitted.
 type inputsError struct{ error }
 
@@ -215,6 +224,10 @@ func follow(ctx context.Context, cmd *cli.Command, dc *controlapi.Client, run *c
 		if ctx.Err() != nil {
 			fmt.Fprintf(errw, "\nstopped following; run %s goes on.\nfollow it again: vagentctl run follow %s\ncancel it:       vagentctl run cancel %s\n", run.ID, run.ID, run.ID)
 			return nil
+		}
+		var ce *controlapi.Error
+		if errors.As(err, &ce) && ce.Lost {
+			return &followLostError{err, run.ID}
 		}
 		return err
 	}
@@ -457,8 +470,11 @@ func runHint(err error) string {
 		de *daemonDownError
 		fe *runFailedError
 		ie *inputsError
+		le *followLostError
 	)
 	switch {
+	case errors.As(err, &le):
+		return fmt.Sprintf("run %s is stored and goes on when vagentd is back: vagentctl run follow %s", le.id, le.id)
 	case errors.As(err, &de):
 		return "start it: systemctl start vagentd"
 	case errors.As(err, &fe):

@@ -240,3 +240,15 @@ func TestRunBadInputsSubmitNothing(t *testing.T) {
 		t.Errorf("submitted %+v", h.got)
 	}
 }
+
+// TestRunFollowLost: a vagentd that ends the stream before the run (a
+// restart) is an error with the way back to the run.
+func TestRunFollowLost(t *testing.T) {
+	h := newRunHost(t)
+	h.events = []controlapi.RunEvent{{Type: controlapi.EventStageStart, Stage: "stories", Agent: "po"}}
+	_, stderr, code := h.run(t, context.Background(), "idea-to-code", "x")
+	want := "the event stream ended before the run did; see journalctl -u vagentd\nhint: run run_1 is stored and goes on when vagentd is back: vagentctl run follow run_1\n"
+	if code != ExitFailure || !strings.HasSuffix(stderr, want) {
+		t.Errorf("exit %d, stderr:\n%s\nwant it to end with:\n%s", code, stderr, want)
+	}
+}
