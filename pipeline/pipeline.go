@@ -177,7 +177,7 @@ func Parse(cfg *config.Config, name string, data []byte) (*Pipeline, error) {
 		switch {
 		case st.Agent == "":
 			fail(ln.header, field+".agent", "missing: every stage names an agent")
-		case agentOf(cfg, st.Agent) == nil:
+		case AgentOf(cfg, st.Agent) == nil:
 			fail(ln.agent, field+".agent", "unknown agent %q; the configured agents: %s", st.Agent, strings.Join(agentNames(cfg), ", "))
 		}
 		if st.MaxTokens < 0 {
@@ -199,8 +199,9 @@ func Parse(cfg *config.Config, name string, data []byte) (*Pipeline, error) {
 	return pl, nil
 }
 
-// agentOf finds the agent a stage names, by any of its names.
-func agentOf(cfg *config.Config, name string) *config.Agent {
+// AgentOf finds the agent a stage names, by any of its names (nil when
+// none has it).
+func AgentOf(cfg *config.Config, name string) *config.Agent {
 	for _, a := range cfg.Agents {
 		for _, n := range a.Names() {
 			if n == name {

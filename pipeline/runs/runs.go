@@ -132,7 +132,9 @@ func (r *Runs) Submit(ctx context.Context, req controlapi.RunRequest) (*controla
 	// Stages name agents by any of their names; items carry the agent's
 	// own, so that the executor groups a stage's items by agent.
 	for i := range pl.Stages {
-		pl.Stages[i].Agent = agentName(r.cfg, pl.Stages[i].Agent)
+		if a := pipeline.AgentOf(r.cfg, pl.Stages[i].Agent); a != nil {
+			pl.Stages[i].Agent = a.Name
+		}
 	}
 	m, err := json.Marshal(meta{Pipeline: pl, Inputs: req.Inputs})
 	if err != nil {
@@ -163,17 +165,6 @@ func Items(pl *pipeline.Pipeline, inputs int) []work.Item {
 		}
 	}
 	return items
-}
-
-func agentName(cfg *config.Config, name string) string {
-	for _, a := range cfg.Agents {
-		for _, n := range a.Names() {
-			if n == name {
-				return a.Name
-			}
-		}
-	}
-	return name
 }
 
 // BadRequest is a submit the caller must fix: a bad pipeline or input.
