@@ -10,8 +10,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"os/user"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,7 +175,13 @@ func TestE2EPipelineSwitches(t *testing.T) {
 // line, and no run is stored. Then one input streams stage by stage under
 // its headers, and a detached run is paused, cancelled and followed.
 func TestE2EPipelineCLI(t *testing.T) {
-	g := newGatewayHost(t, nil)
+	// The control socket's group (here one every Debian has): those who may
+	// submit runs may read their directories.
+	grp, err := user.LookupGroup("daemon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGatewayHost(t, map[string]any{"gateway.control_group": "daemon"})
 	bad := g.s.Path("bad.toml")
 	os.WriteFile(bad, []byte("[[stage]]\nname = \"stories\"\nagent = \"pm\"\nprompt = \"{{.Input}}\"\n\n"+
 		"[[stage]]\nname = \"design\"\nagent = \"architect\"\nprompt = \"\"\"\n{{stage \"storys\"}}\n\"\"\"\n"), 0o644)
@@ -225,6 +234,22 @@ func TestE2EPipelineCLI(t *testing.T) {
 			t.Errorf("no answer under %q:\n%s", h, stdout)
 		}
 		last = i
+	}
+
+	// The run directory and its files belong to the control group.
+	dir := strings.TrimSpace(stdout[strings.LastIndex(stdout, "run directory: ")+len("run directory: "):])
+	for _, p := range []string{dir, filepath.Join(dir, "run.jsonl"), filepath.Join(dir, "1-code.md")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o640)
+		if fi.IsDir() {
+			want = 0o750
+		}
+		if gid := fi.Sys().(*syscall.Stat_t).Gid; strconv.Itoa(int(gid)) != grp.Gid || fi.Mode().Perm() != want {
+			t.Errorf("%s: group %d mode %v, want group %s (daemon) mode %v", p, gid, fi.Mode().Perm(), grp.Gid, want)
+		}
 	}
 
 	// Detached, paused, cancelled: the pending items never run, the run
