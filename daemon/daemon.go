@@ -208,7 +208,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		return err
 	}
 	defer store.Close()
-	control := openPipelines(ctx, cfg, store, executor, gw.ControlHandler(), log)
+	openPipelines(ctx, cfg, store, executor, gw, log)
 
 	apiLn, err := net.Listen("tcp", cfg.Gateway.Listen)
 	if err != nil {
@@ -242,7 +242,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		defer ln.Close()
 		own = append(own, agentListener{gw.AgentServer(a.Name, errLog), gw.Listener(ln)})
 	}
-	ctl := &http.Server{Handler: control, ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 
 	// The gateway's own loop (idle stops, metrics) outlives the listeners:
 	// it stops only after the requests in flight are done.
