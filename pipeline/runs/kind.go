@@ -49,19 +49,23 @@ func (r *Runs) Prepare(ctx context.Context, s *work.Store, j work.Job, it work.I
 	if it.Stage < 0 || it.Stage >= len(m.Pipeline.Stages) || it.Seq < 0 || it.Seq >= len(m.Inputs) {
 		return nil, fmt.Errorf("run %s: item %d: no stage %d of input %d", j.ID, it.ID, it.Stage, it.Seq)
 	}
-	items, err := s.Items(ctx, j.ID)
-	if err != nil {
-		return nil, err
-	}
+	// The same input's earlier stages, back along the After chain: a few
+	// reads whatever the run's size.
 	outs := map[string]string{}
-	for _, o := range items {
-		if o.Seq == it.Seq && o.Stage < it.Stage && o.State == work.Done {
-			a, err := ParseAnswer(o.Response)
-			if err != nil {
-				return nil, fmt.Errorf("run %s: input %d: stage %s's answer: %w", j.ID, it.Seq+1, m.Pipeline.Stages[o.Stage].Name, err)
-			}
-			outs[m.Pipeline.Stages[o.Stage].Name] = a.Content
+	for id, n := it.After, 0; id != 0 && n < len(m.Pipeline.Stages); n++ {
+		o, err := s.Item(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("run %s: input %d: an earlier stage: %w", j.ID, it.Seq+1, err)
 		}
+		if o.Stage < 0 || o.Stage >= len(m.Pipeline.Stages) || o.State != work.Done {
+			return nil, fmt.Errorf("run %s: input %d: stage %d is %s, not done", j.ID, it.Seq+1, o.Stage, o.State)
+		}
+		a, err := ParseAnswer(o.Response)
+		if err != nil {
+			return nil, fmt.Errorf("run %s: input %d: stage %s's answer: %w", j.ID, it.Seq+1, m.Pipeline.Stages[o.Stage].Name, err)
+		}
+		outs[m.Pipeline.Stages[o.Stage].Name] = a.Content
+		id = o.After
 	}
 	prompt, err := m.Pipeline.Render(it.Stage, pipeline.Data{Input: m.Inputs[it.Seq], Index: it.Seq + 1, Count: len(m.Inputs), Stages: outs})
 	if err != nil {
