@@ -117,7 +117,7 @@ rpm: pkg-stage
 lintian: deb
 	lintian --fail-on error,warning --display-info $(DEB)
 
-## security: systemd-analyze security of the packaged units (vagent@dev <= 2.5, vagentd <= 2.0)
+## security: systemd-analyze security of the packaged units (vagent@dev <= 2.5, vagentd <= 1.7)
 security: deb
 	packaging/security.sh $(DEB)
 
@@ -125,6 +125,6 @@ security: deb
 pkg-compare: deb rpm
 	packaging/compare.sh $(DEB) $(RPM)
 
-## install-test: install the .deb into a clean Debian root, boot it, use it, upgrade, purge (root)
+## install-test: install the .deb into a clean Debian root, boot it, use it, upgrade while clients stream (0 refused, 0 cut), purge (root)
 install-test:
 	GO=$(GO) MAKE=$(MAKE) VERSION=$(VERSION) PKG_RELEASE=$(PKG_RELEASE) packaging/test/install-test.sh

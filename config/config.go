@@ -5,7 +5,9 @@
 package config
 
 import (
+	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -378,12 +380,15 @@ func (a *Agent) ServedName() string {
 // total, unless the agent pins kv_cache_memory_bytes, in which case vLLM
 // ignores the utilization and the budget is the KV size plus weightsBytes (the
 // per-GPU weights and overhead estimate; 0 when unknown falls back to the
-// utilization rule, which over- rather than under-estimates).
+// utilization rule, which over- rather than under-estimates). Rounded up,
+// as vLLM's free-memory check rounds (math.ceil in request_memory,
+// v1/worker/utils.py, 0.18): a byte less lets a start through that vLLM
+// refuses.
 func (a *Agent) Budget(total, weightsBytes uint64) uint64 {
 	if a.KVCacheMemoryBytes > 0 && weightsBytes > 0 {
 		return a.KVCacheMemoryBytes + weightsBytes
 	}
-	return uint64(a.GPUMemoryUtilization * float64(total))
+	return uint64(math.Ceil(a.GPUMemoryUtilization * float64(total)))
 }
 
 // SwitchMode is how switches treat agent a: its own switch_mode, else
@@ -480,4 +485,18 @@ func CannotShare(a, b *Agent, total, reserve uint64) bool {
 		usable = total - reserve
 	}
 	return a.Budget(total, 0)+b.Budget(total, 0) > usable
+}
+
+// CannotShareOn is CannotShare on every GPU a and b share, with totals the
+// GPUs' sizes by index (a size not in totals is unknown): they cannot run
+// together when any of those GPUs cannot hold both, as units render
+// Conflicts= for them. Cards of different sizes can differ: the reserve is
+// a larger part of a smaller card.
+func CannotShareOn(a, b *Agent, totals map[int]uint64, reserve uint64) bool {
+	for _, g := range a.GPUs {
+		if slices.Contains(b.GPUs, g) && CannotShare(a, b, totals[g], reserve) {
+			return true
+		}
+	}
+	return false
 }

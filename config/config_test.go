@@ -51,6 +51,16 @@ func TestShippedConfigsLoad(t *testing.T) {
 		t.Errorf("shipped default engine %s/%s, want the simulator", c.Engine.Kind, c.GPU.Backend)
 	}
 	shipped(t, "configs/examples/24gb")
+	two := shipped(t, "configs/examples/2x24gb")
+	if two.GPU.SimCount != 2 {
+		t.Errorf("2x24gb: gpu.sim_count %d, want 2", two.GPU.SimCount)
+	}
+	for name, gpus := range map[string][]int{"architect": {0, 1}, "dev": {1}, "po": {0}} {
+		a := two.Agent(name)
+		if a == nil || !reflect.DeepEqual(a.GPUs, gpus) || a.TensorParallelSize != len(gpus) {
+			t.Errorf("2x24gb %s: %+v, want gpus %v with tensor_parallel_size %d", name, a, gpus, len(gpus))
+		}
+	}
 }
 
 func TestShippedDefaultsMatchCodeDefaults(t *testing.T) {
@@ -188,6 +198,16 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 			want:   []string{"env: CUDA_VISIBLE_DEVICES is set by vagent itself"},
 		},
 		{
+			name:   "Hub token in an agent's env",
+			agents: map[string]string{"po": goodAgent + "[env]\nHF_TOKEN = \"hf_abc\"\n"},
+			want:   []string{"agents/po.toml:", `agent "po"`, "env: HF_TOKEN looks like a secret", "HF_HOME/token"},
+		},
+		{
+			name: "a secret in engine.env",
+			main: "[engine]\nkind = \"sim\"\n[engine.env]\nWANDB_API_KEY = \"x\"\n",
+			want: []string{"vagent.toml:", "engine.env: WANDB_API_KEY looks like a secret"},
+		},
+		{
 			name: "engine kind",
 			main: "[engine]\nkind = \"docker\"\n",
 			want: []string{"vagent.toml:2:", "engine.kind: must be \"vllm\" or \"sim\""},
@@ -320,8 +340,10 @@ func TestBudgetAndCannotShare(t *testing.T) {
 	b := &Agent{Name: "b", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
 	c := &Agent{Name: "c", GPUs: []int{0}, GPUMemoryUtilization: 0.4}
 	d := &Agent{Name: "d", GPUs: []int{1}, GPUMemoryUtilization: 0.92}
-	if got := a.Budget(total, 0); got != uint64(0.92*float64(total)) {
-		t.Errorf("budget %d", got)
+	// vLLM 0.18 requests math.ceil(total × utilization): 0.92 × 16376 MiB
+	// is 15797762129.92 bytes, so 15797762130.
+	if got := a.Budget(total, 0); got != 15797762130 {
+		t.Errorf("budget %d, want 15797762130 (rounded up, as vLLM does)", got)
 	}
 	pinned := &Agent{GPUMemoryUtilization: 0.9, KVCacheMemoryBytes: 2 << 30}
 	if got := pinned.Budget(total, 5<<30); got != 7<<30 {
@@ -403,5 +425,25 @@ func TestAgentListenConflicts(t *testing.T) {
 	}
 	if _, err := Load(writeConfig(t, "", map[string]string{"a": model + "listen = \"127.0.0.1:8000\"\n", "b": model + "listen = \"127.0.0.1:8001\"\n"})); err != nil {
 		t.Errorf("two listeners on two ports: %v", err)
+	}
+}
+
+// Two tensor-parallel agents over a 48 GiB and a 16 GiB card at 0.48 each:
+// both fit the big card beside 1 GiB kept free, not the small one, so they
+// cannot run together, as units render it (a Conflicts= per shared card).
+func TestCannotShareOnEveryCard(t *testing.T) {
+	a := &Agent{Name: "a", GPUs: []int{0, 1}, TensorParallelSize: 2, GPUMemoryUtilization: 0.48}
+	b := &Agent{Name: "b", GPUs: []int{0, 1}, TensorParallelSize: 2, GPUMemoryUtilization: 0.48}
+	c := &Agent{Name: "c", GPUs: []int{0}, GPUMemoryUtilization: 0.48}
+	totals := map[int]uint64{0: 48 << 30, 1: 16 << 30}
+	const reserve = 1 << 30
+	if CannotShare(a, b, totals[0], reserve) || !CannotShare(a, b, totals[1], reserve) {
+		t.Fatal("the cards do not differ as this test needs")
+	}
+	if !CannotShareOn(a, b, totals, reserve) || !CannotShareOn(b, a, totals, reserve) {
+		t.Error("a and b share the 16 GiB card, which cannot hold both, yet they may run together")
+	}
+	if CannotShareOn(a, c, totals, reserve) {
+		t.Error("a and c share only the 48 GiB card, which holds both, yet they conflict")
 	}
 }

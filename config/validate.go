@@ -18,6 +18,11 @@ var (
 	agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 	hubIDRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// Names that carry credentials by convention. The engine's environment
+	// is rendered into a world-readable drop-in and exposed over D-Bus, so
+	// they are refused rather than published. HF_TOKEN_PATH is a path and
+	// passes.
+	secretEnvRE = regexp.MustCompile(`(?i)(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)$`)
 	versionRE   = regexp.MustCompile(`^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)$`)
 	tokenRE     = regexp.MustCompile(`^[^\s]+$`)
 )
@@ -307,6 +312,9 @@ func checkEnv(f *fieldChecker, field string, env map[string]string) {
 		}
 		if oneOf(k, ManagedEnv) {
 			f.fail(field, "%s is set by vagent itself and cannot be overridden", k)
+		} else if secretEnvRE.MatchString(k) {
+			f.fail(field, "%s looks like a secret: every local user can read it (the unit drop-in is world-readable and `systemctl show` prints Environment=); "+
+				"put a Hub token in the token file under paths.hf_home (HF_HOME/token, readable by the vagent user only), which vLLM and vagentctl pull read", k)
 		}
 	}
 }

@@ -136,19 +136,35 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 	if _, err := enginekey.Ensure(cfg); err != nil {
 		return err
 	}
-	res, err := units.WriteWith(cfg.Paths.UnitDir, files, units.WriteOptions{TemplateElsewhere: vendorTemplateMatches(files)})
+	res, err := units.WriteWith(cfg.Paths.UnitDir, files, units.WriteOptions{
+		TemplateElsewhere: vendorMatches(files, units.TemplateName, units.VendorTemplate),
+		SocketElsewhere:   vendorMatches(files, units.SocketName, units.VendorSocket),
+	})
 	if err != nil {
 		return err
 	}
 	if err := h.sd.Reload(ctx); err != nil {
 		return &dbusError{err}
 	}
-	if res.TemplateChanged {
-		if vendorTemplateMatches(files) {
-			fmt.Fprintf(out, "removed %s: the package's %s is the same\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName), units.VendorTemplate)
-		} else {
-			fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, units.TemplateName))
+	for _, f := range []struct {
+		changed      bool
+		name, vendor string
+	}{
+		{res.TemplateChanged, units.TemplateName, units.VendorTemplate},
+		{res.SocketChanged, units.SocketName, units.VendorSocket},
+	} {
+		if !f.changed {
+			continue
 		}
+		if vendorMatches(files, f.name, f.vendor) {
+			fmt.Fprintf(out, "removed %s: the package's %s is the same\n", filepath.Join(cfg.Paths.UnitDir, f.name), f.vendor)
+		} else {
+			fmt.Fprintf(out, "wrote %s\n", filepath.Join(cfg.Paths.UnitDir, f.name))
+		}
+	}
+	if res.SocketChanged {
+		// systemd keeps a running socket's addresses across a reload.
+		fmt.Fprintf(out, "%s changed: if it is running, systemctl restart %s makes it listen as configured (vagentd restarts with it)\n", units.SocketName, units.SocketName)
 	}
 	for _, n := range res.Added {
 		fmt.Fprintf(out, "added %s\n", config.UnitName(n))
@@ -196,12 +212,12 @@ func apply(ctx context.Context, cmd *cli.Command) error {
 	return errors.Join(errs...)
 }
 
-// vendorTemplateMatches reports whether the package installed the very
-// template this configuration renders: then the unit directory must not
+// vendorMatches reports whether the package installed, at vendor, the very
+// file name this configuration renders: then the unit directory must not
 // shadow it with a copy.
-func vendorTemplateMatches(files units.Files) bool {
-	data, err := os.ReadFile(units.VendorTemplate)
-	return err == nil && bytes.Equal(data, files[units.TemplateName])
+func vendorMatches(files units.Files, name, vendor string) bool {
+	data, err := os.ReadFile(vendor)
+	return err == nil && bytes.Equal(data, files[name])
 }
 
 // orphanedAgents are agents with a vagent drop-in in the unit directory but

@@ -191,9 +191,9 @@ func TestGPUCommandOnNVMLMocks(t *testing.T) {
 		t.Fatalf("vagentctl gpu: exit %d, stderr %q\n%s", code, errOut, out)
 	}
 	t.Logf("vagentctl gpu:\n%s", out)
-	agentCol := agent
+	agentCol, holds := agent, ", holds 9.50 GiB"
 	if agentCol == "" {
-		agentCol = "(not vagent)"
+		agentCol, holds = "(not vagent)", ""
 	}
 	want := []string{
 		"backend nvml, driver 550.54.15, CUDA 12.4",
@@ -204,6 +204,12 @@ func TestGPUCommandOnNVMLMocks(t *testing.T) {
 		"GPU PID AGENT USED",
 		fmt.Sprintf("0 %d %s 9.50 GiB", agentPID, agentCol),
 		fmt.Sprintf("1 %d (not vagent) 0 B", goneInGPUTest),
+		"",
+		// The configured agents on each card: all three on card 0, each
+		// with its budget of that card (usable: the card less 256 MiB).
+		"GPU USABLE AGENTS",
+		"0 23.74 GiB architect (budget 22.79 GiB), dev (budget 22.79 GiB), po (budget 22.07 GiB" + holds + ")",
+		"1 14.75 GiB -",
 	}
 	if got := normalize(out); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("vagentctl gpu printed\n%s\nwant (columns aside)\n%s", out, strings.Join(want, "\n"))
@@ -238,12 +244,25 @@ func TestGPUCommandOnNVMLMocks(t *testing.T) {
 		Unit  string `json:"unit"`
 		Agent string `json:"agent"`
 	}
+	type cardAgent struct {
+		Agent  string `json:"agent"`
+		Budget uint64 `json:"budget_bytes"`
+		Used   uint64 `json:"used_bytes"`
+	}
+	type card struct {
+		Index  int         `json:"index"`
+		Total  uint64      `json:"total_bytes"`
+		Used   uint64      `json:"used_bytes"`
+		Usable uint64      `json:"usable_bytes"`
+		Agents []cardAgent `json:"agents"`
+	}
 	var got struct {
 		Backend   string    `json:"backend"`
 		Driver    string    `json:"driver"`
 		CUDA      string    `json:"cuda"`
 		Devices   []device  `json:"devices"`
 		Processes []process `json:"processes"`
+		Cards     []card    `json:"cards"`
 	}
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
@@ -261,6 +280,17 @@ func TestGPUCommandOnNVMLMocks(t *testing.T) {
 	wantJSON.Processes = []process{
 		{PID: agentPID, GPU: 0, Used: 9728 * mib, Unit: unit, Agent: agent},
 		{PID: goneInGPUTest, GPU: 1, Used: 0},
+	}
+	poHolds := uint64(0)
+	if agent == "po" {
+		poHolds = 9728 * mib
+	}
+	// Budgets are vLLM's ceil(total × utilization) of the 24564 MiB card.
+	wantJSON.Cards = []card{
+		{Index: 0, Total: 24564 * mib, Used: 9728 * mib, Usable: (24564 - 256) * mib, Agents: []cardAgent{
+			{Agent: "architect", Budget: 24469359821}, {Agent: "dev", Budget: 24469359821},
+			{Agent: "po", Budget: 23696643195, Used: poHolds}}},
+		{Index: 1, Total: 15360 * mib, Usable: (15360 - 256) * mib, Agents: []cardAgent{}},
 	}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", wantJSON) {
 		t.Errorf("--json decoded to\n%+v\nwant\n%+v\n%s", got, wantJSON, out)

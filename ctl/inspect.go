@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -89,12 +90,14 @@ func gpuCmd() *cli.Command {
 			if err != nil {
 				return err
 			}
+			cards := gpuCards(cfg, info, procs)
 			out := cmd.Root().Writer
 			if cmd.Bool("json") {
 				return writeJSON(out, struct {
 					gpu.Info
 					Processes []gpu.Process `json:"processes"`
-				}{info, procs})
+					Cards     []gpuCard     `json:"cards"`
+				}{info, procs, cards})
 			}
 			fmt.Fprintf(out, "backend %s, driver %s, CUDA %s\n", info.Backend, info.Driver, info.CUDA)
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -118,9 +121,68 @@ func gpuCmd() *cli.Command {
 				}
 				tw.Flush()
 			}
+			fmt.Fprintln(out)
+			tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "GPU\tUSABLE\tAGENTS")
+			for _, c := range cards {
+				var agents []string
+				for _, a := range c.Agents {
+					s := fmt.Sprintf("%s (budget %s", a.Agent, gpu.FormatBytes(a.BudgetBytes))
+					if a.UsedBytes > 0 {
+						s += ", holds " + gpu.FormatBytes(a.UsedBytes)
+					}
+					agents = append(agents, s+")")
+				}
+				list := strings.Join(agents, ", ")
+				if list == "" {
+					list = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", c.Index, gpu.FormatBytes(c.UsableBytes), list)
+			}
+			tw.Flush()
 			return nil
 		},
 	}
+}
+
+// gpuCard is one GPU as vagent plans it: what it may use of it (its
+// memory less gpu.reserve_mib) and the agents configured on it, each with
+// its budget of this card and what its processes hold here now.
+type gpuCard struct {
+	Index       int            `json:"index"`
+	TotalBytes  uint64         `json:"total_bytes"`
+	UsedBytes   uint64         `json:"used_bytes"`
+	UsableBytes uint64         `json:"usable_bytes"`
+	Agents      []gpuCardAgent `json:"agents"`
+}
+
+// gpuCardAgent is one agent's part of a card.
+type gpuCardAgent struct {
+	Agent       string `json:"agent"`
+	BudgetBytes uint64 `json:"budget_bytes"`
+	UsedBytes   uint64 `json:"used_bytes"`
+}
+
+// gpuCards lays the configured agents over the host's devices: per card,
+// each agent whose gpus name it, with its budget of that card (a
+// tensor-parallel agent's is per card) and what it holds there.
+func gpuCards(cfg *config.Config, info gpu.Info, procs []gpu.Process) []gpuCard {
+	reserve := cfg.GPU.ReserveMiB << 20
+	cards := make([]gpuCard, 0, len(info.Devices))
+	for _, d := range info.Devices {
+		c := gpuCard{Index: d.Index, TotalBytes: d.TotalBytes, UsedBytes: d.UsedBytes, Agents: []gpuCardAgent{}}
+		if d.TotalBytes > reserve {
+			c.UsableBytes = d.TotalBytes - reserve
+		}
+		held := gpu.HeldByAgent(procs, d.Index)
+		for _, a := range cfg.Agents {
+			if slices.Contains(a.GPUs, d.Index) {
+				c.Agents = append(c.Agents, gpuCardAgent{Agent: a.Name, BudgetBytes: a.Budget(d.TotalBytes, 0), UsedBytes: held[a.Name]})
+			}
+		}
+		cards = append(cards, c)
+	}
+	return cards
 }
 
 func testCmd() *cli.Command {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -269,8 +271,42 @@ func printStatusWith(w io.Writer, st []supervisor.AgentStatus, gw []controlapi.A
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	printCards(w, st)
 	for _, f := range failed {
 		fmt.Fprintln(w, f)
+	}
+}
+
+// printCards prints, on a host whose agents use more than one GPU, one line
+// per GPU: its size and each agent on it with its budget of that GPU and
+// what it holds there now.
+func printCards(w io.Writer, st []supervisor.AgentStatus) {
+	type entry struct {
+		total uint64
+		parts []string
+	}
+	cards := map[int]*entry{}
+	for _, s := range st {
+		for _, c := range s.Cards {
+			e := cards[c.GPU]
+			if e == nil {
+				e = &entry{}
+				cards[c.GPU] = e
+			}
+			e.total = c.TotalBytes
+			part := fmt.Sprintf("%s (budget %s", s.Agent, gpu.FormatBytes(c.BudgetBytes))
+			if c.VRAMBytes > 0 {
+				part += ", holds " + gpu.FormatBytes(c.VRAMBytes)
+			}
+			e.parts = append(e.parts, part+")")
+		}
+	}
+	if len(cards) < 2 {
+		return
+	}
+	idx := slices.Sorted(maps.Keys(cards))
+	for _, i := range idx {
+		fmt.Fprintf(w, "GPU %d (%s): %s\n", i, gpu.FormatBytes(cards[i].total), strings.Join(cards[i].parts, ", "))
 	}
 }
 

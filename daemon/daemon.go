@@ -20,9 +20,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -121,6 +123,9 @@ type Options struct {
 	// Ready, when set, is called with the listeners' addresses once both
 	// listen (tests).
 	Ready func(api, control net.Addr)
+	// Inherited, when set, replaces the sockets systemd hands over
+	// (activation.Files: $LISTEN_FDS) (tests).
+	Inherited []*os.File
 }
 
 // Run serves until ctx ends, then stops accepting, lets requests in
@@ -210,37 +215,35 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	defer store.Close()
 	openPipelines(ctx, cfg, store, executor, gw, log)
 
-	apiLn, err := net.Listen("tcp", cfg.Gateway.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on gateway.listen %s: %w", cfg.Gateway.Listen, err)
+	files := o.Inherited
+	if files == nil {
+		files = activation.Files(true)
 	}
-	defer apiLn.Close()
-	ctlLn, err := ListenControl(cfg.Gateway.ControlSocket, cfg.Gateway.ControlGroup)
+	eps, err := listen(cfg, files, log)
 	if err != nil {
 		return err
 	}
-	defer ctlLn.Close()
+	defer eps.close()
+	apiLn, ctlLn := eps.api, eps.ctl
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	api := gw.Server(errLog)
 	apiLn = gw.Listener(apiLn)
 	// Agents' own listeners (listen in an agent file), for clients with a
-	// base URL per agent.
+	// base URL per agent; and sockets handed over that no configuration
+	// names any more, answered with an error.
 	type agentListener struct {
 		srv *http.Server
 		ln  net.Listener
 	}
 	var own []agentListener
 	for _, a := range cfg.Agents {
-		if a.Listen == "" {
-			continue
+		if ln := eps.agents[a.Name]; ln != nil {
+			own = append(own, agentListener{gw.AgentServer(a.Name, errLog), gw.Listener(ln)})
 		}
-		ln, err := net.Listen("tcp", a.Listen)
-		if err != nil {
-			return fmt.Errorf("listen on %s's listen %s (%s): %w", a.Name, a.Listen, a.File, err)
-		}
-		defer ln.Close()
-		own = append(own, agentListener{gw.AgentServer(a.Name, errLog), gw.Listener(ln)})
+	}
+	for _, ln := range eps.stray {
+		own = append(own, agentListener{gw.UnservedServer(ln.Addr().String(), errLog), ln})
 	}
 	ctl := &http.Server{Handler: gw.ControlHandler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 

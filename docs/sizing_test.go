@@ -33,7 +33,7 @@ var cards = []struct {
 const cardUtilization = 0.92
 
 // shippedConfigs are the configurations whose agents the tables show.
-var shippedConfigs = []string{"configs", "configs/examples/24gb"}
+var shippedConfigs = []string{"configs", "configs/examples/24gb", "configs/examples/2x24gb"}
 
 func loadShipped(t *testing.T, src string) *config.Config {
 	t.Helper()
@@ -115,8 +115,8 @@ func modelsTable(t *testing.T) string {
 
 func shippedTable(t *testing.T) string {
 	var b strings.Builder
-	b.WriteString("| configuration | agent | model | card | gpu_memory_utilization | budget | KV cache | largest max_model_len | max_model_len set |\n")
-	b.WriteString("|---|---|---|---|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| configuration | agent | model | GPUs | card | gpu_memory_utilization | budget per GPU | KV cache per GPU | largest max_model_len | max_model_len set |\n")
+	b.WriteString("|---|---|---|---|---|---:|---:|---:|---:|---:|\n")
 	for _, src := range shippedConfigs {
 		cfg := loadShipped(t, src)
 		totals := map[int]uint64{}
@@ -133,8 +133,12 @@ func shippedTable(t *testing.T) string {
 			if !e.OK() {
 				set += " (does not fit)"
 			}
-			fmt.Fprintf(&b, "| `%s/` | %s | `%s` | %s | %v | %s | %s | %s | %s |\n",
-				src, e.Agent, e.Model, gib(e.TotalBytes), e.Utilization, gib(e.BudgetBytes), gib(e.KVCacheBytes), fit, set)
+			gpus := make([]string, len(e.GPUs))
+			for i, g := range e.GPUs {
+				gpus[i] = fmt.Sprint(g)
+			}
+			fmt.Fprintf(&b, "| `%s/` | %s | `%s` | %s | %s | %v | %s | %s | %s | %s |\n",
+				src, e.Agent, e.Model, strings.Join(gpus, ", "), gib(e.TotalBytes), e.Utilization, gib(e.BudgetBytes), gib(e.KVCacheBytes), fit, set)
 		}
 	}
 	return b.String()

@@ -180,6 +180,10 @@ func (d *Doctor) checkUnits(ctx context.Context) {
 	var missing, differ, stale []string
 	for _, n := range names {
 		data, err := d.env.ReadFile(filepath.Join(c.Paths.UnitDir, n))
+		if v := units.VendorPath(n); err != nil && v != "" {
+			// apply leaves the package's copy alone when it is the same.
+			data, err = d.env.ReadFile(v)
+		}
 		switch {
 		case err != nil:
 			missing = append(missing, n)
@@ -282,13 +286,15 @@ func (d *Doctor) checkPorts(ctx context.Context) {
 		d.checkPort(ctx, "port "+a.Name, ep.Network(), ep.Address(), a.Unit(),
 			fmt.Sprintf("change port in %s", a.File))
 	}
-	d.checkPort(ctx, "port gateway", "tcp", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path))
+	// vagentd.socket holds the endpoint even while vagentd is stopped.
+	d.checkPort(ctx, "port gateway", "tcp", d.cfg.Gateway.Listen, vagentdUnit, fmt.Sprintf("change gateway.listen in %s", d.cfg.Path), units.SocketName)
 }
 
 // checkPort tries to bind addr; a busy port passes only when owner, the
-// unit that should hold it, is running. The bind sets no SO_REUSEPORT, so
-// an engine that set it (vLLM does) still shows as holding the port.
-func (d *Doctor) checkPort(ctx context.Context, check, network, addr, owner, change string) {
+// unit that should hold it, or one of also is running. The bind sets no
+// SO_REUSEPORT, so an engine that set it (vLLM does) still shows as
+// holding the port.
+func (d *Doctor) checkPort(ctx context.Context, check, network, addr, owner, change string, also ...string) {
 	l, err := d.env.Listen(network, addr)
 	if err == nil {
 		l.Close()
@@ -304,6 +310,12 @@ func (d *Doctor) checkPort(ctx context.Context, check, network, addr, owner, cha
 	if d.sd == nil || d.sdErr != nil {
 		d.add(check, Warn, fix, "%s is in use, and without systemd doctor cannot tell whether %s holds it", addr, owner)
 		return
+	}
+	for _, u := range also {
+		if st, err := d.sd.State(ctx, u); err == nil && st.Running() {
+			d.add(check, Pass, "", "%s is in use by %s (%s)", addr, u, st.ActiveState)
+			return
+		}
 	}
 	st, err := d.sd.State(ctx, owner)
 	if err != nil {

@@ -43,6 +43,8 @@ type host struct {
 	ran       []string
 	closedGPU bool
 	availRAM  uint64 // MemAvailable of a 64 GiB host
+	// vendor holds files the package installed, by absolute path.
+	vendor map[string][]byte
 }
 
 type runResult struct {
@@ -258,7 +260,13 @@ func (f fakeSystemd) State(_ context.Context, unit string) (supervisor.UnitState
 func (h *host) env() Env {
 	r := &plan.Resolver{HFHome: h.cfg.Paths.HFHome, Offline: true}
 	return Env{
-		Stat: os.Stat, ReadFile: os.ReadFile, ReadDir: os.ReadDir,
+		Stat: os.Stat, ReadDir: os.ReadDir,
+		ReadFile: func(name string) ([]byte, error) {
+			if b, ok := h.vendor[name]; ok {
+				return b, nil
+			}
+			return os.ReadFile(name)
+		},
 		Listen: func(network, addr string) (net.Listener, error) {
 			if h.busy[addr] {
 				return nil, &net.OpError{Op: "listen", Net: network, Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}
@@ -322,7 +330,7 @@ func TestEverythingPassesOnAGoodSimHost(t *testing.T) {
 		{"model architect", Pass, "Qwen/Qwen2.5-14B-Instruct-AWQ@main snapshot 0123456789ab: config.json and 3 weight files (9.98 GB)"},
 		{"model dev", Pass, "snapshot"},
 		{"model po", Pass, "snapshot"},
-		{"units", Pass, "4 unit files in " + h.cfg.Paths.UnitDir + " match the configuration"},
+		{"units", Pass, "5 unit files in " + h.cfg.Paths.UnitDir + " match the configuration"},
 		{"sampling architect", Pass, "temperature 0.1, top_p 0.9: default for requests that set none (--override-generation-config); a request's own value wins"},
 		{"sampling dev", Pass, "temperature 0.3, top_p 0.95: default for requests that set none"},
 		{"sampling po", Pass, "temperature 0.5, top_p 0.9: default for requests that set none"},
@@ -528,6 +536,18 @@ func TestChecks(t *testing.T) {
 		{name: "units never applied", engine: sim, gpuKnd: simGPU,
 			breakIt: func(h *host) { os.RemoveAll(h.cfg.Paths.UnitDir) },
 			want:    []check{{"units", Warn, "missing vagent@.service, vagent@architect.service.d/50-vagent.conf", "run vagentctl apply"}}},
+		{name: "units: the package's template and socket", engine: sim, gpuKnd: simGPU,
+			breakIt: func(h *host) {
+				// apply writes neither where the package's copies are the same.
+				h.vendor = map[string][]byte{}
+				for name, vendor := range map[string]string{units.TemplateName: units.VendorTemplate, units.SocketName: units.VendorSocket} {
+					p := filepath.Join(h.cfg.Paths.UnitDir, name)
+					b, _ := os.ReadFile(p)
+					h.vendor[vendor] = b
+					os.Remove(p)
+				}
+			},
+			want: []check{{"units", Pass, "5 unit files in", ""}}},
 		{name: "units out of date and stale", engine: sim, gpuKnd: simGPU,
 			breakIt: func(h *host) {
 				p := filepath.Join(h.cfg.Paths.UnitDir, "vagent@po.service.d", "50-vagent.conf")
@@ -567,6 +587,13 @@ func TestChecks(t *testing.T) {
 				{"port po", Fail, "127.0.0.1:9002 is in use by another program (vagent@po.service is inactive)", "ss -ltnp 'sport = :9002'; stop that, or change port in " + "DIR/agents/po.toml"},
 				{"port gateway", Pass, "127.0.0.1:8080 is in use by vagentd.service", ""},
 			}},
+		{name: "gateway port held by the socket", engine: sim, gpuKnd: simGPU,
+			breakIt: func(h *host) {
+				h.busy["127.0.0.1:8080"] = true
+				h.states["vagentd.service"] = supervisor.UnitState{LoadState: "loaded", ActiveState: "inactive", SubState: "dead"}
+				h.states["vagentd.socket"] = supervisor.UnitState{LoadState: "loaded", ActiveState: "active", SubState: "listening"}
+			},
+			want: []check{{"port gateway", Pass, "127.0.0.1:8080 is in use by vagentd.socket (active)", ""}}},
 		{name: "vLLM without --uds", engine: sim, gpuKnd: simGPU, agents: shippedWithPorts(t),
 			breakIt: func(h *host) { h.cfg.Engine.VLLMVersion = "0.9.2" },
 			want: []check{

@@ -202,7 +202,7 @@ type modelList struct {
 }
 
 // serveModels answers GET /v1/models (every agent the key may use, with
-// its state) and GET /v1/models/NAME.
+// its state; on an agent's own listener, that agent) and GET /v1/models/NAME.
 func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request, key *keyEntry) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, r, http.MethodGet)
@@ -212,10 +212,17 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request, key *keyEn
 	if r.URL.Path == "/v1/models" {
 		one = ""
 	}
+	// An agent's own listener serves that agent only, so it lists only
+	// that agent: a client that picks the first model it is offered must
+	// not pick another agent's name there.
+	own, _ := r.Context().Value(listenerAgent{}).(string)
 	g.mu.Lock()
 	list := modelList{Object: "list", Data: []modelEntry{}}
 	for _, ag := range g.agents {
 		if key != nil && !key.allows(ag.cfg) {
+			continue
+		}
+		if own != "" && ag.name != own {
 			continue
 		}
 		if one != "" && g.byName[one] != ag {

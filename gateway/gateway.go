@@ -266,34 +266,22 @@ func New(o Options) (*Gateway, error) {
 // once and the supervisor decides what really has to go.
 func (g *Gateway) computeConflicts(mem map[int]supervisor.GPUMemory) {
 	reserve := g.cfg.GPU.ReserveMiB << 20
+	totals := make(map[int]uint64, len(mem))
+	for x, m := range mem {
+		totals[x] = m.Total
+	}
 	for _, a := range g.agents {
 		var cs []*agentRT
 		for _, b := range g.agents {
 			if a == b || !config.SharesGPU(a.cfg, b.cfg) {
 				continue
 			}
-			var total uint64
-			for _, x := range a.cfg.GPUs {
-				if m, ok := mem[x]; ok && onGPU(b.cfg, x) {
-					total = m.Total
-					break
-				}
-			}
-			if config.CannotShare(a.cfg, b.cfg, total, reserve) {
+			if config.CannotShareOn(a.cfg, b.cfg, totals, reserve) {
 				cs = append(cs, b)
 			}
 		}
 		a.conflicts = cs
 	}
-}
-
-func onGPU(a *config.Agent, g int) bool {
-	for _, x := range a.GPUs {
-		if x == g {
-			return true
-		}
-	}
-	return false
 }
 
 // Handler serves the OpenAI API under /v1/ (and vLLM's /tokenize-style

@@ -46,6 +46,20 @@ func (g *Gateway) AgentServer(name string, errLog *log.Logger) *http.Server {
 	return srv
 }
 
+// UnservedServer answers every request on a listening socket that systemd
+// handed vagentd but that no configuration names any more (the
+// configuration changed and vagentd restarted before vagentctl apply
+// rendered vagentd.socket again): a 421 whose message says what to run. Closing the socket instead would leave its
+// connections waiting in the kernel's backlog, where nothing answers them.
+func (g *Gateway) UnservedServer(addr string, errLog *log.Logger) *http.Server {
+	srv := g.Server(errLog)
+	e := &APIError{Status: http.StatusMisdirectedRequest, Type: typeInvalidRequest,
+		Message: "vagentd no longer serves " + addr + ": no gateway.listen or agent listen names it; " +
+			"vagentd.socket still holds it until `vagentctl apply` and `systemctl restart vagentd.socket`"}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { e.write(w) })
+	return srv
+}
+
 // listenerAgent is the context key of the agent a per-agent listener
 // serves.
 type listenerAgent struct{}

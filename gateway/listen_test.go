@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -48,5 +50,46 @@ func TestResolveFolded(t *testing.T) {
 	}
 	if _, err := e.g.resolve("org/c-7b", nil); err == nil {
 		t.Error("resolve of an unknown repository id")
+	}
+}
+
+// TestAgentListenerListsItsAgentOnly: GET /v1/models on b's own listener
+// offers b alone (clients often take the first model listed), while the main
+// endpoint lists every agent.
+func TestAgentListenerListsItsAgentOnly(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	own := httptest.NewServer(e.g.AgentServer("b", nil).Handler)
+	defer own.Close()
+	ids := func(url string) []string {
+		t.Helper()
+		resp, err := http.Get(url + "/v1/models")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		var list modelList
+		if err := json.Unmarshal(body, &list); err != nil {
+			t.Fatalf("%s/v1/models: %v: %s", url, err, body)
+		}
+		var out []string
+		for _, m := range list.Data {
+			out = append(out, m.ID)
+		}
+		return out
+	}
+	if got := ids(own.URL); len(got) != 1 || got[0] != "b" {
+		t.Errorf("b's listener lists %v, want [b]", got)
+	}
+	if got := ids(e.srv.URL); len(got) < 2 {
+		t.Errorf("the main endpoint lists %v, want every agent", got)
+	}
+	resp, err := http.Get(own.URL + "/v1/models/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /v1/models/a on b's listener: %d, want 404", resp.StatusCode)
 	}
 }

@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/controlapi"
 	"github.com/vagent-dev/vagent/supervisor"
 )
@@ -168,6 +170,12 @@ type stateCollector struct {
 	pinned   *prometheus.Desc
 	vram     *prometheus.Desc
 	backoff  *prometheus.Desc
+	// Per GPU: its memory, what is in use, and each agent's budget of it
+	// and what it holds there.
+	gpuTotal  *prometheus.Desc
+	gpuUsed   *prometheus.Desc
+	gpuBudget *prometheus.Desc
+	gpuVRAM   *prometheus.Desc
 }
 
 func newStateCollector(g *Gateway) *stateCollector {
@@ -185,6 +193,14 @@ func newStateCollector(g *Gateway) *stateCollector {
 			[]string{"agent"}, nil),
 		vram: prometheus.NewDesc("vagent_vram_bytes",
 			"GPU memory held by each agent's processes, summed over its GPUs.", []string{"agent"}, nil),
+		gpuTotal: prometheus.NewDesc("vagent_gpu_total_bytes",
+			"Memory of each GPU.", []string{"gpu"}, nil),
+		gpuUsed: prometheus.NewDesc("vagent_gpu_used_bytes",
+			"Memory in use on each GPU, by any process.", []string{"gpu"}, nil),
+		gpuBudget: prometheus.NewDesc("vagent_gpu_budget_bytes",
+			"What each agent may take of each of its GPUs (gpu_memory_utilization of that GPU, or its pinned KV cache plus weights).", []string{"gpu", "agent"}, nil),
+		gpuVRAM: prometheus.NewDesc("vagent_gpu_vram_bytes",
+			"GPU memory held by each agent's processes on each of its GPUs.", []string{"gpu", "agent"}, nil),
 		backoff: prometheus.NewDesc("vagent_start_backoff_seconds",
 			"Seconds until an agent whose starts failed may be started again (0 when it is not backing off).", []string{"agent"}, nil),
 	}
@@ -200,6 +216,10 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	if c.g.o.GPU != nil {
 		ch <- c.vram
+		ch <- c.gpuTotal
+		ch <- c.gpuUsed
+		ch <- c.gpuBudget
+		ch <- c.gpuVRAM
 	}
 }
 
@@ -242,13 +262,44 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if g.o.GPU != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		bytes, err := g.o.GPU.AgentBytes(ctx)
+		agents := make([]*config.Agent, len(g.agents))
+		for i, ag := range g.agents {
+			agents[i] = ag.cfg
+		}
+		bytes, byCard, err := supervisor.GPUUse(ctx, g.o.GPU, agents)
 		if err != nil {
 			g.log.Warn("metrics: reading VRAM per agent", "err", err)
 			return
 		}
 		for _, s := range snaps {
 			ch <- prometheus.MustNewConstMetric(c.vram, prometheus.GaugeValue, float64(bytes[s.name]), s.name)
+		}
+		c.collectCards(ctx, ch, agents, byCard)
+	}
+}
+
+// collectCards reports each GPU's memory and each agent's part of it.
+func (c *stateCollector) collectCards(ctx context.Context, ch chan<- prometheus.Metric, agents []*config.Agent, byCard map[int]map[string]uint64) {
+	g := c.g
+	mem, err := g.o.GPU.Memory(ctx)
+	if err != nil {
+		g.log.Warn("metrics: reading GPU memory", "err", err)
+		return
+	}
+	for idx, m := range mem {
+		card := strconv.Itoa(idx)
+		ch <- prometheus.MustNewConstMetric(c.gpuTotal, prometheus.GaugeValue, float64(m.Total), card)
+		used := m.Used
+		if used == 0 && m.Total > m.Free {
+			used = m.Total - m.Free
+		}
+		ch <- prometheus.MustNewConstMetric(c.gpuUsed, prometheus.GaugeValue, float64(used), card)
+		for _, a := range agents {
+			if !slices.Contains(a.GPUs, idx) {
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(c.gpuBudget, prometheus.GaugeValue, float64(a.Budget(m.Total, 0)), card, a.Name)
+			ch <- prometheus.MustNewConstMetric(c.gpuVRAM, prometheus.GaugeValue, float64(byCard[idx][a.Name]), card, a.Name)
 		}
 	}
 }

@@ -36,5 +36,5 @@ check() { # check UNIT BOUND
 	echo
 }
 check vagent@dev.service 2.5
-check vagentd.service 2.0
+check vagentd.service 1.7
 exit $fail

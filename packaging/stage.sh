@@ -8,7 +8,8 @@
 # STAGE/bin/           vagentd, vagentctl, vllm-sim (PIE, stripped, version stamped)
 # STAGE/etc/           the shipped configuration as packaged (see below), with
 #                      the shipped pipelines in STAGE/etc/pipelines/
-# STAGE/units/         vagent@.service rendered from it by the vagentctl just built
+# STAGE/units/         vagent@.service and vagentd.socket rendered from it by the
+#                      vagentctl just built
 # STAGE/man/*.gz       manual pages, STAGE/completion/ shell completions,
 #                      both generated from the CLI (cmd/mandoc-gen)
 # STAGE/changelog.yml  nfpm's changelog for this version
@@ -62,11 +63,14 @@ enable control_group
 cp configs/agents/*.toml "$stage/etc/agents/"
 cp configs/pipelines/*.toml "$stage/etc/pipelines/"
 
-# The template, rendered from exactly what the package ships (render also
-# validates that configuration). The agents' drop-ins are rendered on the
-# host by vagentctl apply in postinst: they depend on its GPUs.
+# The template and vagentd.socket (the addresses vagentd serves), rendered
+# from exactly what the package ships (render also validates that
+# configuration). The agents' drop-ins are rendered on the host by vagentctl
+# apply in postinst: they depend on its GPUs; apply also writes its own
+# vagentd.socket into /etc/systemd/system when the host's configuration
+# listens elsewhere.
 "$stage/bin/vagentctl" --config "$stage/etc/vagent.toml" render -o "$stage/units.all" >/dev/null
-mv "$stage/units.all/vagent@.service" "$stage/units/"
+mv "$stage/units.all/vagent@.service" "$stage/units.all/vagentd.socket" "$stage/units/"
 rm -rf "$stage/units.all"
 
 "$go" run ./cmd/mandoc-gen -out "$stage" -vagentd "$stage/bin/vagentd" -version "$version"

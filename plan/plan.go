@@ -292,8 +292,16 @@ func estimate(cfg *config.Config, a *config.Agent, totals map[int]uint64, f *Fac
 	}
 	for i, g := range a.GPUs {
 		t, ok := totals[g]
-		if !ok || t == 0 {
-			e.Status, e.Why = Unknown, fmt.Sprintf("GPU %d's size is unknown (no such GPU, or no driver: pass --gpu-total-mib)", g)
+		if !ok && len(totals) > 0 {
+			// The sizes list every GPU of the host (NVML's devices, the
+			// simulator's cards, or --gpu-total-mib for every GPU an agent
+			// names): this one is not there, and the agent can never start.
+			e.Status, e.Why = NoFit, fmt.Sprintf("does not fit: GPU %d is not on this host, which has GPU %s; change gpus in %s",
+				g, joinInts(sortedKeys(totals)), a.File)
+			return e
+		}
+		if t == 0 {
+			e.Status, e.Why = Unknown, fmt.Sprintf("GPU %d's size is unknown (no driver: pass --gpu-total-mib)", g)
 			return e
 		}
 		if i == 0 || t < e.TotalBytes {
@@ -493,7 +501,15 @@ func sharing(cfg *config.Config, p *Plan, totals map[int]uint64) []GPU {
 			}
 		}
 		compatible := func(a, b *config.Agent) bool { return !config.CannotShare(a, b, totals[g], reserve) }
-		budget := func(a *config.Agent) uint64 { return p.Agent(a.Name).BudgetBytes }
+		// Each agent's budget of this card: a tensor-parallel agent's
+		// estimate is made on its smallest card, but it takes its fraction
+		// of each card's own memory.
+		budget := func(a *config.Agent) uint64 {
+			if e := p.Agent(a.Name); e.KVPinned {
+				return e.BudgetBytes
+			}
+			return a.Budget(totals[g], 0)
+		}
 		inSet := map[string]bool{}
 		for _, set := range maximalSets(fit, compatible, budget, v.UsableBytes) {
 			if len(set) < 2 {
@@ -614,3 +630,12 @@ func KiB(b uint64) string {
 }
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+func sortedKeys(m map[int]uint64) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
+}

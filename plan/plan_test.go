@@ -444,27 +444,35 @@ func TestTogether(t *testing.T) {
 func TestUnknownGPUAndModel(t *testing.T) {
 	a := agent("a", "org/unknown-model", 0.9, 4096)
 	b := agent("b", "Qwen/Qwen2.5-7B-Instruct-AWQ", 0.9, 4096)
-	b.GPUs = []int{3}
+	b.GPUs, b.File = []int{3}, "/etc/vagent/agents/b.toml"
 	cfg := synthCfg("0.18.0", a, b)
 	p := Make(context.Background(), cfg, totalMiB(16376), "test", offline(t))
 	ea, eb := p.Agent("a"), p.Agent("b")
 	if ea.Status != Unknown || !strings.Contains(ea.Why, "not in the built-in table") {
 		t.Errorf("unknown model: %s %s", ea.Status, ea.Why)
 	}
-	if eb.Status != Unknown || !strings.Contains(eb.Why, "GPU 3's size is unknown") {
-		t.Errorf("unknown GPU: %s %s", eb.Status, eb.Why)
+	// The sizes list the host's GPUs: one the host lacks is no unknown,
+	// the agent can never start there.
+	if eb.Status != NoFit || eb.Why != "does not fit: GPU 3 is not on this host, which has GPU 0; change gpus in /etc/vagent/agents/b.toml" {
+		t.Errorf("GPU not on the host: %s %s", eb.Status, eb.Why)
 	}
-	if len(p.Failing()) != 0 {
-		t.Errorf("unknown agents count as failing: %v", p.Failing())
+	if f := p.Failing(); len(f) != 1 || f[0].Agent != "b" {
+		t.Errorf("failing %v, want b only (a is unknown)", f)
 	}
-	if v := p.Verdict(); !strings.Contains(v, "unknown: a, b") {
+	if v := p.Verdict(); !strings.Contains(v, "cannot start on its GPU as configured: b; unknown: a") {
 		t.Errorf("verdict %q", v)
 	}
 	var buf bytes.Buffer
 	p.WriteText(&buf)
 	if !regexp.MustCompile(`(?m)^a +org/unknown-model +\? +\? +\? +\? +\? +4096 +\?$`).MatchString(buf.String()) ||
-		!strings.Contains(buf.String(), "together on GPU 3: unknown: b") {
+		!strings.Contains(buf.String(), "together on GPU 3: never: b") {
 		t.Errorf("text:\n%s", buf.String())
+	}
+
+	// A GPU whose size nobody knows (no driver) leaves the agent unknown.
+	p = Make(context.Background(), cfg, map[int]uint64{0: 16376 * mib, 3: 0}, "test", offline(t))
+	if eb := p.Agent("b"); eb.Status != Unknown || !strings.Contains(eb.Why, "GPU 3's size is unknown") {
+		t.Errorf("unknown GPU size: %s %s", eb.Status, eb.Why)
 	}
 }
 

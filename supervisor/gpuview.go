@@ -18,7 +18,7 @@ func (v backendView) Memory(ctx context.Context) (map[int]GPUMemory, error) {
 	}
 	out := make(map[int]GPUMemory, len(info.Devices))
 	for _, d := range info.Devices {
-		out[d.Index] = GPUMemory{Total: d.TotalBytes, Free: d.FreeBytes}
+		out[d.Index] = GPUMemory{Total: d.TotalBytes, Used: d.UsedBytes, Free: d.FreeBytes}
 	}
 	return out, nil
 }
@@ -50,6 +50,27 @@ func (v backendView) AgentHostBytes(ctx context.Context) (map[string]uint64, err
 		if p.Agent != "" && p.HostBytes > 0 {
 			out[p.Agent] += p.HostBytes
 		}
+	}
+	return out, nil
+}
+
+// AgentBytesByGPU implements CardReporter: the GPU memory each agent's
+// processes hold, by GPU index then agent name (a tensor-parallel engine's
+// workers each on their own GPU).
+func (v backendView) AgentBytesByGPU(ctx context.Context) (map[int]map[string]uint64, error) {
+	procs, err := v.b.Processes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]map[string]uint64{}
+	for _, p := range procs {
+		if p.Agent == "" {
+			continue
+		}
+		if out[p.GPU] == nil {
+			out[p.GPU] = map[string]uint64{}
+		}
+		out[p.GPU][p.Agent] += p.UsedBytes
 	}
 	return out, nil
 }

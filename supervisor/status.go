@@ -3,6 +3,8 @@ package supervisor
 import (
 	"context"
 	"time"
+
+	"github.com/vagent-dev/vagent/config"
 )
 
 // AgentStatus is one agent as systemd and the GPU see it now.
@@ -22,6 +24,9 @@ type AgentStatus struct {
 	VRAMBytes   uint64    `json:"vram_bytes"`
 	// BudgetBytes is what the agent may take of its first GPU.
 	BudgetBytes uint64 `json:"budget_bytes"`
+	// Cards are the agent's share of each of its GPUs, in the order of
+	// its gpus: VRAMBytes split by card.
+	Cards []CardShare `json:"cards"`
 	// SwitchMode is "restart" or "sleep" (config.Config.SwitchMode).
 	SwitchMode string `json:"switch_mode"`
 	// Sleeping is true when the agent's engine runs but sleeps: its
@@ -41,6 +46,17 @@ type AgentStatus struct {
 	Measured *SwitchTimes `json:"measured,omitempty"`
 }
 
+// CardShare is an agent's part of one GPU.
+type CardShare struct {
+	GPU int `json:"gpu"`
+	// VRAMBytes is what the agent's processes hold on this GPU now.
+	VRAMBytes uint64 `json:"vram_bytes"`
+	// BudgetBytes is what the agent may take of this GPU.
+	BudgetBytes uint64 `json:"budget_bytes"`
+	// TotalBytes is the GPU's memory.
+	TotalBytes uint64 `json:"total_bytes"`
+}
+
 // Status reports every configured agent, rebuilt from systemd, the GPU and,
 // for sleep agents, their engines' /is_sleeping on each call.
 func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
@@ -48,7 +64,7 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	usage, err := s.o.GPU.AgentBytes(ctx)
+	usage, byCard, err := s.gpuUse(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +88,10 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 			BudgetBytes: a.Budget(mem[a.GPUs[0]].Total, 0),
 			SwitchMode:  s.cfg.SwitchMode(a),
 		}
+		for _, g := range a.GPUs {
+			as.Cards = append(as.Cards, CardShare{GPU: g, VRAMBytes: byCard[g][a.Name],
+				BudgetBytes: a.Budget(mem[g].Total, 0), TotalBytes: mem[g].Total})
+		}
 		if st.ActiveState == "active" {
 			as.Since = st.Since
 		}
@@ -92,4 +112,41 @@ func (s *Supervisor) Status(ctx context.Context) ([]AgentStatus, error) {
 		out = append(out, as)
 	}
 	return out, nil
+}
+
+func (s *Supervisor) gpuUse(ctx context.Context) (usage map[string]uint64, byCard map[int]map[string]uint64, err error) {
+	return GPUUse(ctx, s.o.GPU, s.cfg.Agents)
+}
+
+// GPUUse is the GPU memory each of agents holds, by agent name summed over
+// its GPUs, and by GPU index then agent name, from one reading of the
+// GPU's processes: per GPU as view reports it where it can (CardReporter),
+// else each agent's total spread evenly over its GPUs, as tensor
+// parallelism spreads it.
+func GPUUse(ctx context.Context, view GPU, agents []*config.Agent) (usage map[string]uint64, byCard map[int]map[string]uint64, err error) {
+	if cr, ok := view.(CardReporter); ok {
+		if byCard, err = cr.AgentBytesByGPU(ctx); err != nil {
+			return nil, nil, err
+		}
+		usage = map[string]uint64{}
+		for _, m := range byCard {
+			for a, b := range m {
+				usage[a] += b
+			}
+		}
+		return usage, byCard, nil
+	}
+	if usage, err = view.AgentBytes(ctx); err != nil {
+		return nil, nil, err
+	}
+	byCard = map[int]map[string]uint64{}
+	for _, a := range agents {
+		for _, g := range a.GPUs {
+			if byCard[g] == nil {
+				byCard[g] = map[string]uint64{}
+			}
+			byCard[g][a.Name] = usage[a.Name] / uint64(len(a.GPUs))
+		}
+	}
+	return usage, byCard, nil
 }

@@ -39,9 +39,10 @@ import (
 	"github.com/vagent-dev/vagent/journal"
 )
 
-// GPUMemory is one GPU's memory as the driver reports it.
+// GPUMemory is one GPU's memory as the driver reports it. Used may be less
+// than Total−Free: NVML's v2 figures leave the driver's reserve out of both.
 type GPUMemory struct {
-	Total, Free uint64
+	Total, Used, Free uint64
 }
 
 // GPU is what the supervisor needs to know of the GPUs.
@@ -94,6 +95,16 @@ type Options struct {
 	NeverFits func(ctx context.Context, a *config.Agent, totals map[int]uint64) string
 	// Now is the clock of the start backoff; nil is time.Now.
 	Now func() time.Time
+}
+
+// CardReporter is implemented by a GPU view that can tell on which GPU an
+// agent's memory is: FromBackend's view, from the driver's (or the
+// ledger's) processes. Without it an agent's memory is taken as spread
+// evenly over its GPUs, as tensor parallelism spreads it.
+type CardReporter interface {
+	// AgentBytesByGPU returns the GPU memory each agent's processes hold,
+	// by GPU index, then agent name.
+	AgentBytesByGPU(ctx context.Context) (map[int]map[string]uint64, error)
 }
 
 // HostReporter is implemented by a GPU view that knows the host memory
@@ -343,10 +354,14 @@ func (s *Supervisor) locked(ctx context.Context, name string, fn func(context.Co
 }
 
 type running struct {
-	agent  *config.Agent
-	state  UnitState
-	bytes  uint64 // measured GPU use; budget when unmeasured
-	asleep bool   // a sleep agent whose engine sleeps: bytes is its residual
+	agent *config.Agent
+	state UnitState
+	// cards is what it holds on each of its GPUs, by index: measured, or
+	// its budget of that GPU while unmeasured. A tensor-parallel engine's
+	// ranks each take gpu_memory_utilization of their own GPU, so on cards
+	// of different sizes its shares differ.
+	cards  map[int]uint64
+	asleep bool // a sleep agent whose engine sleeps: cards hold its residual
 }
 
 // eviction is one agent a switch makes room by.
@@ -586,7 +601,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 	if err != nil {
 		return nil, err
 	}
-	usage, err := s.o.GPU.AgentBytes(ctx)
+	usage, byCard, err := s.gpuUse(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -604,15 +619,19 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		if !st.Running() {
 			continue
 		}
-		b := usage[o.Name]
-		if b == 0 {
-			b = o.Budget(mem[o.GPUs[0]].Total, 0)
+		cards := map[int]uint64{}
+		for _, g := range o.GPUs {
+			cards[g] = byCard[g][o.Name]
+			if usage[o.Name] == 0 {
+				// Not measured yet (still loading): its budget there.
+				cards[g] = o.Budget(mem[g].Total, 0)
+			}
 		}
 		asleep := false
 		if s.cfg.Sleeps(o) {
 			asleep, _ = s.isSleeping(ctx, o)
 		}
-		others = append(others, running{agent: o, state: st, bytes: b, asleep: asleep})
+		others = append(others, running{agent: o, state: st, cards: cards, asleep: asleep})
 	}
 
 	// Least valuable first: lowest priority, then least recently used.
@@ -645,6 +664,10 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		return nil
 	}
 
+	totals := make(map[int]uint64, len(mem))
+	for g, m := range mem {
+		totals[g] = m.Total
+	}
 	// Awake agents that cannot share a GPU with a go first, whatever their
 	// rank: their units conflict, so systemd would stop them anyway (for
 	// sleep agents, whose units carry no Conflicts=, vLLM's own free-memory
@@ -653,7 +676,7 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		if r.asleep {
 			continue
 		}
-		if config.CannotShare(a, r.agent, mem[firstShared(a, r.agent)].Total, reserve) {
+		if config.CannotShareOn(a, r.agent, totals, reserve) {
 			if err := take(r); err != nil {
 				return nil, err
 			}
@@ -674,8 +697,8 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 		free, most := m.Free, m.Free
 		for _, r := range others {
 			if chosen[r.agent.Name] && onGPU(r.agent, g) {
-				free += s.freedBySleep(r)
-				most += perGPU(r)
+				free += s.freedBySleep(r, g)
+				most += r.cards[g]
 			}
 		}
 		for _, r := range others {
@@ -691,8 +714,8 @@ func (s *Supervisor) plan(ctx context.Context, a *config.Agent, evict bool, own 
 			if err := take(r); err != nil {
 				return nil, err
 			}
-			free += s.freedBySleep(r)
-			most += perGPU(r)
+			free += s.freedBySleep(r, g)
+			most += r.cards[g]
 		}
 		if most < need {
 			free = most
@@ -727,15 +750,6 @@ func (s *Supervisor) lastUsed(r running) time.Time {
 	return r.state.Since
 }
 
-func firstShared(a, b *config.Agent) int {
-	for _, g := range a.GPUs {
-		if onGPU(b, g) {
-			return g
-		}
-	}
-	return a.GPUs[0]
-}
-
 func onGPU(a *config.Agent, g int) bool {
 	for _, x := range a.GPUs {
 		if x == g {
@@ -745,19 +759,16 @@ func onGPU(a *config.Agent, g int) bool {
 	return false
 }
 
-// perGPU spreads an agent's measured use evenly over its GPUs, as tensor
-// parallelism does.
-func perGPU(r running) uint64 { return r.bytes / uint64(len(r.agent.GPUs)) }
-
-// freedBySleep is what evicting r frees on each of its GPUs: all it holds
-// when it is stopped, all but its residual when an awake sleep agent is put
-// to sleep.
-func (s *Supervisor) freedBySleep(r running) uint64 {
+// freedBySleep is what evicting r frees on GPU g: all it holds there when
+// it is stopped, all but its residual when an awake sleep agent is put to
+// sleep.
+func (s *Supervisor) freedBySleep(r running, g int) uint64 {
+	held := r.cards[g]
 	if r.asleep || !s.cfg.Sleeps(r.agent) {
-		return perGPU(r)
+		return held
 	}
 	res := s.residual(r.agent, r.state) / uint64(len(r.agent.GPUs))
-	return perGPU(r) - min(res, perGPU(r))
+	return held - min(res, held)
 }
 
 // residual is what a keeps on the GPU once asleep, summed over its GPUs:

@@ -45,6 +45,9 @@ type fakeHost struct {
 	pids int
 	// hostPeak is the most host memory sleepers ever held.
 	hostPeak uint64
+	// cards, when set, leaves the GPU checks to a view of several GPUs
+	// (twoCards): this host's own accounting knows one.
+	cards bool
 }
 
 // residual is what a sleeping engine keeps on the GPU: 5% of its budget.
@@ -113,7 +116,7 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 	a := h.agentOf(unit)
 	// Conflicts= as systemd applies it: the other side is stopped.
 	for _, o := range h.cfg.Agents {
-		if h.cfg.MayConflict(a, o) && config.CannotShare(a, o, h.total, h.cfg.GPU.ReserveMiB<<20) && h.states[o.Unit()].Running() {
+		if !h.cards && h.cfg.MayConflict(a, o) && config.CannotShare(a, o, h.total, h.cfg.GPU.ReserveMiB<<20) && h.states[o.Unit()].Running() {
 			h.t.Errorf("started %s while conflicting %s runs", a.Name, o.Name)
 		}
 	}
@@ -128,7 +131,7 @@ func (h *fakeHost) Start(ctx context.Context, unit string) error {
 	if u := h.used(); u > h.peak {
 		h.peak = u
 	}
-	if h.used() > h.total {
+	if !h.cards && h.used() > h.total {
 		h.t.Errorf("over-commit: %d > %d after starting %s", h.used(), h.total, a.Name)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(a.Port))

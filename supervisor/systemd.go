@@ -187,7 +187,8 @@ func (d *DBus) State(ctx context.Context, unit string) (UnitState, error) {
 	if id, ok := props["InvocationID"].([]byte); ok {
 		st.InvocationID = fmt.Sprintf("%x", id)
 	}
-	if st.LoadState != "loaded" {
+	if st.LoadState != "loaded" || !strings.HasSuffix(unit, ".service") {
+		// A socket unit (vagentd.socket) has no main process.
 		return st, nil
 	}
 	svc, err := d.conn.GetUnitTypePropertiesContext(cctx, unit, "Service")

@@ -1,7 +1,8 @@
 // Package units renders and writes the systemd units that run vagent's
 // agents: one template, vagent@.service, holding what every agent shares, and
 // per agent a drop-in, vagent@NAME.service.d/50-vagent.conf, holding its
-// command line, environment and Conflicts=. systemd then is the only place
+// command line, environment and Conflicts=; and vagentd.socket, the
+// listening sockets systemd holds for vagentd (socket.go). systemd then is the only place
 // that knows what runs, and `systemctl start vagent@dev` by hand is as safe
 // as a start through vagentd: units that cannot share a GPU conflict, so
 // systemd stops the other one itself.
@@ -61,7 +62,8 @@ var agentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// Render renders the template and every agent's drop-in from cfg.
+// Render renders the template, every agent's drop-in and vagentd's socket
+// unit (SocketName) from cfg.
 //
 // gpuTotals holds each GPU's total memory in bytes and decides which agents
 // conflict: two agents sharing a GPU conflict when their budgets together
@@ -75,7 +77,7 @@ func Render(cfg *config.Config, gpuTotals map[int]uint64) (Files, error) {
 	r := &renderer{cfg: cfg, totals: gpuTotals}
 	r.eng = engine.Of(cfg)
 
-	files := Files{TemplateName: r.template()}
+	files := Files{TemplateName: r.template(), SocketName: r.socket()}
 	seen := map[string]bool{}
 	for _, a := range cfg.Agents {
 		if seen[a.Name] {

@@ -170,7 +170,7 @@ func TestShippedAgents(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		if len(files) != 1+len(cfg.Agents) || len(cfg.Agents) != 3 {
+		if len(files) != 2+len(cfg.Agents) || len(cfg.Agents) != 3 {
 			t.Fatalf("%s: files %v for %d agents", path, keys(files), len(cfg.Agents))
 		}
 		flags, _ := vllmflags.For(cfg.Engine.VLLMVersion)

@@ -17,6 +17,9 @@ import (
 type Result struct {
 	// TemplateChanged is true when vagent@.service was created or rewritten.
 	TemplateChanged bool
+	// SocketChanged is true when vagentd.socket was created, rewritten or
+	// removed: a running socket keeps its old addresses until restarted.
+	SocketChanged bool
 	// Added, Updated and Removed name the agents whose drop-in was created,
 	// rewritten or deleted, sorted.
 	Added, Updated, Removed []string
@@ -25,7 +28,7 @@ type Result struct {
 // Changed reports whether anything on disk changed: only then does systemd
 // need a daemon-reload.
 func (r Result) Changed() bool {
-	return r.TemplateChanged || len(r.Added)+len(r.Updated)+len(r.Removed) > 0
+	return r.TemplateChanged || r.SocketChanged || len(r.Added)+len(r.Updated)+len(r.Removed) > 0
 }
 
 // Write brings the unit directory dir in line with files, a complete Render
@@ -55,6 +58,26 @@ type WriteOptions struct {
 	// not written into dir, and a copy vagent wrote there earlier is
 	// removed (reported as TemplateChanged).
 	TemplateElsewhere bool
+	// SocketElsewhere does the same for vagentd.socket (VendorSocket),
+	// reported as SocketChanged.
+	SocketElsewhere bool
+}
+
+func (o WriteOptions) elsewhere(name string) bool {
+	switch name {
+	case TemplateName:
+		return o.TemplateElsewhere
+	case SocketName:
+		return o.SocketElsewhere
+	}
+	return false
+}
+
+// vendorFiles are the files the package may install itself, with the
+// header that marks a copy vagent wrote.
+var vendorFiles = []struct{ name, header string }{
+	{TemplateName, templateHeader},
+	{SocketName, socketHeader},
 }
 
 // WriteWith is Write with options.
@@ -64,25 +87,35 @@ func WriteWith(dir string, files Files, o WriteOptions) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if o.TemplateElsewhere {
+	changed := func(name string) {
+		if name == SocketName {
+			res.SocketChanged = true
+		} else {
+			res.TemplateChanged = true
+		}
+	}
+	for _, v := range vendorFiles {
+		if !o.elsewhere(v.name) {
+			continue
+		}
 		kept := plan.writes[:0]
 		for _, w := range plan.writes {
-			if w.agent != "" {
+			if w.rel != v.name {
 				kept = append(kept, w)
 			}
 		}
 		plan.writes = kept
-		p := filepath.Join(dir, TemplateName)
+		p := filepath.Join(dir, v.name)
 		if st, err := os.Lstat(p); err == nil && st.Mode().IsRegular() {
 			data, err := os.ReadFile(p)
 			if err != nil {
 				return res, fmt.Errorf("write units: %w", err)
 			}
-			if bytes.HasPrefix(data, []byte(templateHeader)) {
+			if bytes.HasPrefix(data, []byte(v.header)) {
 				if err := os.Remove(p); err != nil {
 					return res, fmt.Errorf("write units: %w", err)
 				}
-				res.TemplateChanged = true
+				changed(v.name)
 				if err := syncDir(dir); err != nil {
 					return res, fmt.Errorf("write units: %w", err)
 				}
@@ -101,7 +134,7 @@ func WriteWith(dir string, files Files, o WriteOptions) (Result, error) {
 		dirty[sub] = true
 		switch {
 		case w.agent == "":
-			res.TemplateChanged = true
+			changed(w.rel)
 		case w.existed:
 			res.Updated = append(res.Updated, w.agent)
 		default:
@@ -178,7 +211,13 @@ func planWrite(dir string, files Files) (*writePlan, error) {
 	for _, rel := range rels {
 		data := files[rel]
 		agent := ""
-		if rel != TemplateName {
+		switch rel {
+		case TemplateName:
+		case SocketName:
+			if !bytes.HasPrefix(data, []byte(socketHeader)) {
+				return nil, fmt.Errorf("write units: %s does not start with %q: not rendered by vagent", rel, socketHeader)
+			}
+		default:
 			agent = agentOf(rel)
 			if agent == "" {
 				return nil, fmt.Errorf("write units: %q is not a file vagent writes", rel)

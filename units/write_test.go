@@ -93,7 +93,7 @@ func TestWrite(t *testing.T) {
 	a, b, c := testAgent("dev", 0.4), testAgent("po", 0.4), testAgent("old", 0.4)
 	cfg := testConfig(a, b, c)
 	res := mustWrite(t, dir, render(t, cfg))
-	want := Result{TemplateChanged: true, Added: []string{"dev", "old", "po"}}
+	want := Result{TemplateChanged: true, SocketChanged: true, Added: []string{"dev", "old", "po"}}
 	if !reflect.DeepEqual(res, want) || !res.Changed() {
 		t.Errorf("first write: %+v, want %+v", res, want)
 	}

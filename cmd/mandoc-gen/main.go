@@ -173,6 +173,10 @@ func vagentdPage(opts []mandoc.Option, source, date string) *mandoc.Page {
 				"vagent@NAME.service over D-Bus, which polkit allows user vagent for those units only.",
 			"vagentd keeps no state of its own: restarting or upgrading it leaves every agent running, and it " +
 				"rebuilds its view from systemd and the GPU when it starts.",
+			"Its listening sockets (the endpoint, each agent's listen, the control socket) belong to vagentd.socket, " +
+				"which vagentctl apply renders from the configuration: systemd holds them while vagentd restarts, so new " +
+				"connections wait for the next vagentd instead of being refused. Run without them (LISTEN_FDS unset), " +
+				"vagentd opens its listeners itself.",
 		},
 		Options: opts,
 		Sections: []mandoc.Section{
@@ -184,9 +188,10 @@ func vagentdPage(opts []mandoc.Option, source, date string) *mandoc.Page {
 			{Title: "FILES", Items: []mandoc.Item{
 				{Tag: config.DefaultPath, Text: "The main configuration file."},
 				{Tag: "/usr/share/polkit-1/rules.d/50-vagent.rules", Text: "What user vagent may do with systemd."},
+				{Tag: "/usr/lib/systemd/system/vagentd.socket", Text: "The sockets vagentd serves on, rendered from the packaged configuration; vagentctl apply writes its own into /etc/systemd/system where this host's differs."},
 			}},
 		},
-		SeeAlso: []string{"vagentctl(1)", "vllm-sim(1)", "systemd.service(5)"},
+		SeeAlso: []string{"vagentctl(1)", "vllm-sim(1)", "systemd.service(5)", "systemd.socket(5)"},
 	}
 }
 

@@ -222,6 +222,12 @@ func tomlValue(v any) (string, error) {
 		return strconv.FormatInt(x, 10), nil
 	case uint64:
 		return strconv.FormatUint(x, 10), nil
+	case []int:
+		parts := make([]string, len(x))
+		for i, n := range x {
+			parts[i] = strconv.Itoa(n)
+		}
+		return "[" + strings.Join(parts, ", ") + "]", nil
 	case float64:
 		f := strconv.FormatFloat(x, 'f', -1, 64)
 		if !strings.ContainsAny(f, ".eEn") { // keep it a TOML float, not an integer

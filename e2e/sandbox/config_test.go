@@ -29,12 +29,14 @@ unit_dir = 1
 		"supervisor.on":     true,
 		"model":             "n",
 		"port":              18001,
+		"gpus":              []int{0, 1},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := `# main
 model = "n"
+gpus = [0, 1]
 port = 18001
 
 [engine]

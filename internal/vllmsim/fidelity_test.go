@@ -29,7 +29,9 @@ import (
 const execEnv = "VLLM_SIM_TEST_EXEC"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(execEnv) == "1" {
+	// A tensor-parallel engine run inside a test starts its workers from
+	// this binary: they must run as workers, never as the tests.
+	if os.Getenv(execEnv) == "1" || os.Getenv(WorkerEnv) != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		code := Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 		stop()

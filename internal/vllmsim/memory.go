@@ -123,7 +123,7 @@ func (s *sim) claim() (claimOutcome, error) {
 		}
 		for i, g := range s.gpus {
 			st.Entries = append(st.Entries, ledger.Entry{
-				PID: s.ident.pid, PIDNS: s.ident.pidns, GPU: g, Bytes: holds[i],
+				PID: s.ident.holder(g), PIDNS: s.ident.pidns, GPU: g, Bytes: holds[i],
 				Unit: unitFromCgroup(), Model: s.opts.model, Port: s.ident.port,
 				State: ledger.StateLoading, Since: s.ident.since,
 			})
@@ -225,7 +225,7 @@ func (s *sim) setEntries(bytes, host uint64, state string) error {
 		for _, g := range s.gpus {
 			if !found[g] {
 				st.Entries = append(st.Entries, ledger.Entry{
-					PID: s.ident.pid, PIDNS: s.ident.pidns, GPU: g, Bytes: bytes, HostBytes: host,
+					PID: s.ident.holder(g), PIDNS: s.ident.pidns, GPU: g, Bytes: bytes, HostBytes: host,
 					Unit: unitFromCgroup(), Model: s.opts.model, Port: s.ident.port, State: state, Since: s.ident.since,
 				})
 			}

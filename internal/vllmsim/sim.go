@@ -182,6 +182,9 @@ const topUsage = "usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,r
 // the exit status: 0 after a clean shutdown (ctx cancelled, as on SIGTERM),
 // 1 when the engine fails to start, 2 for command-line errors.
 func Main(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	if env(WorkerEnv) != "" {
+		return worker(ctx, os.Stdin)
+	}
 	se, err := readEnv(env)
 	if err != nil {
 		fmt.Fprintf(stderr, "vllm-sim: %v\n", err)
@@ -281,10 +284,21 @@ type entryIdent struct {
 	pidns string
 	port  int
 	since time.Time
+	// onGPU is the PID of the worker holding each GPU, by GPU index, for an
+	// engine with a worker per rank; pid holds the GPU otherwise.
+	onGPU map[int]int
+}
+
+// holder is the PID whose entry holds gpu.
+func (id entryIdent) holder(gpu int) int {
+	if p, ok := id.onGPU[gpu]; ok {
+		return p
+	}
+	return id.pid
 }
 
 func (id entryIdent) mine(e ledger.Entry) bool {
-	return e.PID == id.pid && e.PIDNS == id.pidns && e.Port == id.port && e.Since.Equal(id.since)
+	return e.PID == id.holder(e.GPU) && e.PIDNS == id.pidns && e.Port == id.port && e.Since.Equal(id.since)
 }
 
 func (s *sim) run(ctx context.Context) int {
@@ -369,6 +383,19 @@ func (s *sim) run(ctx context.Context) int {
 
 	s.led = ledger.Open(se.ledgerPath, se.gpus, se.totalBytes)
 	s.ident = entryIdent{pid: os.Getpid(), pidns: ledger.SelfNS(), port: sock.port, since: time.Now().UTC()}
+	if world > 1 {
+		rs, err := startRanks(s.gpus)
+		if err != nil {
+			lg.raw(s.stderr, procEngine, "Traceback (most recent call last):", "RuntimeError: "+err.Error())
+			s.apiFailure()
+			return 1
+		}
+		defer rs.stop()
+		s.ident.onGPU = map[int]int{}
+		for rank, pid := range rs.pids() {
+			s.ident.onGPU[s.gpus[rank]] = pid
+		}
+	}
 	outcome, err := s.claim()
 	if err != nil {
 		var fe *startupError

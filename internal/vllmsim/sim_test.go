@@ -702,17 +702,80 @@ func TestSleepAndWake(t *testing.T) {
 	}
 }
 
+// TestTensorParallelSplitsAcrossGPUs: with -tp 2 the weights are split and
+// each GPU's share is held by a worker process of its own, as vLLM's
+// MultiprocExecutor runs one VllmWorker per rank: the ledger (NVML's view)
+// names two workers, neither of them the API server, and they go with it,
+// even when it is killed.
 func TestTensorParallelSplitsAcrossGPUs(t *testing.T) {
 	path := tempLedger(t)
-	env := simEnvFor(t, path, map[string]string{"VLLM_SIM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "0,1"})
-	p := startSim(t, env, "Qwen/Qwen2.5-32B-Instruct-AWQ", "-tp", "2", "--max-model-len", "8192")
+	env := procEnv(path, "0.18.0", map[string]string{"VLLM_SIM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "0,1"})
+	p := execSim(t, env, freePort(t), "Qwen/Qwen2.5-32B-Instruct-AWQ", "-tp", "2", "--max-model-len", "8192")
 	p.waitHealthy(t)
 	es := entriesFor(readLedger(t, path), p.port)
 	if len(es) != 2 || es[0].GPU == es[1].GPU {
 		t.Fatalf("entries %+v", es)
 	}
+	if es[0].PID == es[1].PID || es[0].PID == p.pid || es[1].PID == p.pid {
+		t.Errorf("GPU holders: PIDs %d and %d, API server %d: want a worker process per rank", es[0].PID, es[1].PID, p.pid)
+	}
+	if es[0].Bytes != es[1].Bytes || es[0].Bytes == 0 {
+		t.Errorf("per-rank memory %d and %d: want the same share on each GPU", es[0].Bytes, es[1].Bytes)
+	}
+	for _, e := range es {
+		if err := syscall.Kill(e.PID, 0); err != nil {
+			t.Errorf("worker %d on GPU %d: %v", e.PID, e.GPU, err)
+		}
+	}
 	if !strings.Contains(p.stdout.String(), fmt.Sprintf("Model loading took %.4f GiB", 19.33e9/2/gib)) {
 		t.Errorf("weights not split:\n%s", p.stdout)
+	}
+
+	// SIGKILL leaves the engine no chance to clean up: its workers go
+	// with it and the driver (the ledger's pruning) frees their memory.
+	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, e := range es {
+		for syscall.Kill(e.PID, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("worker %d outlived its killed engine", e.PID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := ledger.Open(path, 2, 0).Prune(); err != nil {
+		t.Fatal(err)
+	}
+	if left := entriesFor(readLedger(t, path), p.port); len(left) != 0 {
+		t.Errorf("after the engine was killed the ledger still holds %+v", left)
+	}
+}
+
+// TestTensorParallelWorkersEndWithTheEngine: a clean stop (SIGTERM) gives
+// the memory back and leaves no worker behind.
+func TestTensorParallelWorkersEndWithTheEngine(t *testing.T) {
+	path := tempLedger(t)
+	env := procEnv(path, "0.12.0", map[string]string{"VLLM_SIM_GPUS": "2", "CUDA_VISIBLE_DEVICES": "1,0"})
+	p := execSim(t, env, freePort(t), model7B, "-tp", "2", "--max-model-len", "4096", "--gpu-memory-utilization", "0.4")
+	p.waitHealthy(t)
+	es := entriesFor(readLedger(t, path), p.port)
+	if len(es) != 2 {
+		t.Fatalf("entries %+v", es)
+	}
+	p.cancel()
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	for _, e := range es {
+		if err := syscall.Kill(e.PID, 0); err == nil {
+			t.Errorf("worker %d still runs after its engine stopped", e.PID)
+		}
+	}
+	if left := entriesFor(readLedger(t, path), p.port); len(left) != 0 {
+		t.Errorf("after a clean stop the ledger still holds %+v", left)
 	}
 }
 

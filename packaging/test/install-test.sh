@@ -19,7 +19,9 @@
 #     vagent@po runs the shipped po agent on vllm-sim as user vagent and
 #     journalctl -u vagent@po shows its lines; vagentctl switch through
 #     vagentd (which runs as vagent: polkit) moves the GPU from po to dev
-#     and back; an upgrade restarts vagentd and keeps vagent@po's PID;
+#     and back; an upgrade restarts vagentd, not vagentd.socket, and keeps
+#     vagent@po's PID, while two clients stream through the gateway: none
+#     of their connections is refused and no stream is cut;
 #     dpkg --remove stops everything and keeps the data; dpkg --purge removes
 #     units and data and leaves no process.
 #
@@ -88,6 +90,7 @@ tar -C "$root" -xf "$tarball"
 mkdir -p "$root/var/cache/vagent-test"
 cp "$deb1" "$root/var/cache/vagent-test/v1.deb"
 cp "$deb2" "$root/var/cache/vagent-test/v2.deb"
+cp packaging/test/stream-client.sh "$root/var/cache/vagent-test/"
 # A fixed machine id: journald keeps the agents' logs under it.
 systemd-id128 new >"$root/etc/machine-id"
 
@@ -272,9 +275,30 @@ active vagent@po.service && ! active vagent@dev.service || die "after switch po:
 say "ok: vagentctl switch dev, then po, through vagentd as user vagent"
 
 # ---- upgrade -----------------------------------------------------------------
+# Two clients stream through the gateway, a new connection per stream, while
+# dpkg upgrades the package. Its postinst restarts vagentd but not
+# vagentd.socket: streams in flight finish (gateway.shutdown_timeout) and new
+# connections wait in the socket's backlog for the next vagentd, so none may
+# be refused and none cut.
+ctr systemctl is-active --quiet vagentd.socket || die "vagentd.socket is not active"
+ctr systemctl is-enabled --quiet vagentd.socket || die "vagentd.socket is not enabled"
+streams() { ctr sh -c 'cat /run/vagent-test-streams.* 2>/dev/null' || true; }
+# ms TIMESTAMP-PROPERTY: a property of vagentd.service in ms since the epoch.
+ms() { ctr date -d "$(ctr systemctl show --timestamp=us+utc -p "$1" --value vagentd.service)" +%s%3N; }
+clients=()
+for i in 1 2; do
+	ctr bash /var/cache/vagent-test/stream-client.sh 127.0.0.1 8080 po /run/vagent-test-streams.$i /run/vagent-test-stop &
+	clients+=($!)
+done
+for _ in $(seq 300); do
+	[ "$(streams | grep -c ' done$')" -ge 2 ] && break
+	sleep 0.1
+done
+[ "$(streams | grep -c ' done$')" -ge 2 ] || die "the clients completed no stream before the upgrade: $(streams)"
+
 po=$(main_pid vagent@po.service)
 vd=$(main_pid vagentd.service)
-say "dpkg -i vagent $pkg_version-$next_release (upgrade; vagent@po is PID $po, vagentd $vd)"
+say "dpkg -i vagent $pkg_version-$next_release (upgrade; vagent@po is PID $po, vagentd $vd; 2 clients streaming)"
 ctr dpkg -i /var/cache/vagent-test/v2.deb >"$work/dpkg-upgrade.log" 2>&1 ||
 	{ cat "$work/dpkg-upgrade.log" >&2; die "dpkg -i (upgrade) failed"; }
 [ "$(ctr dpkg-query -W -f '${Version}' vagent)" = "$pkg_version-$next_release" ] || die "the upgrade did not install $pkg_version-$next_release"
@@ -284,7 +308,37 @@ vd2=$(main_pid vagentd.service)
 [ "$(user_of "$vd2")" = vagent ] || die "vagentd runs as $(user_of "$vd2") after the upgrade"
 active vagent@po.service || die "vagent@po is not running after the upgrade"
 [ "$(main_pid vagent@po.service)" = "$po" ] || die "vagent@po was restarted by the upgrade: PID $po became $(main_pid vagent@po.service)"
-say "ok: upgrade restarted vagentd (PID $vd -> $vd2) and kept vagent@po (PID $po)"
+ctr systemctl is-active --quiet vagentd.socket || die "vagentd.socket is not active after the upgrade"
+say "ok: upgrade restarted vagentd (PID $vd -> $vd2) and kept vagent@po (PID $po) and vagentd.socket"
+
+# The old vagentd got SIGTERM at ActiveExitTimestamp (the restart left the
+# unit active then); the new one was ready at ActiveEnterTimestamp. Let each
+# client finish a stream begun after that, then count.
+stopped=$(ms ActiveExitTimestamp)
+ready=$(ms ActiveEnterTimestamp)
+for _ in $(seq 300); do
+	[ "$(streams | awk -v r="$ready" '$1 >= r && $3 == "done"' | wc -l)" -ge 2 ] && break
+	sleep 0.1
+done
+ctr touch /run/vagent-test-stop
+wait "${clients[@]}"
+streams >"$work/upgrade-streams.txt"
+total=$(wc -l <"$work/upgrade-streams.txt")
+done_=$(grep -c ' done$' "$work/upgrade-streams.txt" || true)
+refused=$(grep -c ' refused$' "$work/upgrade-streams.txt" || true)
+cut=$(grep -c ' cut$' "$work/upgrade-streams.txt" || true)
+# In flight at the SIGTERM: begun before it, ended after it. Queued: begun
+# between the SIGTERM and the new vagentd's READY=1.
+inflight=$(awk -v s="$stopped" '$1 < s && $2 > s' "$work/upgrade-streams.txt" | wc -l)
+queued=$(awk -v s="$stopped" -v r="$ready" '$1 >= s && $1 < r' "$work/upgrade-streams.txt" | wc -l)
+after=$(awk -v r="$ready" '$1 >= r && $3 == "done"' "$work/upgrade-streams.txt" | wc -l)
+gap=$(awk -v s="$stopped" -v r="$ready" '$1 >= s && $1 < r { w = $2 - $1; if (w > m) m = w } END { print m + 0 }' "$work/upgrade-streams.txt")
+say "upgrade: $total streams: $done_ done, $refused refused, $cut cut; $inflight in flight at vagentd's SIGTERM, $queued begun while it restarted ($((ready - stopped)) ms; longest of those streams ${gap} ms), $after done after"
+[ "$refused" -eq 0 ] || die "$refused connections refused during the upgrade (see $work/upgrade-streams.txt)"
+[ "$cut" -eq 0 ] || die "$cut streams cut during the upgrade (see $work/upgrade-streams.txt)"
+[ $((inflight + queued)) -ge 1 ] || die "no stream was in flight or begun while vagentd restarted: the upgrade step proves nothing (see $work/upgrade-streams.txt)"
+[ "$after" -ge 2 ] || die "the clients completed $after streams after the upgrade, want 2 (see $work/upgrade-streams.txt)"
+say "ok: no connection refused and no stream cut while the upgrade restarted vagentd"
 
 # ---- remove, then purge ------------------------------------------------------
 ctr dpkg --remove vagent >"$work/dpkg-remove.log" 2>&1 || { cat "$work/dpkg-remove.log" >&2; die "dpkg --remove failed"; }
@@ -294,7 +348,10 @@ fi
 ctr test -d /var/lib/vagent || die "dpkg --remove removed /var/lib/vagent"
 ctr test -f /etc/vagent/vagent.toml || die "dpkg --remove removed /etc/vagent/vagent.toml"
 ctr test ! -e /usr/lib/systemd/system/vagent@.service || die "dpkg --remove left the template unit"
-say "ok: dpkg --remove stopped vagentd and the agents, kept configuration and data"
+if active vagentd.socket; then
+	die "vagentd.socket still listens after dpkg --remove"
+fi
+say "ok: dpkg --remove stopped vagentd, its socket and the agents, kept configuration and data"
 
 ctr dpkg --purge vagent >"$work/dpkg-purge.log" 2>&1 || { cat "$work/dpkg-purge.log" >&2; die "dpkg --purge failed"; }
 if procs=$(ctr pgrep -a -u vagent); then
@@ -305,7 +362,8 @@ if procs=$(ctr pgrep -a -f 'vllm-sim|vagentd'); then
 fi
 for p in /var/lib/vagent /var/cache/vagent /run/vagent /etc/vagent \
 	/usr/lib/systemd/system/vagentd.service /etc/systemd/system/vagent@.service \
-	/etc/systemd/system/vagent@po.service.d /etc/systemd/system/multi-user.target.wants/vagentd.service; do
+	/etc/systemd/system/vagent@po.service.d /etc/systemd/system/multi-user.target.wants/vagentd.service \
+	/etc/systemd/system/sockets.target.wants/vagentd.socket /run/vagent/vagentd.sock; do
 	ctr test ! -e "$p" || die "dpkg --purge left $p"
 done
 loaded=$(ctr systemctl list-units --all --plain --no-legend 'vagent*' | awk '$2 != "not-found" {print $1}')
