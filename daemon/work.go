@@ -33,6 +33,7 @@ func openWork(ctx context.Context, cfg *config.Config, gw *gateway.Gateway, reg 
 func workTarget(gw *gateway.Gateway) work.Target {
 	return work.Target{
 		Handler: gw.BackgroundHandler(),
+		Yielded: gateway.Yielded,
 		Load: func() []work.AgentLoad {
 			loads := gw.Load()
 			out := make([]work.AgentLoad, len(loads))

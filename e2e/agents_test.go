@@ -178,7 +178,7 @@ func (h *host) sampleLedger(stop <-chan struct{}) (peak, total func() uint64) {
 }
 
 // eventually polls cond until it holds or the bound passes.
-func eventually(t *testing.T, bound time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, bound time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(bound)
 	for !cond() {

@@ -76,3 +76,44 @@ func (g *Gateway) Load() []AgentLoad {
 	}
 	return out
 }
+
+// yieldedHeader marks an answer of BackgroundHandler: the request gave way
+// to a client's and was never sent to an engine. Only BackgroundHandler's
+// in-process caller sees it.
+const yieldedHeader = "X-Vagent-Yielded"
+
+// Yielded reports whether h, the header of an answer of BackgroundHandler,
+// says the request gave way to a client's: it was not sent to an engine,
+// and should be sent again later without counting as a failed attempt.
+func Yielded(h http.Header) bool { return h.Get(yieldedHeader) != "" }
+
+func errYielded(ag *agentRT) *APIError {
+	return &APIError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, RetryAfter: retryDrained, yielded: true,
+		Message: "background work for agent " + ag.name + " gave way to a client's request for an agent that cannot run beside it"}
+}
+
+// yieldStartsLocked makes background work give way to a client's request
+// for ag: an agent that cannot run beside ag and is starting for background
+// work only has that start cancelled and its requests answered as yielded
+// (the executor sends them again later), so that the client waits for one
+// switch, ag's, not for a load it does not need first.
+func (g *Gateway) yieldStartsLocked(ag *agentRT) {
+	for _, c := range ag.conflicts {
+		if c.phase != phaseStarting || len(c.waiters) == 0 {
+			continue
+		}
+		clients := false
+		for _, w := range c.waiters {
+			if !w.lease.background {
+				clients = true
+				break
+			}
+		}
+		if v := g.viewLocked(c); clients || !v.startCancellable || v.pinned {
+			continue
+		}
+		g.log.Info("background work gives way to a client: cancelling its start", "agent", c.name, "client_waits_for", ag.name)
+		g.failWaitersLocked(c, errYielded(c))
+		g.maybeCancelStartLocked(c)
+	}
+}

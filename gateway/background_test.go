@@ -69,7 +69,7 @@ func TestLoadAndInteractiveFirst(t *testing.T) {
 		io.WriteString(w, `{"choices":[{"index":0,"message":{"content":"x"},"finish_reason":"stop"}]}`)
 	})
 	go e.chat("a")
-	waitFor(t, "a busy", func() bool { return e.inflight("a") == 1 })
+	waitFor(t, "a busy", func() bool { return e.inflight("a") == 1 && len(e.engines["a"].requests()) == 2 })
 	e.engines["a"].setHandler(nil)
 	bgDone := make(chan int, 1)
 	go func() {
@@ -109,5 +109,58 @@ func TestLoadAndInteractiveFirst(t *testing.T) {
 	}
 	if len(order) != 2 || order[0] != "switch c" {
 		t.Fatalf("switches %v: the interactive request's agent c should start before b's background work", order)
+	}
+}
+
+// A client's request for an agent that cannot run beside one starting for
+// background work only cancels that start: the background request is
+// answered as yielded (never sent to an engine) and the client waits for
+// its own switch alone.
+func TestBackgroundStartYieldsToClient(t *testing.T) {
+	e := newEnv(t, envOpts{agents: []string{"a", "b"}})
+	openB := e.sw.gate("b")
+	defer openB()
+	bg := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		bg <- e.bgPost(context.Background(), `{"model":"b","messages":[{"role":"user","content":"hi"}]}`)
+	}()
+	waitFor(t, "b starting for background work", func() bool { return e.phase("b") == phaseStarting })
+	st, body := e.chat("a")
+	if st != 200 {
+		t.Fatalf("client's request for a: %d %s", st, body)
+	}
+	rec := <-bg
+	if rec.Code != http.StatusServiceUnavailable || !Yielded(rec.Header()) {
+		t.Fatalf("background request: %d %v %s, want 503 marked yielded", rec.Code, rec.Header(), rec.Body)
+	}
+	if n := len(e.engines["b"].requests()); n != 0 {
+		t.Errorf("b's engine got %d requests", n)
+	}
+	if e.sw.isRunning("b") {
+		t.Error("b's cancelled start left it running")
+	}
+	// A client waiting for b keeps b's start.
+	openB()
+	e2 := newEnv(t, envOpts{agents: []string{"a", "b"}})
+	gate := e2.sw.gate("b")
+	clientB := make(chan int, 1)
+	go func() { st, _ := e2.chat("b"); clientB <- st }()
+	bg2 := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		bg2 <- e2.bgPost(context.Background(), `{"model":"b","messages":[{"role":"user","content":"hi"}]}`)
+	}()
+	waitFor(t, "b starting with both waiting", func() bool { return e2.phase("b") == phaseStarting && e2.queued("b") == 2 })
+	aDone := make(chan int, 1)
+	go func() { st, _ := e2.chat("a"); aDone <- st }()
+	waitFor(t, "a's request queued", func() bool { return e2.queued("a") == 1 })
+	gate()
+	if st := <-clientB; st != 200 {
+		t.Fatalf("client for b: %d", st)
+	}
+	if rec := <-bg2; rec.Code != 200 || Yielded(rec.Header()) {
+		t.Fatalf("background request beside a client: %d %v", rec.Code, rec.Header())
+	}
+	if st := <-aDone; st != 200 {
+		t.Fatalf("client for a: %d", st)
 	}
 }

@@ -43,6 +43,9 @@ type APIError struct {
 	Message string
 	// RetryAfter, when positive, is sent as the Retry-After header.
 	RetryAfter int
+	// yielded marks background work that gave way to a client (see
+	// Yielded).
+	yielded bool
 }
 
 func (e *APIError) Error() string { return e.Message }
@@ -74,6 +77,9 @@ func (e *APIError) write(w http.ResponseWriter) {
 	h.Set("Content-Type", "application/json")
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	if e.yielded {
+		h.Set(yieldedHeader, "1")
 	}
 	w.WriteHeader(e.Status)
 	w.Write(e.body())

@@ -33,6 +33,16 @@
 // A start nobody waits for any more (clients gone) is cancelled and the
 // half-started unit stopped, unless the agent is pinned.
 //
+// # Background work
+//
+// vagentd's own work (batches, pipeline runs) comes in through
+// BackgroundHandler, in process, marked by a context value: it takes no
+// client key but is otherwise served as a client's request. Agents with
+// clients waiting are served before agents with background work only, and
+// a client's request cancels a start that only background work waits for
+// (those requests are answered Yielded). Load tells the work executor
+// which agents run and whom clients wait for.
+//
 // # Sleep mode
 //
 // The supervisor puts a sleep agent to sleep instead of stopping it (after

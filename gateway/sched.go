@@ -175,6 +175,9 @@ func (g *Gateway) acquire(ctx context.Context, ag *agentRT, l *lease) (waited ti
 	w := &waiter{arrived: now, lease: l, ch: make(chan error, 1)}
 	ag.waiters = append(ag.waiters, w)
 	g.queued++
+	if !l.background {
+		g.yieldStartsLocked(ag)
+	}
 	g.scheduleLocked()
 	g.mu.Unlock()
 

@@ -21,6 +21,10 @@ type Target struct {
 	// Load reports the agents' states and the clients' requests waiting
 	// (gateway.Load).
 	Load func() []AgentLoad
+	// Yielded reports whether an answer's header says the request gave
+	// way to a client's without reaching an engine (gateway.Yielded); it
+	// is sent again without counting an attempt. Nil: never.
+	Yielded func(http.Header) bool
 }
 
 // ExecOptions tune the executor; zero values take the defaults.
@@ -36,8 +40,13 @@ type ExecOptions struct {
 	// (default 1s, at most 30s).
 	RetryDelay time.Duration
 	// Poll is how often the executor looks at the gateway again while its
-	// work waits for clients to be served (default 100ms).
+	// work waits for clients to be served (default 100ms); with no work it
+	// looks at the store ten times less often (work stored by another
+	// program without Notify).
 	Poll time.Duration
+	// FinishRetry is how long a job whose Finished hook failed waits for
+	// its next try (default 30s).
+	FinishRetry time.Duration
 	// SweepInterval is how often Store.Sweep runs (default 1h).
 	SweepInterval time.Duration
 	Log           *slog.Logger
@@ -65,6 +74,9 @@ type Executor struct {
 	total    int
 	current  string
 	subs     map[string]map[chan Event]struct{}
+	// finishAfter holds jobs whose Finished hook failed until their next
+	// try.
+	finishAfter map[string]time.Time
 }
 
 // NewExecutor returns an executor for s that sends to t.
@@ -81,6 +93,9 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	if o.Poll <= 0 {
 		o.Poll = 100 * time.Millisecond
 	}
+	if o.FinishRetry <= 0 {
+		o.FinishRetry = 30 * time.Second
+	}
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = time.Hour
 	}
@@ -90,6 +105,7 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	e := &Executor{
 		s: s, t: t, o: o, log: o.Log, kinds: map[string]Kind{},
 		notify: make(chan struct{}, 1), inflight: map[string]int{}, subs: map[string]map[chan Event]struct{}{},
+		finishAfter: map[string]time.Time{},
 	}
 	e.m = newExecMetrics(s)
 	if o.Registry != nil {
@@ -168,11 +184,13 @@ func (e *Executor) Run(ctx context.Context) error {
 	e.sweep(ctx)
 	for {
 		e.finishEnded(ctx)
+		waiting := false
 		for {
-			started, err := e.dispatch(ctx, &wg, done)
+			started, w, err := e.dispatch(ctx, &wg, done)
 			if err != nil && ctx.Err() == nil {
 				e.log.Warn("background work: dispatch failed", "err", err)
 			}
+			waiting = w
 			if !started {
 				break
 			}
@@ -183,7 +201,14 @@ func (e *Executor) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		poll.Reset(e.o.Poll)
+		// Work that waits for its turn looks at the gateway again soon;
+		// without any, the store is looked at now and then only, for work
+		// another program stored without Notify.
+		if waiting {
+			poll.Reset(e.o.Poll)
+		} else {
+			poll.Reset(10 * e.o.Poll)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -216,7 +241,12 @@ func (e *Executor) finishEnded(ctx context.Context) {
 		return
 	}
 	for _, j := range jobs {
-		e.finish(ctx, j.ID)
+		e.mu.Lock()
+		later := time.Now().Before(e.finishAfter[j.ID])
+		e.mu.Unlock()
+		if !later {
+			e.finish(ctx, j.ID)
+		}
 	}
 }
 
@@ -233,7 +263,10 @@ func (e *Executor) finish(ctx context.Context, id string) {
 	if k := e.kinds[j.Kind]; k != nil {
 		if err := k.Finished(ctx, e.s, j); err != nil {
 			if ctx.Err() == nil {
-				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err)
+				e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "kind", j.Kind, "err", err, "retry_in", e.o.FinishRetry)
+				e.mu.Lock()
+				e.finishAfter[j.ID] = time.Now().Add(e.o.FinishRetry)
+				e.mu.Unlock()
 			}
 			return
 		}
@@ -242,19 +275,22 @@ func (e *Executor) finish(ctx context.Context, id string) {
 		e.log.Warn("finishing a job failed: trying again later", "job", j.ID, "err", err)
 		return
 	}
+	e.mu.Lock()
+	delete(e.finishAfter, j.ID)
+	e.mu.Unlock()
 	e.log.Info("job finished", "job", j.ID, "kind", j.Kind, "done", j.Counts[Done], "failed", j.Counts[Failed], "cancelled", j.Counts[Cancelled])
 	e.emit(Event{JobID: j.ID, Type: EventJob})
 }
 
 // dispatch starts one item if the policy allows; it reports whether it
-// did.
-func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (bool, error) {
+// did, and whether eligible work is left waiting.
+func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan struct{}) (started, waiting bool, err error) {
 	if ctx.Err() != nil {
-		return false, nil
+		return false, false, nil
 	}
 	queues, err := e.s.Queues(ctx)
 	if err != nil || len(queues) == 0 {
-		return false, err
+		return false, false, err
 	}
 	loads := map[string]AgentLoad{}
 	for _, l := range e.t.Load() {
@@ -266,11 +302,11 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	e.mu.Unlock()
 	d, ok := pick(v)
 	if !ok {
-		return false, nil
+		return false, true, nil
 	}
 	it, j, ok, err := e.s.claim(ctx, d.agent)
 	if err != nil || !ok {
-		return false, err
+		return false, true, err
 	}
 	if d.cold && loads[d.agent].Interactive == 0 {
 		e.m.switched(j.Kind)
@@ -296,7 +332,7 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 		default:
 		}
 	}()
-	return true, nil
+	return true, true, nil
 }
 
 func cloneMap(m map[string]int) map[string]int {
@@ -314,7 +350,7 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		b, err := k.Prepare(ctx, e.s, j, it)
 		if err != nil {
 			if ctx.Err() != nil {
-				e.putBack(it, "vagentd stopped")
+				e.putBack(it, "vagentd stopped", false)
 				return
 			}
 			e.record(ctx, j, it, Outcome{State: Failed, Error: "prepare: " + err.Error()}, 0)
@@ -331,7 +367,12 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		return
 	}
 	if ctx.Err() != nil {
-		e.putBack(it, "vagentd stopped")
+		e.putBack(it, "vagentd stopped", false)
+		return
+	}
+	if res.yielded {
+		e.log.Info("background item gave way to a client: it waits for its turn", "job", j.ID, "item", it.ID, "agent", it.Agent)
+		e.putBack(it, res.out.Error, true)
 		return
 	}
 	if res.retry && it.Attempts < e.o.MaxAttempts {
@@ -342,7 +383,7 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		case <-time.After(delay):
 		case <-ctx.Done():
 		}
-		e.putBack(it, res.out.Error)
+		e.putBack(it, res.out.Error, false)
 		return
 	}
 	e.record(ctx, j, it, res.out, res.tokens)
@@ -350,10 +391,10 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 
 // putBack returns a running item to pending, whatever ctx says: it must
 // not stay running.
-func (e *Executor) putBack(it Item, why string) {
+func (e *Executor) putBack(it Item, why string, uncount bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := e.s.release(ctx, it.ID, why); err != nil {
+	if err := e.s.release(ctx, it.ID, why, uncount); err != nil {
 		e.log.Warn("background item: putting it back failed (it goes back at the next start)", "item", it.ID, "err", err)
 	}
 }
@@ -361,12 +402,24 @@ func (e *Executor) putBack(it Item, why string) {
 // record stores the item's outcome and, when that ended the job, finishes
 // the job.
 func (e *Executor) record(ctx context.Context, j Job, it Item, o Outcome, tokens int) {
-	ended, err := e.s.complete(ctx, it.ID, o)
-	if err != nil {
-		// Not recorded: the item stays running in the database, and goes
-		// back to pending at the next start.
-		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "err", err)
-		return
+	// The answer is in hand: a write that fails (a full disk) is tried
+	// again for a while rather than the request sent again.
+	var ended bool
+	var err error
+	for try, wait := 0, time.Second; ; try, wait = try+1, min(2*wait, 30*time.Second) {
+		if ended, err = e.s.complete(ctx, it.ID, o); err == nil {
+			break
+		}
+		e.log.Error("background item: recording its answer failed", "job", j.ID, "item", it.ID, "try", try+1, "err", err)
+		if try == 5 || ctx.Err() != nil {
+			// Not recorded: the item stays running in the database and
+			// goes back to pending at the next start.
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
 	}
 	ev := Event{JobID: j.ID, ItemID: it.ID, Seq: it.Seq, Stage: it.Stage, Agent: it.Agent, Type: EventDone, Tokens: tokens}
 	if o.State != Done {
@@ -381,9 +434,10 @@ func (e *Executor) record(ctx context.Context, j Job, it Item, o Outcome, tokens
 
 // result is what came of sending an item.
 type result struct {
-	out    Outcome
-	retry  bool
-	tokens int
+	out     Outcome
+	retry   bool
+	yielded bool // gave way to a client before reaching an engine
+	tokens  int
 }
 
 // send sends the item's request through the target and reads the answer.
@@ -413,7 +467,8 @@ func (e *Executor) send(ctx context.Context, j Job, it Item, body []byte) result
 		return result{out: out, retry: true}
 	default:
 		out.State, out.Error = Failed, errorMessage(b, resp.StatusCode)
-		return result{out: out, retry: retryable(resp.StatusCode)}
+		yielded := e.t.Yielded != nil && e.t.Yielded(resp.Header)
+		return result{out: out, retry: retryable(resp.StatusCode), yielded: yielded}
 	}
 }
 

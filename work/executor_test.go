@@ -164,6 +164,9 @@ func startExecutor(t *testing.T, s *Store, g *fakeGateway, o ExecOptions, k Kind
 	if o.Poll == 0 {
 		o.Poll = 5 * time.Millisecond
 	}
+	if o.FinishRetry == 0 {
+		o.FinishRetry = 10 * time.Millisecond
+	}
 	e := NewExecutor(s, g.target(), o)
 	if k != nil {
 		e.Register("batch", k)
@@ -413,6 +416,7 @@ func TestExecutorFinishesEndedJobs(t *testing.T) {
 func TestExecutorStream(t *testing.T) {
 	s := openTest(t, Options{})
 	g := newFakeGateway("dev")
+	tailErr := make(chan error, 1)
 	g.answer = func(w http.ResponseWriter, body map[string]any, item string) bool {
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, piece := range []string{"Hel", "lo"} {
@@ -420,7 +424,13 @@ func TestExecutorStream(t *testing.T) {
 		}
 		io.WriteString(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"dev\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
 		io.WriteString(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"dev\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n")
-		io.WriteString(w, "data: [DONE]\n\n")
+		io.WriteString(w, "data: [DONE]\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond) // the gateway reads the engine's EOF
+		if _, err := io.WriteString(w, "\n"); err != nil {
+			tailErr <- err
+		}
+		close(tailErr)
 		return true
 	}
 	e := NewExecutor(s, g.target(), ExecOptions{Poll: 5 * time.Millisecond})
@@ -440,6 +450,9 @@ func TestExecutorStream(t *testing.T) {
 		if ev.Type == EventJob {
 			break
 		}
+	}
+	if err := <-tailErr; err != nil {
+		t.Errorf("the executor stopped reading before the end of the stream: %v", err)
 	}
 	want := "start::0:3/1 delta:Hel:1:3/1 delta:lo:2:3/1 done::2:3/1 job::0:0/0"
 	if strings.Join(got, " ") != want {
@@ -490,5 +503,76 @@ vagent_pipeline_items{state="running"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "vagent_batch_items", "vagent_pipeline_items"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A request that gave way to a client (never reached an engine) is sent
+// again later without counting an attempt: with one attempt allowed, an
+// item that yields twice still completes.
+func TestExecutorYieldedIsNoAttempt(t *testing.T) {
+	s := openTest(t, Options{})
+	g := newFakeGateway("dev")
+	var mu sync.Mutex
+	yields := 0
+	g.answer = func(w http.ResponseWriter, body map[string]any, item string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if yields < 2 {
+			yields++
+			w.Header().Set("X-Test-Yielded", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"message":"gave way to a client","code":503}}`)
+			return true
+		}
+		return false
+	}
+	tg := g.target()
+	tg.Yielded = func(h http.Header) bool { return h.Get("X-Test-Yielded") != "" }
+	e := NewExecutor(s, tg, ExecOptions{MaxAttempts: 1, Poll: 5 * time.Millisecond, RetryDelay: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	j, _ := s.CreateJob(ctx, Job{Kind: "batch"}, interleaved(1, "dev"))
+	j = waitJob(t, s, j.ID, func(j Job) bool { return j.Finalized })
+	items, _ := s.Items(ctx, j.ID)
+	if items[0].State != Done || items[0].Attempts != 1 {
+		t.Fatalf("item after two yields: %+v", items[0])
+	}
+}
+
+// An answer whose write fails (a full disk) is written again once the
+// store takes writes, not asked for again.
+func TestExecutorRetriesRecordingAnswer(t *testing.T) {
+	s := openTest(t, Options{})
+	for _, q := range []string{
+		`CREATE TABLE fail_once (x INTEGER)`,
+		`INSERT INTO fail_once VALUES (1)`,
+		`CREATE TRIGGER full BEFORE UPDATE OF state ON items WHEN NEW.state = 'done' AND EXISTS (SELECT 1 FROM fail_once)
+			BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := newFakeGateway("dev")
+	_, stop := startExecutor(t, s, g, ExecOptions{}, nil)
+	defer stop()
+	j, _ := s.CreateJob(context.Background(), Job{Kind: "batch"}, interleaved(1, "dev"))
+	waitJob(t, s, j.ID, func(Job) bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.delivered) == 1
+	})
+	time.Sleep(50 * time.Millisecond) // the first write fails
+	if _, err := s.db.Exec(`DELETE FROM fail_once`); err != nil {
+		t.Fatal(err)
+	}
+	j = waitJob(t, s, j.ID, func(j Job) bool { return j.Finalized })
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	items, _ := s.Items(context.Background(), j.ID)
+	if items[0].State != Done || g.delivered[fmt.Sprint(items[0].ID)] != 1 || len(g.sent) != 1 {
+		t.Fatalf("item %+v, delivered %v, sent %v", items[0], g.delivered, g.sent)
 	}
 }

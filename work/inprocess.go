@@ -63,3 +63,6 @@ func (w *pipeWriter) Write(p []byte) (int, error) {
 // FlushError does nothing: the pipe has no buffer (http.ResponseController
 // looks for it).
 func (w *pipeWriter) FlushError() error { return nil }
+
+// Flush does nothing either (http.Flusher, for handlers that assert it).
+func (w *pipeWriter) Flush() {}

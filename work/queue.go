@@ -165,10 +165,15 @@ func failDependents(ctx context.Context, tx *sql.Tx, id int64, now int64) error 
 }
 
 // release puts a running item back to pending (a retry, or the executor
-// stopping under it); its attempts stay counted.
-func (s *Store) release(ctx context.Context, id int64, errMsg string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE items SET state = 'pending', error = ?, updated_at = ? WHERE id = ? AND state = 'running'`,
-		errMsg, ms(s.now()), id)
+// stopping under it). Its attempt stays counted unless uncount: a request
+// that never reached an engine (it gave way to a client) was no attempt.
+func (s *Store) release(ctx context.Context, id int64, errMsg string, uncount bool) error {
+	dec := 0
+	if uncount {
+		dec = 1
+	}
+	_, err := s.db.ExecContext(ctx, `UPDATE items SET state = 'pending', error = ?, attempts = max(attempts - ?, 0), updated_at = ? WHERE id = ? AND state = 'running'`,
+		errMsg, dec, ms(s.now()), id)
 	if err != nil {
 		return fmt.Errorf("release item %d: %w", id, err)
 	}

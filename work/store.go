@@ -579,17 +579,3 @@ func markEnded(ctx context.Context, tx *sql.Tx, id string, now int64) error {
 	}
 	return nil
 }
-
-// DeleteJob deletes a job, its items and its links to files (not the files).
-func (s *Store) DeleteJob(ctx context.Context, id string) error {
-	return s.tx(ctx, "delete job "+id, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `DELETE FROM jobs WHERE id = ?`, id)
-		if err != nil {
-			return fmt.Errorf("delete job %s: %w", id, err)
-		}
-		if n, _ := r.RowsAffected(); n == 0 {
-			return fmt.Errorf("delete job %s: %w", id, ErrNotFound)
-		}
-		return nil
-	})
-}

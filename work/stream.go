@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -63,6 +64,10 @@ func (e *Executor) readStream(j Job, it Item, resp *http.Response) result {
 		if payload, ok := bytes.CutPrefix(line, []byte("data:")); ok {
 			payload = bytes.TrimSpace(payload)
 			if bytes.Equal(payload, []byte("[DONE]")) {
+				// Read to the end: the gateway counts the answer as
+				// delivered once the blank line after [DONE] is written,
+				// and a closed pipe before it would log the item as 499.
+				io.Copy(io.Discard, br)
 				sawDone = true
 				break
 			}

@@ -221,6 +221,7 @@ func vllmSimPage(source, date string) *mandoc.Page {
 				{Tag: "VLLM_SIM_TTFT_MS", Text: "Time to the first token, in milliseconds."},
 				{Tag: "VLLM_SIM_RELEASE_MS", Text: "How long the ledger keeps a stopped engine's memory, in milliseconds."},
 				{Tag: "VLLM_SIM_WAKE_FRACTION", Text: "Share of the load time a wake from sleep takes."},
+				{Tag: "VLLM_SIM_COMPLETIONS", Text: "A file to append one line to for every answer written whole: the request's X-Request-Id and the model (tests count deliveries with it; vLLM has no such file)."},
 				{Tag: "VLLM_SIM_REQUIRE_CACHE", Text: "With 1, refuse a model missing from the Hugging Face cache when HF_HUB_OFFLINE is set, like vLLM."},
 			}},
 		},

@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -498,6 +499,7 @@ func (e *engine) run(w http.ResponseWriter, r *http.Request, j *job) {
 	} else {
 		writeJSON(w, http.StatusOK, e.fullResponse(j, u))
 	}
+	e.completed(r, j)
 	reasons := map[string]int{}
 	for _, c := range j.choices {
 		reasons[c.finish]++
@@ -865,4 +867,24 @@ func pyAny(v any) string {
 		return pyStr(x)
 	}
 	return pyRepr(v)
+}
+
+// completed appends the request to the VLLM_SIM_COMPLETIONS file, if any,
+// once its whole answer was written (one short O_APPEND write per line, so
+// the lines of concurrent engines never mix).
+func (e *engine) completed(r *http.Request, j *job) {
+	path := e.env.completions
+	if path == "" || r.Context().Err() != nil {
+		return // a client that went away was not delivered the answer
+	}
+	id := r.Header.Get("X-Request-Id")
+	if id == "" {
+		id = j.id
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.WriteString(id + " " + j.model + "\n")
 }

@@ -53,6 +53,11 @@ type simEnv struct {
 	devMode      bool
 	allowLongLen bool
 	cache        cacheEnv
+	// completions, when set (VLLM_SIM_COMPLETIONS), is a file the
+	// simulator appends one line to for every answer it wrote whole: the
+	// request's X-Request-Id (or its own id) and the model. Not vLLM's:
+	// tests count with it what the engines delivered, across processes.
+	completions string
 	// v18 selects vLLM 0.18's behaviour where it differs from 0.12's:
 	// the version whose flag list the simulator follows (the newest
 	// embedded list not newer than VLLM_SIM_VERSION) decides.
@@ -87,6 +92,7 @@ func readEnv(env func(string) string) (*simEnv, error) {
 	if v := env("VLLM_SIM_LEDGER"); v != "" {
 		e.ledgerPath = v
 	}
+	e.completions = env("VLLM_SIM_COMPLETIONS")
 	num := func(name string, set func(float64)) error {
 		v := strings.TrimSpace(env(name))
 		if v == "" {

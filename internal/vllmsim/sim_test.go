@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -824,5 +825,47 @@ func TestWakeTakesAFractionOfTheColdStart(t *testing.T) {
 	}
 	if d := time.Since(t1); d < 600*time.Millisecond {
 		t.Errorf("reload_weights took %s, want about 0.7 s", d)
+	}
+}
+
+// VLLM_SIM_COMPLETIONS gets one line per answer written whole, streamed or
+// not, named by the request's X-Request-Id; an answer whose client left
+// first is not there.
+func TestCompletionsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "completions")
+	p := startSim(t, simEnvFor(t, tempLedger(t), map[string]string{"VLLM_SIM_COMPLETIONS": path, "VLLM_SIM_TOKENS_PER_SECOND": "20"}),
+		model7B, "--served-model-name", "po")
+	p.waitHealthy(t)
+	if r := p.do(t, "POST", "/v1/chat/completions", "application/json",
+		`{"model":"po","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`, "X-Request-Id", "batch_x-1-1"); r.status != 200 {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	if r := p.do(t, "POST", "/v1/completions", "application/json",
+		`{"model":"po","prompt":"hi","max_tokens":2,"stream":true}`, "X-Request-Id", "run_y-2-1"); r.status != 200 {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	// A client that gives up after 100ms on a 2.5 s answer.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", p.url+"/v1/chat/completions",
+		strings.NewReader(`{"model":"po","messages":[{"role":"user","content":"hi"}],"max_tokens":50}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-Id", "gone-3-1")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("the slow request was answered within 100ms")
+	}
+	// A fourth request, answered after the abandoned one ended: the file
+	// is complete once it is there.
+	if r := p.do(t, "POST", "/v1/chat/completions", "application/json",
+		`{"model":"po","messages":[{"role":"user","content":"hi"}],"max_tokens":1}`, "X-Request-Id", "last-4-1"); r.status != 200 {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), "batch_x-1-1 po\nrun_y-2-1 po\nlast-4-1 po\n"; got != want {
+		t.Fatalf("completions file:\n%s\nwant:\n%s", got, want)
 	}
 }
