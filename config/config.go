@@ -6,6 +6,7 @@ package config
 
 import (
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -439,6 +440,14 @@ func (c *Config) Agent(name string) *Agent {
 // EngineKeyFile is the environment file holding the engines' API key
 // (VLLM_API_KEY), readable only by root and the engine user.
 func (c *Config) EngineKeyFile() string { return c.Paths.StateDir + "/engine-key.env" }
+
+// PipelinesDir holds one TOML file per pipeline (vagentctl run NAME),
+// beside the agents directory: "pipelines" next to the main file.
+func (c *Config) PipelinesDir() string { return filepath.Join(filepath.Dir(c.Path), "pipelines") }
+
+// RunsDir holds one directory per pipeline run, with its answers as
+// Markdown and JSONL; vagentd writes them readable by the control group.
+func (c *Config) RunsDir() string { return c.Paths.StateDir + "/runs" }
 
 // EngineSocketDir holds the unix sockets of the engines that listen on one
 // (agents without a port): only the engine user and group may enter it, so

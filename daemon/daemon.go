@@ -217,6 +217,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	bapi := batchapi.New(batchapi.Options{Store: store, Gateway: gw, Notify: executor.Notify,
 		MaxFileMiB: cfg.Batch.MaxFileMiB, BodyTimeout: cfg.Gateway.BodyTimeout.Duration, Log: log})
 	executor.Register(batchapi.Kind, bapi.Kind())
+	openPipelines(ctx, cfg, store, executor, gw, log)
 
 	files := o.Inherited
 	if files == nil {
