@@ -2,18 +2,24 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
+
+	"github.com/vagent-dev/vagent/controlapi"
+	"github.com/vagent-dev/vagent/work"
 )
 
 // TestE2EBatchSDK: the official OpenAI Go SDK runs a batch unchanged
@@ -168,14 +174,30 @@ func (c *countingBody) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestE2EBatchSurvivesKills: a batch created through the SDK runs while
-// vagentd is SIGKILLed three times; it completes with one output line per
-// input line, every request delivered by an engine exactly once (counted
-// at the engines), and its output file written once.
+// TestE2EBatchSurvivesKills: a batch created through the SDK and a run of
+// the shipped pipeline run together while vagentd is SIGKILLed three times;
+// both complete with every item delivered by an engine exactly once
+// (counted at the engines), the batch with one output line per input line
+// and its output file written once, the run with its run directory; a
+// reader of the database never sees a torn state.
 func TestE2EBatchSurvivesKills(t *testing.T) {
 	w := newWorkHost(t, map[string]any{"work.concurrency": 4})
 	ctx := t.Context()
 	client := w.sdk("")
+	ideas := pipelineIdeas[:4]
+	inputs := w.s.Path("ideas.txt")
+	if err := os.WriteFile(inputs, []byte(strings.Join(ideas, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code, err := w.s.Exec(ctx, "vagentctl", "run", "idea-to-code", "--inputs", inputs, "--detach", "--json")
+	if err != nil || code != 0 {
+		t.Fatalf("vagentctl run --detach: exit %d %v\n%s%s", code, err, stdout, stderr)
+	}
+	var run controlapi.Run
+	if err := json.Unmarshal([]byte(stdout), &run); err != nil || run.ID == "" {
+		t.Fatalf("vagentctl run --detach --json: %v\n%s", err, stdout)
+	}
+	runItems := len(ideas) * 3
 	var in bytes.Buffer
 	const lines = 12
 	for i := range lines {
@@ -191,6 +213,16 @@ func TestE2EBatchSurvivesKills(t *testing.T) {
 		CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
 	if err != nil {
 		t.Fatal(err)
+	}
+	readCtx, stopReading := context.WithCancel(ctx)
+	var readers sync.WaitGroup
+	torn := map[string]*tornReader{b.ID: {}, run.ID: {}}
+	for job, n := range map[string]int{b.ID: lines, run.ID: runItems} {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			torn[job].run(readCtx, t, w.store.Path(), job, n)
+		}()
 	}
 	doneCount := func() int {
 		j, err := w.store.Job(ctx, b.ID)
@@ -274,8 +306,44 @@ func TestE2EBatchSurvivesKills(t *testing.T) {
 	if err != nil || len(outputs.Data) != 1 {
 		t.Errorf("output files: %v (%v), want exactly one", outputs, err)
 	}
-	t.Logf("%d requests, 3 SIGKILLs: %d sends in all", lines, sends)
-	if sends <= lines {
-		t.Errorf("%d sends for %d requests: no kill cut a request in flight, so the test proved nothing", sends, lines)
+	eventually(t, 3*time.Minute, "the pipeline run completed", func() bool {
+		j, err := w.store.Job(ctx, run.ID)
+		return err == nil && j.Finalized
+	})
+	runDelivered := w.delivered(t, run.ID)
+	runIts, err := w.store.Items(ctx, run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runIts) != runItems {
+		t.Errorf("the run has %d items, want %d", len(runIts), runItems)
+	}
+	for _, it := range runIts {
+		if it.State != work.Done {
+			t.Errorf("run item %d (input %d, stage %d): %s %s", it.ID, it.Seq, it.Stage, it.State, it.Error)
+		}
+		if n := runDelivered[it.ID]; n != 1 {
+			t.Errorf("run item %d (input %d, stage %d) was delivered by the engines %d times, want exactly once", it.ID, it.Seq, it.Stage, n)
+		}
+	}
+	stopReading()
+	readers.Wait()
+	for job, r := range torn {
+		r.mu.Lock()
+		if len(r.problems) > 0 {
+			t.Errorf("a reader of the database saw torn state of %s in %d of %d reads: %v", job, len(r.problems), r.reads, r.problems[:min(5, len(r.problems))])
+		}
+		if r.reads == 0 {
+			t.Errorf("the reader of %s never read the database", job)
+		}
+		r.mu.Unlock()
+	}
+	runSends := 0
+	for _, it := range runIts {
+		runSends += it.Attempts
+	}
+	t.Logf("3 SIGKILLs: the batch's %d requests took %d sends, the pipeline run's %d items %d sends; each delivered once", lines, sends, runItems, runSends)
+	if sends+runSends <= lines+runItems {
+		t.Errorf("%d sends for %d requests: no kill cut a request in flight, so the test proved nothing", sends+runSends, lines+runItems)
 	}
 }
