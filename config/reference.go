@@ -75,7 +75,7 @@ var mainDocs = map[string]keyDoc{
 	"work.concurrency":               {"Background requests (batch lines, pipeline stages) in flight at once, all agents together. A client's request for an agent that cannot run beside the one background work uses waits for at most these to finish before its switch.", ""},
 	"work.max_attempts":              {"How often a batch line or pipeline stage is sent when the gateway or engine could not serve it (5xx, 429, a cut request); then it fails. A 4xx answer fails it at once.", ""},
 	"work.max_yield":                 {"How long background work for an agent gives way to clients of agents that cannot run beside it. Past it, that work takes its turn (one switch, then the gateway's fairness window) even while clients wait, so a steady stream of clients cannot starve a batch or a run. 0: it always gives way.", ""},
-	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work); files no job uses are kept as long from their upload. 0 keeps everything.", ""},
+	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work), and the run directories of pipeline runs (STATE/runs) once their runs are gone; files no job uses are kept as long from their upload. 0 keeps everything.", ""},
 }
 
 // agentDocs documents every key of an agent file.

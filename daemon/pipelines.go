@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/controlapi"
@@ -19,4 +20,7 @@ func openPipelines(ctx context.Context, cfg *config.Config, store *work.Store, e
 	r := runs.New(runs.Options{Config: cfg, Store: store, Exec: ex, Log: log.With("component", "pipeline"), Done: ctx.Done()})
 	ex.Register(runs.Kind, r)
 	gw.MountControl(controlapi.PathRuns, r)
+	// Run directories outlive their runs in the store by nothing: those of
+	// runs work.retention deleted go too.
+	go r.KeepSwept(ctx, cfg.Work.Retention.Duration, time.Hour)
 }
