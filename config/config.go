@@ -6,6 +6,7 @@ package config
 
 import (
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -44,6 +45,7 @@ type Config struct {
 	Gateway    Gateway
 	Units      Units
 	Supervisor Supervisor
+	Batch      Batch
 	Work       Work
 
 	// Agents are sorted by name.
@@ -219,6 +221,13 @@ type Supervisor struct {
 	StartBackoffMax Duration `toml:"start_backoff_max"`
 }
 
+// Batch bounds the OpenAI Batch API (/v1/files, /v1/batches).
+type Batch struct {
+	// MaxFileMiB bounds one uploaded file; past it: 413. A batch's output
+	// and error files are not bounded by it.
+	MaxFileMiB int `toml:"max_file_mib"`
+}
+
 // Work tunes background work: OpenAI batches and pipeline runs, run
 // through the gateway grouped by agent.
 type Work struct {
@@ -232,6 +241,11 @@ type Work struct {
 	// Retention is how long finished jobs, their items and files are kept;
 	// 0 keeps them until deleted.
 	Retention Duration `toml:"retention"`
+	// MaxYield bounds how long background work for an agent gives way to
+	// clients of agents that cannot run beside it; past it, that work takes
+	// its turn (a switch, then the gateway's fairness window) even while
+	// clients wait. 0: it always gives way.
+	MaxYield Duration `toml:"max_yield"`
 }
 
 // WorkDir holds the work store: the database of batches, pipeline runs and
@@ -426,6 +440,14 @@ func (c *Config) Agent(name string) *Agent {
 // EngineKeyFile is the environment file holding the engines' API key
 // (VLLM_API_KEY), readable only by root and the engine user.
 func (c *Config) EngineKeyFile() string { return c.Paths.StateDir + "/engine-key.env" }
+
+// PipelinesDir holds one TOML file per pipeline (vagentctl run NAME),
+// beside the agents directory: "pipelines" next to the main file.
+func (c *Config) PipelinesDir() string { return filepath.Join(filepath.Dir(c.Path), "pipelines") }
+
+// RunsDir holds one directory per pipeline run, with its answers as
+// Markdown and JSONL; vagentd writes them readable by the control group.
+func (c *Config) RunsDir() string { return c.Paths.StateDir + "/runs" }
 
 // EngineSocketDir holds the unix sockets of the engines that listen on one
 // (agents without a port): only the engine user and group may enter it, so

@@ -266,6 +266,11 @@ func TestBadConfigsAreRejectedWithFileLineAndField(t *testing.T) {
 				"vagent.toml:5:", "gateway.max_requests_per_key: must be at least 1"},
 		},
 		{
+			name: "batch upload bound",
+			main: "[batch]\nmax_file_mib = 0\n",
+			want: []string{"vagent.toml:2:", "batch.max_file_mib: must be between 1 and 1048576 (1 TiB), not 0"},
+		},
+		{
 			name:   "sleep mode is a key, not an extra arg",
 			agents: map[string]string{"po": goodAgent + "extra_args = [\"--enable-sleep-mode\"]\n"},
 			want:   []string{"extra_args: entry 1 \"--enable-sleep-mode\" repeats a flag vagent sets"},

@@ -122,10 +122,13 @@ func Defaults() Config {
 			StartBackoff:    Duration{5 * time.Second},
 			StartBackoffMax: Duration{5 * time.Minute},
 		},
+		// OpenAI's own bound on a batch input file.
+		Batch: Batch{MaxFileMiB: 200},
 		Work: Work{
 			Concurrency: 4,
 			MaxAttempts: 3,
 			Retention:   Duration{30 * 24 * time.Hour},
+			MaxYield:    Duration{2 * time.Minute},
 		},
 	}
 }

@@ -56,6 +56,7 @@ var mainDocs = map[string]keyDoc{
 	"gateway.keepalive_timeout":      {"An idle client connection is closed after this long between requests.", ""},
 	"gateway.max_connections":        {"Open client connections on `listen`; past it new connections wait in the kernel's backlog until one closes. Also vagentd.socket's Backlog=: how many new connections may wait while vagentd restarts (the kernel caps it at net.core.somaxconn).", ""},
 	"gateway.max_requests_per_key":   {"Inference requests one key may have open at once (queued, sending its body, or being served); past it: 429 with Retry-After. Without a keys file every client counts as one anonymous key.", ""},
+	"batch.max_file_mib":             {"Largest file `POST /v1/files` accepts for the Batch API, in MiB; past it: 413, refused before the body is read when its length is declared, and nothing is stored. Uploads stream to disk: memory does not grow with them. Output and error files are not bounded by it.", ""},
 	"units.user":                     {"The user engines run as; empty keeps systemd's default (root). A lowercase letter or `_`, then lowercase letters, digits, `_` or `-`, at most 31 in all (systemd's rule).", "`User=`"},
 	"units.group":                    {"The group engines run as; empty means the user's primary group. Named as units.user.", "`Group=`"},
 	"units.restart_sec":              {"Pause before systemd restarts a crashed engine.", "`RestartSec=`"},
@@ -73,7 +74,8 @@ var mainDocs = map[string]keyDoc{
 	"supervisor.start_backoff_max":   {"The longest start backoff (start_backoff doubled per failure in a row stops growing here).", ""},
 	"work.concurrency":               {"Background requests (batch lines, pipeline stages) in flight at once, all agents together. A client's request for an agent that cannot run beside the one background work uses waits for at most these to finish before its switch.", ""},
 	"work.max_attempts":              {"How often a batch line or pipeline stage is sent when the gateway or engine could not serve it (5xx, 429, a cut request); then it fails. A 4xx answer fails it at once.", ""},
-	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work); files no job uses are kept as long from their upload. 0 keeps everything.", ""},
+	"work.max_yield":                 {"How long background work for an agent gives way to clients of agents that cannot run beside it. Past it, that work takes its turn (one switch, then the gateway's fairness window) even while clients wait, so a steady stream of clients cannot starve a batch or a run. 0: it always gives way.", ""},
+	"work.retention":                 {"How long finished batches and pipeline runs, their items and their files are kept (STATE/work), and the run directories of pipeline runs (STATE/runs) once their runs are gone; files no job uses are kept as long from their upload. 0 keeps everything.", ""},
 }
 
 // agentDocs documents every key of an agent file.

@@ -124,6 +124,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	if c.Gateway.MaxBodyMiB < 1 || c.Gateway.MaxBodyMiB > 4096 {
 		f.fail("gateway.max_body_mib", "must be between 1 and 4096, not %d", c.Gateway.MaxBodyMiB)
 	}
+	if c.Batch.MaxFileMiB < 1 || c.Batch.MaxFileMiB > 1<<20 {
+		f.fail("batch.max_file_mib", "must be between 1 and 1048576 (1 TiB), not %d", c.Batch.MaxFileMiB)
+	}
 	if c.Gateway.MaxConnections < 1 {
 		f.fail("gateway.max_connections", "must be at least 1")
 	}
@@ -177,6 +180,9 @@ func (c *Config) validateMain(data []byte) Errors {
 	}
 	if c.Work.Retention.Duration < 0 {
 		f.fail("work.retention", "must not be negative (0 keeps everything)")
+	}
+	if c.Work.MaxYield.Duration < 0 {
+		f.fail("work.max_yield", "must not be negative (0: background work always gives way to clients)")
 	}
 	if !oneOf(c.Supervisor.SwitchMode, switchModes) {
 		f.fail("supervisor.switch_mode", "must be %q or %q, not %q", SwitchRestart, SwitchSleep, c.Supervisor.SwitchMode)

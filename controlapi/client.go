@@ -157,23 +157,7 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 		return &Error{Status: resp.StatusCode, Message: fmt.Sprintf("%s %s: reading the answer: %v", method, path, err)}
 	}
 	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error struct {
-				Message string `json:"message"`
-				Type    string `json:"type"`
-				Code    any    `json:"code"`
-			} `json:"error"`
-		}
-		de := &Error{Status: resp.StatusCode}
-		if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
-			de.Message, de.Type = e.Error.Message, e.Error.Type
-			if e.Error.Code != nil {
-				de.Code = fmt.Sprint(e.Error.Code)
-			}
-		} else {
-			de.Message = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
-		}
-		return de
+		return decodeError(method, path, resp, data)
 	}
 	if out == nil {
 		return nil
@@ -182,4 +166,25 @@ func (c *Client) call(ctx context.Context, method, path string, body, out any) e
 		return &Error{Status: resp.StatusCode, Message: fmt.Sprintf("%s %s: malformed answer: %v", method, path, err)}
 	}
 	return nil
+}
+
+// decodeError is vagentd's OpenAI-shaped error answer data as an Error.
+func decodeError(method, path string, resp *http.Response, data []byte) error {
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+			Code    any    `json:"code"`
+		} `json:"error"`
+	}
+	de := &Error{Status: resp.StatusCode}
+	if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
+		de.Message, de.Type = e.Error.Message, e.Error.Type
+		if e.Error.Code != nil {
+			de.Code = fmt.Sprint(e.Error.Code)
+		}
+	} else {
+		de.Message = fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(data))
+	}
+	return de
 }

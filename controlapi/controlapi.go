@@ -7,6 +7,7 @@
 //	POST /vagent/v1/switch {"agent":"dev"}            → supervisor.Result
 //	POST /vagent/v1/load   {"agent":"dev","pin":true} → supervisor.Result
 //	POST /vagent/v1/stop   {"agent":"dev"}            → Stopped
+//	     /vagent/v1/runs...                           → pipeline runs (runs.go)
 //
 // Errors are OpenAI-shaped: {"error":{"message","type","param","code"}}.
 package controlapi

@@ -116,6 +116,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func hint(err error) string {
+	if h := runHint(err); h != "" {
+		return h
+	}
 	var (
 		ce  config.Errors
 		se  *supervisor.StartError
@@ -200,7 +203,7 @@ func App(stdout, stderr io.Writer) *cli.Command {
 			lifecycleCmd("switch", "make an agent run, stopping what does not fit beside it"),
 			lifecycleCmd("restart", "stop an agent, wait for its memory, start it again"),
 			stopCmd(), statusCmd(), logsCmd(), gpuCmd(), testCmd(), installCmd(), pullCmd(),
-			planCmd(), doctorCmd(), setupCmd(), exportCmd(), completionCmd(),
+			planCmd(), doctorCmd(), setupCmd(), exportCmd(), runCmd(), completionCmd(),
 		},
 	}
 }

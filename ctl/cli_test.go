@@ -61,6 +61,14 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 			cases = append(cases,
 				usage{[]string{c.Name}, c.Name + " takes exactly one TARGET (kubernetes, kubeai, production-stack), got 0 arguments\n" + hint},
 				usage{[]string{c.Name, "nomad"}, "export target \"nomad\": want one of kubernetes, kubeai, production-stack\n" + hint})
+		case "PIPELINE [INPUT]":
+			cases = append(cases,
+				usage{[]string{c.Name}, "run takes a PIPELINE (a name or a file) and an INPUT, or --inputs FILE\n" + hint},
+				usage{[]string{c.Name, "idea-to-code"}, "run needs an INPUT after the PIPELINE, or --inputs FILE\n" + hint},
+				usage{[]string{c.Name, "idea-to-code", "a", "b"}, "run takes a PIPELINE and at most one INPUT (quote it), got 3 arguments\n" + hint},
+				usage{[]string{c.Name, "--inputs", "x.txt", "idea-to-code", "a"}, "run takes an INPUT or --inputs FILE, not both\n" + hint},
+				usage{[]string{c.Name, "show"}, "run show takes exactly one run ID, got 0 arguments\nhint: see vagentctl run show --help\n"},
+				usage{[]string{c.Name, "cancel", "a", "b"}, "run cancel takes exactly one run ID, got 2 arguments\nhint: see vagentctl run cancel --help\n"})
 		case "[AGENT...]":
 			// Any number of agents; a wrong flag value instead.
 			cases = append(cases, usage{[]string{c.Name, "--jobs", "many"}, hint})

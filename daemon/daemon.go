@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vagent-dev/vagent/batchapi"
 	"github.com/vagent-dev/vagent/config"
 	"github.com/vagent-dev/vagent/engine"
 	"github.com/vagent-dev/vagent/gateway"
@@ -213,6 +214,10 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		return err
 	}
 	defer store.Close()
+	bapi := batchapi.New(batchapi.Options{Store: store, Gateway: gw, Notify: executor.Notify,
+		MaxFileMiB: cfg.Batch.MaxFileMiB, BodyTimeout: cfg.Gateway.BodyTimeout.Duration, Log: log})
+	executor.Register(batchapi.Kind, bapi.Kind())
+	openPipelines(ctx, cfg, store, executor, gw, log)
 
 	files := o.Inherited
 	if files == nil {
@@ -227,6 +232,9 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	api := gw.Server(errLog)
+	// The Batch API is on the main endpoint only: an agent's own listener
+	// serves that agent's inference alone.
+	api.Handler = bapi.Handler(api.Handler)
 	apiLn = gw.Listener(apiLn)
 	// Agents' own listeners (listen in an agent file), for clients with a
 	// base URL per agent; and sockets handed over that no configuration

@@ -23,6 +23,7 @@ func openWork(ctx context.Context, cfg *config.Config, gw *gateway.Gateway, reg 
 	ex := work.NewExecutor(st, workTarget(gw), work.ExecOptions{
 		Concurrency: cfg.Work.Concurrency,
 		MaxAttempts: cfg.Work.MaxAttempts,
+		MaxYield:    cfg.Work.MaxYield.Duration,
 		Log:         log.With("component", "work"),
 		Registry:    reg,
 	})
@@ -32,8 +33,9 @@ func openWork(ctx context.Context, cfg *config.Config, gw *gateway.Gateway, reg 
 // workTarget is the gateway as the executor sees it.
 func workTarget(gw *gateway.Gateway) work.Target {
 	return work.Target{
-		Handler: gw.BackgroundHandler(),
-		Yielded: gateway.Yielded,
+		Handler:  gw.BackgroundHandler(),
+		Yielded:  gateway.Yielded,
+		TakeTurn: gateway.TakeTurn,
 		Load: func() []work.AgentLoad {
 			loads := gw.Load()
 			out := make([]work.AgentLoad, len(loads))

@@ -298,6 +298,27 @@ var producers = map[string]func(t *testing.T) string{
 		_, errOut, code := vagentctl(t, "--config", cfgPath, "apply")
 		return fmt.Sprintf("%sexit status %d\n", errOut, code)
 	},
+	// vagentctl run's checks, before anything is submitted.
+	"pipeline-missing-stage": func(t *testing.T) string {
+		cfgPath := installConfig(t, "configs", nil, nil)
+		t.Chdir(t.TempDir())
+		pl := "description = \"a pipeline with a typo\"\n\n[[stage]]\nname = \"stories\"\nagent = \"po\"\nprompt = \"{{.Input}}\"\n\n" +
+			"[[stage]]\nname = \"design\"\nagent = \"architect\"\nprompt = \"\"\"\nStories:\n{{stage \"storys\"}}\n\"\"\"\n"
+		if err := os.WriteFile("mine.toml", []byte(pl), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "run", "mine.toml", "an idea")
+		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
+	"inputs-bad-line": func(t *testing.T) string {
+		cfgPath := installConfig(t, "configs", nil, nil)
+		t.Chdir(t.TempDir())
+		if err := os.WriteFile("ideas.txt", []byte("# ideas\na chess clock\na kitchen timer\n\"a bot that answers\\nquestions\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code := vagentctl(t, "--config", cfgPath, "run", "idea-to-code", "--inputs", "ideas.txt")
+		return fmt.Sprintf("%sexit status %d\n", errOut, code)
+	},
 	// What clients of the gateway get.
 	"gateway-unknown-model": func(t *testing.T) string {
 		cfg := loadConfig(t, installConfig(t, "configs", nil, nil))

@@ -16,6 +16,22 @@ func isBackground(ctx context.Context) bool {
 	return bg
 }
 
+// turnKey marks background work that has given way to clients long enough
+// (work.max_yield) and now takes its turn.
+type turnKey struct{}
+
+// TakeTurn marks ctx, the context of a request to BackgroundHandler, as
+// background work whose turn has come: a client's request does not cancel
+// the start it waits for, as it would that of work still giving way. The
+// switch back to the client's agent then follows the gateway's fairness
+// window like any other.
+func TakeTurn(ctx context.Context) context.Context { return context.WithValue(ctx, turnKey{}, true) }
+
+func hasTurn(ctx context.Context) bool {
+	t, _ := ctx.Value(turnKey{}).(bool)
+	return t && isBackground(ctx)
+}
+
 // BackgroundHandler serves the inference routes for vagentd's own
 // background work (the work package's executor), in process: without
 // client keys or per-key limits, but otherwise exactly as a client's
@@ -96,7 +112,8 @@ func errYielded(ag *agentRT) *APIError {
 // for ag: an agent that cannot run beside ag and is starting for background
 // work only has that start cancelled and its requests answered as yielded
 // (the executor sends them again later), so that the client waits for one
-// switch, ag's, not for a load it does not need first.
+// switch, ag's, not for a load it does not need first. Work whose turn has
+// come (TakeTurn) counts as a client here.
 func (g *Gateway) yieldStartsLocked(ag *agentRT) {
 	for _, c := range ag.conflicts {
 		if c.phase != phaseStarting || len(c.waiters) == 0 {
@@ -104,7 +121,7 @@ func (g *Gateway) yieldStartsLocked(ag *agentRT) {
 		}
 		clients := false
 		for _, w := range c.waiters {
-			if !w.lease.background {
+			if !w.lease.background || w.lease.turn {
 				clients = true
 				break
 			}

@@ -164,3 +164,34 @@ func TestBackgroundStartYieldsToClient(t *testing.T) {
 		t.Fatalf("client for a: %d", st)
 	}
 }
+
+// TestBackgroundTurnIsNotCancelled: background work whose turn has come
+// (TakeTurn: it has given way for work.max_yield) keeps its start when a
+// client asks for an agent that cannot run beside it; the client is served
+// after it, by the usual switch.
+func TestBackgroundTurnIsNotCancelled(t *testing.T) {
+	e := newEnv(t, envOpts{agents: []string{"a", "b"}})
+	openB := e.sw.gate("b")
+	defer openB()
+	bg := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		bg <- e.bgPost(TakeTurn(context.Background()), `{"model":"b","messages":[{"role":"user","content":"hi"}]}`)
+	}()
+	waitFor(t, "b starting for background work", func() bool { return e.phase("b") == phaseStarting })
+	client := make(chan int, 1)
+	go func() { st, _ := e.chat("a"); client <- st }()
+	waitFor(t, "the client's request queued for a", func() bool { return e.queued("a") == 1 })
+	if e.phase("b") != phaseStarting {
+		t.Fatalf("b's start for work whose turn came: phase %v, want still starting", e.phase("b"))
+	}
+	openB()
+	if rec := <-bg; rec.Code != 200 || Yielded(rec.Header()) {
+		t.Fatalf("background request with its turn: %d %v %s", rec.Code, rec.Header(), rec.Body)
+	}
+	if st := <-client; st != 200 {
+		t.Fatalf("client for a after the background turn: %d", st)
+	}
+	if n := len(e.engines["b"].requests()); n != 1 {
+		t.Errorf("b's engine got %d requests, want 1", n)
+	}
+}

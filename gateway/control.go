@@ -19,6 +19,12 @@ import (
 // 500 start failure (with the engine's root cause).
 func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
 	op := strings.TrimPrefix(r.URL.Path, controlapi.Prefix)
+	for _, m := range g.mounts {
+		if r.URL.Path == m.path || strings.HasPrefix(r.URL.Path, m.path+"/") {
+			m.h.ServeHTTP(w, r)
+			return
+		}
+	}
 	switch op {
 	case "status":
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -76,6 +82,19 @@ func (g *Gateway) serveControl(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, apiErr(http.StatusNotFound, typeNotFound, "no control route %s: status, switch, stop, load", r.URL.Path))
 	}
+}
+
+// controlMount is a control route served by another package.
+type controlMount struct {
+	path string
+	h    http.Handler
+}
+
+// MountControl serves path and the paths below it on the control API with
+// h (pipeline runs: controlapi.PathRuns), on the control socket and, for
+// admin keys, on the gateway's port. Call it before serving.
+func (g *Gateway) MountControl(path string, h http.Handler) {
+	g.mounts = append(g.mounts, controlMount{path, h})
 }
 
 func controlError(agent string, err error) *APIError {

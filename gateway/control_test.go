@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -313,5 +314,42 @@ func TestControlAPIWithoutKeysIsOnlyOnTheSocket(t *testing.T) {
 	}
 	if st, b := e.control("GET", "/vagent/v1/status", nil); st != 200 {
 		t.Fatalf("control socket: %d %s", st, b)
+	}
+}
+
+// TestMountControl: a mounted control route (pipeline runs) is served for
+// its path and below on the control socket, and on the gateway's port for
+// admin keys only; the gateway's own routes stay its own.
+func TestMountControl(t *testing.T) {
+	e := newEnv(t, envOpts{keys: testKeys(t)})
+	e.g.MountControl(controlapi.PathRuns, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("runs:" + r.URL.Path))
+	}))
+	for path, want := range map[string]string{
+		controlapi.PathRuns:                 "runs:" + controlapi.PathRuns,
+		controlapi.PathRuns + "/run_1/info": "runs:" + controlapi.PathRuns + "/run_1/info",
+		controlapi.Prefix + "runsx":         "no control route",
+		controlapi.PathStatus:               `"agent":"a"`,
+	} {
+		if st, b := e.control("GET", path, nil); !strings.Contains(string(b), want) {
+			t.Errorf("socket %s: %d %s, want %q", path, st, b, want)
+		}
+	}
+	get := func(key string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, e.srv.URL+controlapi.PathRuns, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, b := get(adminKey); st != 200 || b != "runs:"+controlapi.PathRuns {
+		t.Errorf("admin key: %d %s", st, b)
+	}
+	if st, b := get(bobKey); st != 403 {
+		t.Errorf("inference key: %d %s", st, b)
 	}
 }

@@ -41,6 +41,8 @@ type APIError struct {
 	Status  int
 	Type    string
 	Message string
+	// Param names the request field at fault, when one is.
+	Param string
 	// RetryAfter, when positive, is sent as the Retry-After header.
 	RetryAfter int
 	// yielded marks background work that gave way to a client (see
@@ -67,7 +69,11 @@ type errorInfo struct {
 
 // body is the JSON error document.
 func (e *APIError) body() []byte {
-	b, _ := json.Marshal(errorBody{errorInfo{Message: e.Message, Type: e.Type, Code: e.Status}})
+	info := errorInfo{Message: e.Message, Type: e.Type, Code: e.Status}
+	if e.Param != "" {
+		info.Param = &e.Param
+	}
+	b, _ := json.Marshal(errorBody{info})
 	return b
 }
 

@@ -145,6 +145,7 @@ type Options struct {
 // Gateway is the OpenAI-compatible front and its scheduler.
 type Gateway struct {
 	o         Options
+	mounts    []controlMount // set before serving (MountControl)
 	cfg       *config.Config
 	log       *slog.Logger
 	agents    []*agentRT

@@ -249,3 +249,13 @@ func bearer(h string) (string, bool) {
 	}
 	return "", false
 }
+
+// named returns the entry called name, or nil.
+func (k *Keys) named(name string) *keyEntry {
+	for _, e := range k.entries {
+		if e.name == name {
+			return e
+		}
+	}
+	return nil
+}

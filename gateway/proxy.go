@@ -203,7 +203,7 @@ func joinStrings(s []string) string {
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag *agentRT, body []byte, jsonBody bool) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	l := &lease{cancel: cancel, background: isBackground(r.Context())}
+	l := &lease{cancel: cancel, background: isBackground(r.Context()), turn: hasTurn(r.Context())}
 	defer l.stopTimer()
 	defer g.release(l)
 	for attempt := 0; ; attempt++ {

@@ -65,6 +65,9 @@ type lease struct {
 	// background marks vagentd's own work (batches, pipelines): it yields
 	// to interactive requests (see Load and schedOrder).
 	background bool
+	// turn: background work whose wait is over (work.max_yield): its
+	// start is not cancelled for a client (see yieldStartsLocked).
+	turn bool
 }
 
 func (l *lease) stopTimer() {

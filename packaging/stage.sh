@@ -6,7 +6,8 @@
 #   packaging/stage.sh STAGE VERSION RELEASE
 #
 # STAGE/bin/           vagentd, vagentctl, vllm-sim (PIE, stripped, version stamped)
-# STAGE/etc/           the shipped configuration as packaged (see below)
+# STAGE/etc/           the shipped configuration as packaged (see below), with
+#                      the shipped pipelines in STAGE/etc/pipelines/
 # STAGE/units/         vagent@.service and vagentd.socket rendered from it by the
 #                      vagentctl just built
 # STAGE/man/*.gz       manual pages, STAGE/completion/ shell completions,
@@ -28,7 +29,7 @@ fi
 export SOURCE_DATE_EPOCH
 
 rm -rf "$stage"
-mkdir -p "$stage/bin" "$stage/etc/agents" "$stage/units" "$stage/man"
+mkdir -p "$stage/bin" "$stage/etc/agents" "$stage/etc/pipelines" "$stage/units" "$stage/man"
 
 mod=github.com/vagent-dev/vagent
 ldflags="-s -w -X $mod/ctl.Version=$version -X $mod/daemon.Version=$version"
@@ -60,6 +61,7 @@ cp configs/vagent.toml "$stage/etc/vagent.toml"
 enable user
 enable control_group
 cp configs/agents/*.toml "$stage/etc/agents/"
+cp configs/pipelines/*.toml "$stage/etc/pipelines/"
 
 # The template and vagentd.socket (the addresses vagentd serves), rendered
 # from exactly what the package ships (render also validates that

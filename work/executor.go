@@ -25,6 +25,10 @@ type Target struct {
 	// way to a client's without reaching an engine (gateway.Yielded); it
 	// is sent again without counting an attempt. Nil: never.
 	Yielded func(http.Header) bool
+	// TakeTurn marks a request's context as work that has given way long
+	// enough (ExecOptions.MaxYield): the target does not cancel its start
+	// for a client (gateway.TakeTurn). Nil: no mark.
+	TakeTurn func(context.Context) context.Context
 }
 
 // ExecOptions tune the executor; zero values take the defaults.
@@ -47,6 +51,11 @@ type ExecOptions struct {
 	// FinishRetry is how long a job whose Finished hook failed waits for
 	// its next try (default 30s).
 	FinishRetry time.Duration
+	// MaxYield bounds how long an agent's work gives way to clients of
+	// agents that cannot run beside it (see view.yields); past it the work
+	// takes its turn, so a steady stream of clients cannot starve it. Zero:
+	// it always gives way.
+	MaxYield time.Duration
 	// SweepInterval is how often Store.Sweep runs (default 1h).
 	SweepInterval time.Duration
 	Log           *slog.Logger
@@ -73,6 +82,9 @@ type Executor struct {
 	inflight map[string]int
 	total    int
 	current  string
+	// lastSent is when an item of each agent was last sent: with its
+	// oldest eligible item, it says how long the agent's work has waited.
+	lastSent map[string]time.Time
 	subs     map[string]map[chan Event]struct{}
 	// finishAfter holds jobs whose Finished hook failed until their next
 	// try.
@@ -104,7 +116,7 @@ func NewExecutor(s *Store, t Target, o ExecOptions) *Executor {
 	}
 	e := &Executor{
 		s: s, t: t, o: o, log: o.Log, kinds: map[string]Kind{},
-		notify: make(chan struct{}, 1), inflight: map[string]int{}, subs: map[string]map[chan Event]struct{}{},
+		notify: make(chan struct{}, 1), inflight: map[string]int{}, lastSent: map[string]time.Time{}, subs: map[string]map[chan Event]struct{}{},
 		finishAfter: map[string]time.Time{},
 	}
 	e.m = newExecMetrics(s)
@@ -296,9 +308,10 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	for _, l := range e.t.Load() {
 		loads[l.Agent] = l
 	}
+	now := time.Now()
 	e.mu.Lock()
 	v := &view{queues: queues, loads: loads, inflight: cloneMap(e.inflight), total: e.total,
-		concurrency: e.o.Concurrency, current: e.current}
+		concurrency: e.o.Concurrency, current: e.current, due: e.dueLocked(queues, now)}
 	e.mu.Unlock()
 	d, ok := pick(v)
 	if !ok {
@@ -316,11 +329,16 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	e.inflight[d.agent]++
 	e.total++
 	e.current = d.agent
+	e.lastSent[d.agent] = now
 	e.mu.Unlock()
+	turn := v.due[d.agent]
+	if turn {
+		e.log.Info("background work has given way for work.max_yield: it takes its turn", "agent", d.agent, "job", j.ID, "max_yield", e.o.MaxYield)
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		e.run(ctx, j, it)
+		e.run(ctx, j, it, turn)
 		e.mu.Lock()
 		if e.inflight[d.agent]--; e.inflight[d.agent] == 0 {
 			delete(e.inflight, d.agent)
@@ -335,6 +353,26 @@ func (e *Executor) dispatch(ctx context.Context, wg *sync.WaitGroup, done chan s
 	return true, true, nil
 }
 
+// dueLocked returns the agents whose work has waited at least MaxYield:
+// since its oldest eligible item was made, and since an item of the agent
+// was last sent.
+func (e *Executor) dueLocked(queues []Queue, now time.Time) map[string]bool {
+	if e.o.MaxYield <= 0 {
+		return nil
+	}
+	due := map[string]bool{}
+	for _, q := range queues {
+		since := q.Oldest
+		if t := e.lastSent[q.Agent]; t.After(since) {
+			since = t
+		}
+		if q.Items > 0 && !since.IsZero() && now.Sub(since) >= e.o.MaxYield {
+			due[q.Agent] = true
+		}
+	}
+	return due
+}
+
 func cloneMap(m map[string]int) map[string]int {
 	out := make(map[string]int, len(m))
 	for k, v := range m {
@@ -344,7 +382,7 @@ func cloneMap(m map[string]int) map[string]int {
 }
 
 // run sends one claimed item and records how it ended.
-func (e *Executor) run(ctx context.Context, j Job, it Item) {
+func (e *Executor) run(ctx context.Context, j Job, it Item, turn bool) {
 	body := it.Body
 	if k := e.kinds[j.Kind]; k != nil {
 		b, err := k.Prepare(ctx, e.s, j, it)
@@ -359,7 +397,11 @@ func (e *Executor) run(ctx context.Context, j Job, it Item) {
 		body = b
 	}
 	e.emit(Event{JobID: j.ID, ItemID: it.ID, Seq: it.Seq, Stage: it.Stage, Agent: it.Agent, Type: EventStart})
-	res := e.send(ctx, j, it, body)
+	sendCtx := ctx
+	if turn && e.t.TakeTurn != nil {
+		sendCtx = e.t.TakeTurn(ctx)
+	}
+	res := e.send(sendCtx, j, it, body)
 	if res.out.State == Done {
 		// A whole answer is recorded even when vagentd is stopping: it
 		// was delivered, and must not be asked for again.

@@ -576,3 +576,46 @@ func TestExecutorRetriesRecordingAnswer(t *testing.T) {
 		t.Fatalf("item %+v, delivered %v, sent %v", items[0], g.delivered, g.sent)
 	}
 }
+
+type turnMark struct{}
+
+// TestExecutorTakesItsTurnAfterMaxYield: a client always waits for a
+// conflicting agent, yet after MaxYield the work is sent, marked as taking
+// its turn (so the gateway keeps its start); without MaxYield it would give
+// way for ever (TestExecutorYieldsToInteractive).
+func TestExecutorTakesItsTurnAfterMaxYield(t *testing.T) {
+	s := openTest(t, Options{})
+	g := newFakeGateway("po", "dev")
+	g.interactive["dev"] = 1 // for the whole test
+	var mu sync.Mutex
+	marked, unmarked := 0, 0
+	tgt := g.target()
+	tgt.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if r.Context().Value(turnMark{}) == true {
+			marked++
+		} else {
+			unmarked++
+		}
+		mu.Unlock()
+		g.ServeHTTP(w, r)
+	})
+	tgt.TakeTurn = func(ctx context.Context) context.Context { return context.WithValue(ctx, turnMark{}, true) }
+	e := NewExecutor(s, tgt, ExecOptions{Concurrency: 1, Poll: 5 * time.Millisecond, MaxYield: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	j, _ := s.CreateJob(context.Background(), Job{Kind: "batch"}, interleaved(3, "po"))
+	waitJob(t, s, j.ID, func(j Job) bool { return j.Counts[Done] == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if marked == 0 || unmarked != 0 {
+		t.Errorf("requests sent while a client waited: %d marked as taking their turn, %d unmarked; want all marked", marked, unmarked)
+	}
+}

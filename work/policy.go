@@ -23,6 +23,9 @@ type view struct {
 	total       int                  // of inflight, all agents
 	concurrency int
 	current     string // the agent the executor fed last
+	// due: agents whose work has given way for ExecOptions.MaxYield and
+	// now takes its turn.
+	due map[string]bool
 }
 
 // decision is which agent gets the next item, and whether sending it
@@ -40,10 +43,14 @@ func (v *view) conflict(a, b string) bool {
 // yields reports whether background work for agent must wait: a client's
 // request waits for an agent that cannot run beside it (sending more would
 // keep that client waiting for our items, or for a switch to ours), or the
-// agent is being evicted.
+// agent is being evicted. Work that has waited long enough (due) waits only
+// for an eviction.
 func (v *view) yields(agent string) bool {
 	if v.loads[agent].Draining {
 		return true
+	}
+	if v.due[agent] {
+		return false
 	}
 	for name, l := range v.loads {
 		if l.Interactive > 0 && name != agent && v.conflict(name, agent) {

@@ -40,6 +40,25 @@ func TestPick(t *testing.T) {
 		cold bool
 	}{
 		{
+			name: "work that has given way for max_yield takes its turn though a client waits",
+			v: view{queues: qs("po", 3, 0), loads: trio(func(l map[string]AgentLoad) {
+				set(l, "dev", func(a *AgentLoad) { a.Running = true; a.Interactive = 2 })
+			}), inflight: map[string]int{}, concurrency: 4, due: map[string]bool{"po": true}},
+			want: "po", cold: true,
+		},
+		{
+			name: "work not yet due gives way to the same client",
+			v: view{queues: qs("po", 3, 0), loads: trio(func(l map[string]AgentLoad) {
+				set(l, "dev", func(a *AgentLoad) { a.Running = true; a.Interactive = 2 })
+			}), inflight: map[string]int{}, concurrency: 4, due: map[string]bool{"architect": true}},
+		},
+		{
+			name: "due work still waits for an eviction of its agent",
+			v: view{queues: qs("po", 3, 0), loads: trio(func(l map[string]AgentLoad) {
+				set(l, "po", func(a *AgentLoad) { a.Draining = true })
+			}), inflight: map[string]int{}, concurrency: 4, due: map[string]bool{"po": true}},
+		},
+		{
 			name: "stays with the agent it feeds while that one has work, though another has more",
 			v: view{queues: qs("po", 2, 0, "dev", 9, 0), loads: trio(func(l map[string]AgentLoad) {
 				set(l, "po", func(a *AgentLoad) { a.Running = true })

@@ -54,6 +54,12 @@ func TestRun(t *testing.T) {
 		if !strings.Contains(page, `.SS "\fB`+strings.ReplaceAll(c.Name, "-", `\-`)+`\fR`) {
 			t.Errorf("vagentctl.1 lacks command %s", c.Name)
 		}
+		// And its own commands (vagentctl run list).
+		for _, sc := range c.Commands {
+			if !sc.Hidden && !strings.Contains(page, `.SS "\fB`+c.Name+" "+sc.Name+`\fR`) {
+				t.Errorf("vagentctl.1 lacks command %s %s", c.Name, sc.Name)
+			}
+		}
 		if !strings.Contains(bash, "\t"+c.Name+")\n") || !strings.Contains(zsh, "'"+c.Name+":") || !strings.Contains(fish, "-a "+c.Name+" ") {
 			t.Errorf("completions lack command %s", c.Name)
 		}

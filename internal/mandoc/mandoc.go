@@ -58,6 +58,9 @@ type Option struct {
 type Command struct {
 	Name, Args, Usage, Description string
 	Options                        []Option
+	// Subcommands are the command's own commands (vagentctl run list):
+	// the manual page lists each after it; completion leaves them out.
+	Subcommands []Command
 }
 
 // Section is a titled list of paragraphs, or of tagged items when Items is
@@ -157,7 +160,15 @@ func (p *Page) WriteRoff(w io.Writer) error {
 	}
 	if len(p.Commands) > 0 {
 		line(".SH COMMANDS")
+		var all []Command
 		for _, c := range p.Commands {
+			all = append(all, c)
+			for _, sc := range c.Subcommands {
+				sc.Name = c.Name + " " + sc.Name
+				all = append(all, sc)
+			}
+		}
+		for _, c := range all {
 			head := Bold(c.Name)
 			if c.Args != "" {
 				head += " " + Italic(c.Args)
@@ -318,6 +329,7 @@ func Commands(root *cli.Command) []Command {
 			Usage:       c.Usage,
 			Description: c.Description,
 			Options:     Options(c.Flags),
+			Subcommands: Commands(c),
 		})
 	}
 	return out
