@@ -114,8 +114,9 @@ func (e *PinnedError) Error() string {
 }
 
 // switchError turns an error from Switcher.Switch into what a client sees:
-// 409 when the agent cannot fit or would need to evict a pinned agent, 500 with the engine's root cause when it failed to start, 503 when
-// the wait was cut short or the agent is in its start backoff.
+// 409 when the agent cannot fit or would need to evict a pinned agent, 500
+// with the engine's root cause when it failed to start, 503 when the wait
+// was cut short or the agent is in its start backoff.
 func switchError(agent string, err error) *APIError {
 	var ae *APIError
 	if errors.As(err, &ae) {
