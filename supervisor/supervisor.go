@@ -508,16 +508,22 @@ func (s *Supervisor) transitionLocked(ctx context.Context, a *config.Agent, evic
 // memory released), as a's own wait in transitionLocked does for a; a stop
 // ends when the GPU shows its memory back.
 func (s *Supervisor) awaitOthers(ctx context.Context, a *config.Agent) error {
+	usage, err := s.o.GPU.AgentBytes(ctx)
+	if err != nil {
+		return err
+	}
 	for _, o := range s.cfg.Agents {
 		if o == a || !config.SharesGPU(a, o) {
 			continue
 		}
+		forget(ctx, o.Unit()) // read afresh: plan must see what this wait leaves
 		st, err := s.unitState(ctx, o.Unit())
 		if err != nil {
 			return err
 		}
 		switch {
-		case st.ActiveState == "deactivating":
+		case st.ActiveState == "deactivating" || !st.Running() && usage[o.Name] > 0:
+			// Stopping, or stopped with its memory not back yet.
 			s.o.Log.Info("waiting for an agent on the GPU to finish stopping", "agent", o.Name, "for", a.Name)
 			err = s.stopAndRelease(ctx, o)
 		case st.Running() && !s.healthy(ctx, o):
