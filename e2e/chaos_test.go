@@ -255,6 +255,14 @@ func TestE2EChaos(t *testing.T) {
 		}
 		t.Errorf("failure with no SIGKILL under it: %s", r)
 	}
+	if len(tab.unexplained) > 0 {
+		// What vagentd and the engines did around the first one.
+		r := tab.unexplained[0]
+		out, _, _, _ := g.s.Exec(ctx, "journalctl", "--no-pager", "-q", "-o", "short-precise",
+			"-u", gatewayUnit, "-u", "vagent@*",
+			"--since", fmt.Sprintf("@%d", r.start.Add(-3*time.Second).Unix()), "--until", fmt.Sprintf("@%d", r.end.Add(2*time.Second).Unix()))
+		t.Logf("journal around the first unexplained failure (%.1fs-%.1fs):\n%s", r.start.Sub(t0).Seconds(), r.end.Sub(t0).Seconds(), out)
+	}
 	if counted != tab.completed {
 		t.Errorf("vagentd counted %d streams 200, clients completed %d", counted, tab.completed)
 	}
