@@ -405,9 +405,9 @@ func (g *gwHost) chaosDo(ctx context.Context, rng *rand.Rand, e *chaosEvent) {
 	case killEngine:
 		_, e.err = g.s.Systemctl(c, "kill", "-s", "KILL", "--kill-whom=main", "vagent@"+e.agent+".service")
 		var ee *sandbox.ExitError
-		if errors.As(e.err, &ee) && strings.Contains(ee.Stderr, "No main process to kill") {
-			// Stopped by vagentd in the moment since its PID was read:
-			// nothing was killed.
+		if errors.As(e.err, &ee) && (strings.Contains(ee.Stderr, "No main process to kill") || strings.Contains(ee.Stderr, "not loaded")) {
+			// Stopped by vagentd in the moment since its PID was read (and
+			// the stopped instance unloaded): nothing was killed.
 			e.err, e.pid, e.agent = nil, 0, e.agent+" (stopped before the kill)"
 		}
 	}
