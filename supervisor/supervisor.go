@@ -513,7 +513,7 @@ func (s *Supervisor) awaitOthers(ctx context.Context, a *config.Agent) error {
 		return err
 	}
 	for _, o := range s.cfg.Agents {
-		if o == a || !config.SharesGPU(a, o) {
+		if o != a && !config.SharesGPU(a, o) {
 			continue
 		}
 		forget(ctx, o.Unit()) // read afresh: plan must see what this wait leaves
@@ -523,10 +523,12 @@ func (s *Supervisor) awaitOthers(ctx context.Context, a *config.Agent) error {
 		}
 		switch {
 		case st.ActiveState == "deactivating" || !st.Running() && usage[o.Name] > 0:
+			// a itself too: evicted by a vagentd killed mid-switch, its
+			// memory is not back yet.
 			// Stopping, or stopped with its memory not back yet.
 			s.o.Log.Info("waiting for an agent on the GPU to finish stopping", "agent", o.Name, "for", a.Name)
 			err = s.stopAndRelease(ctx, o)
-		case st.Running() && !s.healthy(ctx, o):
+		case o != a && st.Running() && !s.healthy(ctx, o):
 			s.o.Log.Info("waiting for an agent on the GPU to finish starting", "agent", o.Name, "for", a.Name)
 			err = s.waitReady(ctx, o, time.Now())
 			if errors.As(err, new(*StartError)) {

@@ -393,15 +393,22 @@ func TestSwitchWaitsForAnAgentInTheWayThatIsLoading(t *testing.T) {
 // the switch waits for the stop and the memory, rather than failing with
 // "memory is held by processes vagent does not manage".
 func TestSwitchWaitsForAnAgentOnTheGPUThatIsStopping(t *testing.T) {
-	cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
-	h := newFakeHost(t, cfg, 16*gib)
-	s := newSup(cfg, h, "")
-	h.states["vagent@po.service"] = UnitState{LoadState: "loaded", ActiveState: "deactivating", SubState: "stop-sigterm", MainPID: 99}
-	if _, err := s.Switch(context.Background(), "dev"); err != nil {
-		t.Fatalf("switch to dev while po stops: %v", err)
-	}
-	if !h.states["vagent@dev.service"].Running() || holds(h.states["vagent@po.service"]) {
-		t.Errorf("after the switch: %+v", h.states)
+	// The agent switched to may be the one stopping.
+	for _, to := range []string{"dev", "po"} {
+		t.Run("to "+to, func(t *testing.T) {
+			cfg := testConfig(t, agent("po", 0.92, 10), agent("dev", 0.92, 30))
+			h := newFakeHost(t, cfg, 16*gib)
+			s := newSup(cfg, h, "")
+			h.states["vagent@po.service"] = UnitState{LoadState: "loaded", ActiveState: "deactivating", SubState: "stop-sigterm", MainPID: 99}
+			if _, err := s.Switch(context.Background(), to); err != nil {
+				t.Fatalf("switch to %s while po stops: %v", to, err)
+			}
+			for _, a := range []string{"dev", "po"} {
+				if st := h.states["vagent@"+a+".service"]; st.Running() != (a == to) || st.ActiveState == "deactivating" {
+					t.Errorf("after the switch, %s is %s", a, st.ActiveState)
+				}
+			}
+		})
 	}
 }
 
