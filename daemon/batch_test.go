@@ -15,9 +15,6 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-
-	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/enginekey"
 )
 
 // TestRunServesBatchAPI: vagentd serves the Batch API on its main
@@ -25,20 +22,8 @@ import (
 // gateway to the engine (with the engine's key), and keeps each key's
 // files and batches to itself.
 func TestRunServesBatchAPI(t *testing.T) {
-	cfg, err := config.Load("../configs/vagent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg.Paths.StateDir = filepath.Join(dir, "state")
-	cfg.Paths.RunDir = filepath.Join(dir, "run")
-	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
-	for _, a := range cfg.Agents {
-		a.Listen = "" // the shipped fixed ports are not this test's
-	}
-	keys := filepath.Join(dir, "keys.toml")
+	cfg, key := testConfig(t)
+	keys := filepath.Join(t.TempDir(), "keys.toml")
 	if err := os.WriteFile(keys, []byte(`[[key]]
 name = "alice"
 key = "sk-alice-0123456789abcdef"
@@ -52,10 +37,6 @@ agents = ["*"]
 		t.Fatal(err)
 	}
 	cfg.Gateway.KeysFile = keys
-	key, err := enginekey.Ensure(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
 			return

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/units"
 )
 
@@ -24,23 +23,10 @@ import (
 // control socket at ctl; the other agents listen nowhere.
 func listenConfig(t *testing.T, api, dev, ctl string) *config.Config {
 	t.Helper()
-	cfg, err := config.Load("../configs/vagent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg.Paths.StateDir = filepath.Join(dir, "state")
-	cfg.Paths.RunDir = filepath.Join(dir, "run")
-	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
+	cfg, _ := testConfig(t)
 	cfg.Gateway.Listen = api
 	cfg.Gateway.ControlSocket = ctl
-	for _, a := range cfg.Agents {
-		a.Listen = ""
-	}
 	cfg.Agent("dev").Listen = dev
-	if _, err := enginekey.Ensure(cfg); err != nil {
-		t.Fatal(err)
-	}
 	return cfg
 }
 

@@ -62,6 +62,32 @@ func (f *fakeSystemd) Calls() []string {
 	return append([]string(nil), f.calls...)
 }
 
+// testConfig is the shipped configuration with every path under a fresh
+// temporary directory, the endpoint on a free port, no agent on a listener
+// of its own (the shipped fixed ports are not a test's), and the engine's
+// key made; it returns the key too.
+func testConfig(t *testing.T) (*config.Config, string) {
+	t.Helper()
+	cfg, err := config.Load("../configs/vagent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg.Paths.StateDir = filepath.Join(dir, "state")
+	cfg.Paths.RunDir = filepath.Join(dir, "run")
+	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
+	cfg.Gateway.Listen = "127.0.0.1:0"
+	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
+	for _, a := range cfg.Agents {
+		a.Listen = ""
+	}
+	key, err := enginekey.Ensure(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, key
+}
+
 // slowEngine is an engine that streams n chunks, one every gap.
 func slowEngine(t *testing.T, key string, n int, gap time.Duration) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -94,21 +120,8 @@ func slowEngine(t *testing.T, key string, n int, gap time.Duration) *httptest.Se
 // on SIGTERM) while a stream is in flight: the stream finishes whole, the
 // listeners close, Run returns nil, and no agent is stopped.
 func TestRunDrainsAndLeavesAgentsRunning(t *testing.T) {
-	cfg, err := config.Load("../configs/vagent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg.Paths.StateDir = filepath.Join(dir, "state")
-	cfg.Paths.RunDir = filepath.Join(dir, "run")
-	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
+	cfg, key := testConfig(t)
 	cfg.Gateway.DrainTimeout.Duration = 10 * time.Second
-	key, err := enginekey.Ensure(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const chunks = 6
 	engine := slowEngine(t, key, chunks, 100*time.Millisecond)
 	cfg.Agent("dev").Port = engine.Listener.Addr().(*net.TCPAddr).Port
@@ -222,20 +235,8 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // client gets an error event that says so, then [DONE], never a bare EOF,
 // and Run returns nil.
 func TestRunCutsStreamsPastShutdownTimeout(t *testing.T) {
-	cfg, err := config.Load("../configs/vagent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg.Paths.StateDir = filepath.Join(dir, "state")
-	cfg.Paths.RunDir = filepath.Join(dir, "run")
-	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
+	cfg, _ := testConfig(t)
 	cfg.Gateway.ShutdownTimeout.Duration = 200 * time.Millisecond
-	if _, err := enginekey.Ensure(cfg); err != nil {
-		t.Fatal(err)
-	}
 	// An engine whose stream ends only when the gateway hangs up.
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/chat/completions" {

@@ -3,13 +3,10 @@ package daemon
 import (
 	"context"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vagent-dev/vagent/config"
-	"github.com/vagent-dev/vagent/internal/enginekey"
 	"github.com/vagent-dev/vagent/work"
 )
 
@@ -18,20 +15,7 @@ import (
 // goes back to pending and is sent again, through the gateway, with the
 // engine's key.
 func TestRunResumesStoredWork(t *testing.T) {
-	cfg, err := config.Load("../configs/vagent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg.Paths.StateDir = filepath.Join(dir, "state")
-	cfg.Paths.RunDir = filepath.Join(dir, "run")
-	cfg.GPU.SimLedger = filepath.Join(dir, "run", "ledger.json")
-	cfg.Gateway.Listen = "127.0.0.1:0"
-	cfg.Gateway.ControlSocket = filepath.Join(dir, "run", "vagentd.sock")
-	key, err := enginekey.Ensure(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, key := testConfig(t)
 	engine := slowEngine(t, key, 2, time.Millisecond)
 	cfg.Agent("dev").Port = engine.Listener.Addr().(*net.TCPAddr).Port
 
