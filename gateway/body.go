@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/vagent-dev/vagent/internal/mediatype"
 )
 
 // request is what the gateway reads of a request body: the model it names
@@ -38,7 +40,7 @@ type request struct {
 
 // parseRequest reads the model from body. ct is the Content-Type header.
 func parseRequest(body []byte, ct string) (*request, *APIError) {
-	if strings.HasPrefix(mediaType(ct), "multipart/") {
+	if strings.HasPrefix(mediatype.Of(ct), "multipart/") {
 		if mt, params, err := mime.ParseMediaType(ct); err == nil && mt == "multipart/form-data" {
 			return parseMultipart(body, params["boundary"])
 		}

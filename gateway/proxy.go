@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vagent-dev/vagent/engine"
+	"github.com/vagent-dev/vagent/internal/mediatype"
 )
 
 // maxParsedBody is the largest non-streamed response read whole (to count
@@ -224,7 +225,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange, ag 
 				"agent %s refused vagentd's engine key: the engine runs with another --api-key; restart it (vagentctl restart %s)", ag.name, ag.name))
 			return
 		}
-		if isEventStream(resp.Header.Get("Content-Type")) {
+		if mediatype.IsEventStream(resp.Header.Get("Content-Type")) {
 			x.stream = true
 			g.copyStream(w, r, x, ag, ctx, resp)
 			resp.Body.Close()
@@ -354,18 +355,6 @@ func (g *Gateway) send(ctx context.Context, r *http.Request, x *exchange, ag *ag
 
 var jsonContentType = []string{"application/json"}
 
-// mediaType is ct's type and subtype, lower case, without parameters.
-func mediaType(ct string) string {
-	if i := strings.IndexByte(ct, ';'); i >= 0 {
-		ct = ct[:i]
-	}
-	return strings.ToLower(strings.TrimSpace(ct))
-}
-
-func isJSON(ct string) bool { return mediaType(ct) == "application/json" }
-
-func isEventStream(ct string) bool { return mediaType(ct) == "text/event-stream" }
-
 // upstreamRequest is r as ag's engine gets it: the same method, path,
 // query and headers, but the engine key instead of the client's, and no
 // hop-by-hop headers.
@@ -384,7 +373,7 @@ func (g *Gateway) upstreamRequest(r *http.Request, ag *agentRT, jsonBody bool) *
 	if g.engineKey != nil {
 		h["Authorization"] = g.engineKey
 	}
-	if jsonBody && !isJSON(h.Get("Content-Type")) {
+	if jsonBody && !mediatype.IsJSON(h.Get("Content-Type")) {
 		// The body parsed as JSON; vLLM answers 415 to anything not labelled
 		// so, which is what `curl -d` sends.
 		h["Content-Type"] = jsonContentType

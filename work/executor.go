@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vagent-dev/vagent/internal/mediatype"
 )
 
 // Target is where the executor sends its items: the gateway, in process.
@@ -492,7 +494,7 @@ func (e *Executor) send(ctx context.Context, j Job, it Item, body []byte) result
 	req.Header.Set("X-Request-Id", fmt.Sprintf("%s-%d-%d", j.ID, it.ID, it.Attempts))
 	resp := serveInProcess(e.t.Handler, req)
 	defer resp.Body.Close()
-	if isEventStream(resp.Header.Get("Content-Type")) && resp.StatusCode/100 == 2 {
+	if mediatype.IsEventStream(resp.Header.Get("Content-Type")) && resp.StatusCode/100 == 2 {
 		return e.readStream(j, it, resp)
 	}
 	b, err := io.ReadAll(resp.Body)
@@ -548,8 +550,4 @@ func completionTokens(b []byte) int {
 	}
 	json.Unmarshal(b, &v)
 	return v.Usage.CompletionTokens
-}
-
-func isEventStream(ct string) bool {
-	return len(ct) >= 17 && (ct[:17] == "text/event-stream")
 }
