@@ -39,10 +39,19 @@ func (g *Gateway) AgentFor(caller, model string) (string, error) {
 	if aerr != nil {
 		return "", aerr
 	}
-	if key != nil && !key.allows(ag.cfg) {
-		return "", apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
+	if aerr := permit(key, ag); aerr != nil {
+		return "", aerr
 	}
 	return ag.name, nil
+}
+
+// permit is the 403 for a key that may not use ag, or nil; a nil key (no
+// keys file) may use every agent.
+func permit(key *keyEntry, ag *agentRT) *APIError {
+	if key != nil && !key.allows(ag.cfg) {
+		return apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
+	}
+	return nil
 }
 
 // Error is an OpenAI-shaped error with the type OpenAI gives status, and

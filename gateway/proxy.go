@@ -163,8 +163,8 @@ func (g *Gateway) prepare(w http.ResponseWriter, r *http.Request, x *exchange) (
 	if aerr != nil {
 		return nil, nil, false, aerr
 	}
-	if key != nil && !key.allows(ag.cfg) {
-		return nil, nil, false, apiErr(http.StatusForbidden, typePermission, "key %s may not use agent %s", key.name, ag.name)
+	if aerr := permit(key, ag); aerr != nil {
+		return nil, nil, false, aerr
 	}
 	x.ag = ag
 	prompt, maxTokens := "", 0
