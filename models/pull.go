@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vagent-dev/vagent/internal/fsync"
 )
 
 // Event kinds, the "event" field of a progress event.
@@ -517,7 +519,7 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 	}
 	if p.opts.Durable {
 		for _, d := range []string{filepath.Join(job.folder, "blobs"), snap} {
-			if err := syncDir(d); err != nil {
+			if err := fsync.Dir(d); err != nil {
 				return "", fmt.Errorf("pull %s: %w", job.repo, err)
 			}
 		}
@@ -528,15 +530,6 @@ func (p *Puller) finish(job *pullJob) (string, error) {
 		}
 	}
 	return snap, nil
-}
-
-func syncDir(dir string) error {
-	fh, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	return fh.Sync()
 }
 
 // checkLocal accepts a local model directory that vLLM can load: it

@@ -9,7 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
+
+	"github.com/vagent-dev/vagent/internal/fsync"
 )
 
 // Result says what Write changed, so the caller knows whether systemd needs
@@ -116,7 +117,7 @@ func WriteWith(dir string, files Files, o WriteOptions) (Result, error) {
 					return res, fmt.Errorf("write units: %w", err)
 				}
 				changed(v.name)
-				if err := syncDir(dir); err != nil {
+				if err := fsync.Dir(dir); err != nil {
 					return res, fmt.Errorf("write units: %w", err)
 				}
 			}
@@ -165,7 +166,7 @@ func WriteWith(dir string, files Files, o WriteOptions) (Result, error) {
 	}
 	sort.Strings(dirs)
 	for _, d := range dirs {
-		if err := syncDir(d); err != nil {
+		if err := fsync.Dir(d); err != nil {
 			return res, fmt.Errorf("write units: %w", err)
 		}
 	}
@@ -347,17 +348,4 @@ func writeAtomic(p string, data []byte) (err error) {
 		return err
 	}
 	return os.Rename(tmp, p)
-}
-
-// syncDir makes renames and removals in d durable.
-func syncDir(d string) error {
-	f, err := os.Open(d)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
 }

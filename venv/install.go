@@ -13,10 +13,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vagent-dev/vagent/internal/filelock"
+	"github.com/vagent-dev/vagent/internal/fsync"
 )
 
 // ErrBusy is matched (errors.Is) when another install or rollback holds the
@@ -398,7 +398,7 @@ func writeMarker(dir string, mk marker) error {
 	if err := os.Rename(tmp, filepath.Join(dir, MarkerFile)); err != nil {
 		return fmt.Errorf("write engine marker: %w", err)
 	}
-	return syncDir(dir)
+	return fsync.Dir(dir)
 }
 
 // lock takes the engines' lock without waiting: two installs at once would
@@ -456,7 +456,7 @@ func (m *Manager) setLink(link, target string) error {
 		}
 		return err
 	}
-	return syncDir(m.Dir)
+	return fsync.Dir(m.Dir)
 }
 
 // switchTo makes name current and what was current previous.
@@ -475,18 +475,6 @@ func (m *Manager) switchTo(name string) (cur, prev string, err error) {
 		return name, oldPrev, err
 	}
 	return name, oldCur, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
 }
 
 // Rollback makes the previous engine current again and the current one

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/vagent-dev/vagent/internal/fsync"
 )
 
 // fileWriter is the temporary file PutFile writes (an *os.File; tests
@@ -84,20 +86,11 @@ func (s *Store) writeContents(id string, r io.Reader, max int64) (n int64, err e
 	if err = os.Rename(tmp.Name(), s.contentPath(id)); err != nil {
 		return 0, err
 	}
-	if err = syncDir(s.files); err != nil {
+	if err = fsync.Dir(s.files); err != nil {
 		os.Remove(s.contentPath(id))
 		return 0, err
 	}
 	return n, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 const fileCols = `id, owner, purpose, filename, bytes, created_at`

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/vagent-dev/vagent/controlapi"
+	"github.com/vagent-dev/vagent/internal/fsync"
 	"github.com/vagent-dev/vagent/pipeline"
 	"github.com/vagent-dev/vagent/work"
 )
@@ -252,14 +253,17 @@ func (r *Runs) writeDir(dir string, j work.Job, m *meta, items []work.Item) erro
 	if err := writeFile(filepath.Join(tmp, JSONLName), jsonl.Bytes(), gid); err != nil {
 		return err
 	}
-	if err := syncDir(tmp); err != nil {
-		return err
+	if err := fsync.Dir(tmp); err != nil {
+		return fmt.Errorf("run directory: sync %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
 	ok = true
-	return syncDir(parent)
+	if err := fsync.Dir(parent); err != nil {
+		return fmt.Errorf("run directory: sync %s: %w", parent, err)
+	}
+	return nil
 }
 
 // quote makes the input a Markdown block quote.
@@ -327,18 +331,6 @@ func writeFile(path string, data []byte, gid int) error {
 		return fmt.Errorf("run directory: write %s: %w", filepath.Base(path), err)
 	}
 	return shareWith(path, gid)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("run directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("run directory: sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // event turns a work event into a run event.
